@@ -1,0 +1,341 @@
+"""The ``sam-audio`` separation backend: SAM Audio behind sonomask's ``Separator`` protocol.
+
+Long audio is cut into overlapping windows (default 30 s with 2 s overlap), each window is
+separated on its own with the same noise seed, and the windows are joined with equal-power
+(sin/cos) crossfades over the overlaps. Memory is bounded by one window. Prompts map as:
+
+* ``prompt.text`` -> the description (None -> "", which the model treats as no text);
+* ``prompt.spans`` -> span anchors, clipped to each window and shifted to its clock;
+* ``prompt.masked_video`` [F, H, W, 3] uint8 (object already zeroed) with ``prompt.video_times``
+  -> for each codec frame of the window (time ``start + k * hop / sr``) the nearest video frame
+  among the frames whose times fall inside the window (widened by half a frame period). A
+  window without any frame runs without the visual prompt (and says so in the warnings).
+
+The model is loaded once per (path, device) per process and reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.errors import ModelInputError, ModelLoadError
+from model.sam_audio.model import DFLT_ODE_OPT, SAMAudio
+from model.sam_audio.processor import SAMAudioProcessor
+from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span
+
+logger = logging.getLogger(__name__)
+
+_CACHE: dict[tuple[str, str], tuple[SAMAudio, SAMAudioProcessor]] = {}
+_CACHE_LOCK = threading.Lock()
+
+_AUTOCAST = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | None = None) -> str:
+    """Explicit device, else ``SONOMASK_DEVICE``, else cuda when available, else cpu."""
+    device = device or os.environ.get("SONOMASK_DEVICE") or None
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ModelLoadError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    return str(dev)
+
+
+def _cache_key(model_path: str, device: str) -> tuple[str, str]:
+    path = os.path.expanduser(model_path)
+    return (os.path.abspath(path) if os.path.isdir(path) else model_path, device)
+
+
+def load_cached(model_path: str, device: str) -> tuple[SAMAudio, SAMAudioProcessor]:
+    """The model and processor for (path, device), loaded on first use in this process."""
+    key = _cache_key(model_path, device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            model = SAMAudio.from_pretrained(model_path, device=device)
+            processor = SAMAudioProcessor.from_config(model.config)
+            _CACHE[key] = (model, processor)
+        return _CACHE[key]
+
+
+def clear_model_cache() -> None:
+    """Forget loaded models (frees their memory once nothing else holds them)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows and crossfades (pure numpy, no model)
+# ---------------------------------------------------------------------------------------------
+
+
+def plan_windows(num_samples: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) sample ranges covering ``num_samples``.
+
+    Windows are ``window`` long and step by ``window - overlap``; the last one is moved back to
+    end exactly at ``num_samples`` (so every window has the same length and the last overlap may
+    be longer). Audio no longer than one window is a single window.
+    """
+    if window <= 0 or not 0 <= overlap < window:
+        raise ModelInputError(f"need window > overlap >= 0 samples, got {window}, {overlap}")
+    if num_samples <= window:
+        return [(0, num_samples)]
+    step = window - overlap
+    starts = list(range(0, num_samples - window, step))
+    starts.append(num_samples - window)
+    return [(s, s + window) for s in starts]
+
+
+def window_gains(windows: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Per-window gain curves: equal-power fade-in (sin) / fade-out (cos) over each overlap
+    with the neighbour, 1 elsewhere; the squared gains of two neighbours sum to 1."""
+    gains = []
+    for i, (s, e) in enumerate(windows):
+        g = np.ones(e - s, dtype=np.float64)
+        if i > 0:
+            ov = windows[i - 1][1] - s
+            if ov > 0:
+                x = (np.arange(ov) + 0.5) / ov
+                g[:ov] *= np.sin(0.5 * np.pi * x)
+        if i + 1 < len(windows):
+            ov = e - windows[i + 1][0]
+            if ov > 0:
+                x = (np.arange(ov) + 0.5) / ov
+                g[e - s - ov :] *= np.cos(0.5 * np.pi * x)
+        gains.append(g.astype(np.float32))
+    return gains
+
+
+def window_anchors(
+    spans: list[Span], start_s: float, end_s: float
+) -> list[tuple[str, float, float]] | None:
+    """Spans clipped to [start_s, end_s) on the window's clock; None when none overlap."""
+    out = []
+    for span in spans:
+        s, e = max(span.start, start_s), min(span.end, end_s)
+        if e > s:
+            out.append((span.sign, s - start_s, e - start_s))
+    return out or None
+
+
+def pick_frames(
+    video_times: np.ndarray,
+    frame_times: np.ndarray,
+    start_s: float,
+    end_s: float,
+) -> np.ndarray | None:
+    """Index of the video frame for each codec frame time, chosen among frames whose times lie
+    in [start_s - p/2, end_s + p/2) (p = median frame period); None if there are none."""
+    if len(video_times) > 1:
+        period = float(np.median(np.diff(video_times)))
+    else:
+        period = 0.0
+    lo, hi = start_s - period / 2, end_s + period / 2
+    inside = np.nonzero((video_times >= lo) & (video_times < hi))[0]
+    if len(inside) == 0:
+        return None
+    cand = video_times[inside]
+    order = np.argsort(cand, kind="stable")
+    cand, inside = cand[order], inside[order]
+    pos = np.searchsorted(cand, frame_times)
+    left = np.clip(pos - 1, 0, len(cand) - 1)
+    right = np.clip(pos, 0, len(cand) - 1)
+    use_right = np.abs(cand[right] - frame_times) < np.abs(frame_times - cand[left])
+    return inside[np.where(use_right, right, left)]
+
+
+@dataclass
+class _PreparedPrompt:
+    text: str
+    spans: list[Span]
+    video: np.ndarray | None  # [F, H, W, 3] uint8
+    times: np.ndarray | None  # [F] seconds
+
+
+class SamAudioSeparator:
+    """SAM Audio as a sonomask ``Separator`` (``name = "sam-audio"``).
+
+    model_path: a model folder (config.json + checkpoint.pt / model.safetensors) or a Hub repo
+    id in the local HF cache. device: cpu / cuda / cuda:N / auto (default: ``SONOMASK_DEVICE``
+    or auto). window_seconds / overlap_seconds: long-audio windowing. seed: ODE noise and
+    watermark bits (identical for every window). precision: "fp32" (default), "bf16" or
+    "fp16" autocast of the DiT (CUDA). ode_opt: solver options as in ``SAMAudio.separate``.
+    """
+
+    name = "sam-audio"
+
+    def __init__(
+        self,
+        model_path: str,
+        device: str | None = None,
+        *,
+        window_seconds: float = 30.0,
+        overlap_seconds: float = 2.0,
+        seed: int = 0,
+        precision: str | None = None,
+        ode_opt: dict | None = None,
+        naive: bool = False,
+    ) -> None:
+        if precision not in _AUTOCAST:
+            raise ModelLoadError(f"precision must be one of fp32, bf16, fp16, got {precision!r}")
+        if not window_seconds > 0 or not 0 <= overlap_seconds < window_seconds:
+            raise ModelInputError(
+                "need window_seconds > overlap_seconds >= 0, got "
+                f"{window_seconds}, {overlap_seconds}"
+            )
+        self.model_path = str(model_path)
+        self.device = resolve_device(device)
+        self.window_seconds = float(window_seconds)
+        self.overlap_seconds = float(overlap_seconds)
+        self.seed = int(seed)
+        self.autocast_dtype = _AUTOCAST[precision]
+        self.ode_opt = ode_opt or DFLT_ODE_OPT
+        self.naive = naive
+        self.model, self.processor = load_cached(self.model_path, self.device)
+
+    # -- input checks ----------------------------------------------------------------------
+
+    @staticmethod
+    def _check_audio(audio: np.ndarray) -> np.ndarray:
+        audio = np.asarray(audio)
+        if audio.ndim == 2 and 1 in audio.shape:
+            audio = audio.reshape(-1)
+        if audio.ndim != 1 or audio.size == 0:
+            raise ModelInputError(
+                f"sam-audio expects mono audio [samples], got shape {audio.shape}"
+            )
+        if not np.issubdtype(audio.dtype, np.floating):
+            raise ModelInputError(f"sam-audio expects float audio, got {audio.dtype}")
+        audio = audio.astype(np.float32, copy=False)
+        if not np.isfinite(audio).all():
+            raise ModelInputError("audio contains NaN or infinite samples")
+        return audio
+
+    def _prepare_prompt(
+        self, prompt: Prompt, duration: float, warnings: list[str]
+    ) -> _PreparedPrompt:
+        for span in prompt.spans:
+            if span.sign not in ("+", "-"):
+                raise ModelInputError(f"span sign must be '+' or '-', got {span.sign!r}")
+            if not (0 <= span.start < span.end):
+                raise ModelInputError(
+                    f"span ({span.start}, {span.end}) must satisfy 0 <= start < end"
+                )
+        video, times = prompt.masked_video, prompt.video_times
+        if video is not None:
+            video = np.asarray(video)
+            if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
+                raise ModelInputError(
+                    f"masked_video must be uint8 [frames, H, W, 3], got shape {video.shape}"
+                )
+            if video.dtype != np.uint8:
+                raise ModelInputError(f"masked_video must be uint8, got {video.dtype}")
+            if times is None:
+                times = (np.arange(len(video)) + 0.5) * (duration / len(video))
+                warnings.append("no video_times given; assumed the frames span the audio evenly")
+            times = np.asarray(times, dtype=np.float64).reshape(-1)
+            if len(times) != len(video):
+                raise ModelInputError(
+                    f"video_times has {len(times)} entries for {len(video)} masked frames"
+                )
+            if not np.isfinite(times).all():
+                raise ModelInputError("video_times contains NaN or infinite values")
+        return _PreparedPrompt(
+            text=prompt.text or "", spans=list(prompt.spans), video=video, times=times
+        )
+
+    # -- separation -----------------------------------------------------------------------------
+
+    def separate(
+        self,
+        audio: np.ndarray,
+        prompt: Prompt,
+        progress: ProgressCallback | None = None,
+    ) -> Separation:
+        """Split mono 48 kHz float32 ``audio`` into target and residual (same length)."""
+        audio = self._check_audio(audio)
+        sr = self.model.sample_rate
+        if sr != MODEL_SAMPLE_RATE:
+            raise ModelLoadError(f"model sample rate is {sr}, sonomask feeds {MODEL_SAMPLE_RATE}")
+        hop = self.model.hop_length
+        n = len(audio)
+        warnings: list[str] = []
+        prepared = self._prepare_prompt(prompt, n / sr, warnings)
+
+        window = max(hop, int(round(self.window_seconds * sr / hop)) * hop)
+        overlap = int(round(self.overlap_seconds * sr / hop)) * hop
+        overlap = min(overlap, window - hop)
+        windows = plan_windows(n, window, overlap)
+        gains = window_gains(windows)
+        target = np.zeros(n, dtype=np.float32)
+        residual = np.zeros(n, dtype=np.float32)
+        n_win = len(windows)
+        no_video = []
+        for i, ((s, e), g) in enumerate(zip(windows, gains, strict=True)):
+
+            def step(frac: float, what: str, i: int = i) -> None:
+                if progress is not None:
+                    progress((i + frac) / n_win, f"window {i + 1}/{n_win}: {what}")
+
+            tgt, res, had_video = self._separate_window(audio[s:e], s, prepared, step)
+            if prepared.video is not None and not had_video:
+                no_video.append(i + 1)
+            target[s:e] += g * tgt
+            residual[s:e] += g * res
+        if no_video:
+            warnings.append(
+                f"no video frames fall in window(s) {no_video}; those ran without the visual prompt"
+            )
+        if progress is not None:
+            progress(1.0, "separated")
+        return Separation(target=target, residual=residual, backend=self.name, warnings=warnings)
+
+    def _separate_window(
+        self, chunk: np.ndarray, start: int, prompt: _PreparedPrompt, step
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        model, proc = self.model, self.processor
+        sr, hop = model.sample_rate, model.hop_length
+        n = len(chunk)
+        start_s, end_s = start / sr, (start + n) / sr
+        anchors = window_anchors(prompt.spans, start_s, end_s)
+        videos = None
+        if prompt.video is not None:
+            frames = math.ceil(n / hop)
+            frame_times = start_s + np.arange(frames) * hop / sr
+            idx = pick_frames(prompt.times, frame_times, start_s, end_s)
+            if idx is not None:
+                clip = torch.from_numpy(np.ascontiguousarray(prompt.video[idx]))
+                videos = [clip.permute(0, 3, 1, 2)]
+        batch = proc(
+            descriptions=[prompt.text],
+            audios=[torch.from_numpy(np.ascontiguousarray(chunk))[None]],
+            anchors=[anchors] if anchors else None,
+            masked_videos=videos,
+        )
+        gen = torch.Generator().manual_seed(self.seed)
+        frames = int(batch.sizes[0])
+        noise = torch.randn(1, frames, 2 * model.config.latent_channels, generator=gen)
+        bits = int(getattr(model.audio_codec, "watermark_bits", 16))
+        message = torch.randint(0, 2, (2, bits), generator=gen, dtype=torch.float32)
+        result = model.separate(
+            batch,
+            noise=noise,
+            ode_opt=self.ode_opt,
+            watermark_message=message,
+            naive=self.naive,
+            autocast_dtype=self.autocast_dtype,
+            progress=step,
+        )
+        tgt = result.target[0][:n].float().cpu().numpy()
+        res = result.residual[0][:n].float().cpu().numpy()
+        return tgt, res, videos is not None

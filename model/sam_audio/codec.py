@@ -1,0 +1,828 @@
+"""DACVAE, the audio codec inside SAM Audio, re-implemented for fast exact CPU inference.
+
+References (behaviour matched, code written from scratch):
+
+* facebookresearch/dacvae @ 414c2078 - ``dacvae/model/dacvae.py`` (``DACVAE``, ``Encoder``,
+  ``Decoder``, ``DecoderBlock``, ``ResidualUnit``, ``Watermarker`` and its blocks),
+  ``dacvae/nn/layers.py`` (``Snake1d``, ``NormConv1d``, ``NormConvTranspose1d``, ``MsgProcessor``),
+  ``dacvae/nn/bottleneck.py`` (``VAEBottleneck``).
+* facebookresearch/sam-audio @ 68b48d48 - ``sam_audio/model/codec.py`` (the ``DACVAE`` wrapper:
+  encode = reflect pad + encoder + mean half of ``quantizer.in_proj``; decode =
+  ``quantizer.out_proj`` + decoder with its audio watermarker).
+
+The module tree and parameter names equal the reference's, so the ``audio_codec.*`` entries of a
+SAM Audio state dict load with strict key and shape checking (old-style weight norm:
+``weight_g`` / ``weight_v``). Inference differs from the reference only in speed:
+
+* weight-norm weights ``g * v / ||v||`` are computed once and cached (the cache is keyed on the
+  parameters' storage and version counters, so ``load_state_dict`` or any in-place update
+  invalidates it; with autograd recording it is bypassed);
+* Snake runs in place on one temporary instead of five fresh full-size tensors (same operations in
+  the same order, so it is bit-identical to the reference's scripted ``snake``);
+* residual sums, ELUs and ``tanh`` reuse buffers that are dead anyway, and the watermarker's
+  ``tanh(conv(snake(x)))`` head, which the reference evaluates twice, is evaluated once.
+
+The decoder's watermark message is drawn exactly like the reference
+(``torch.randint(0, 2, (B, 16), dtype=torch.float32)`` from the global generator, after the
+watermark encoder and before the message is embedded) when the caller passes none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.errors import ModelInputError, ModelLoadError
+
+__all__ = [
+    "CodecCheckpointError",
+    "CodecConfigError",
+    "DACVAECodec",
+    "DACVAEConfig",
+]
+
+# The reference hard-wires these in ``Decoder.__init__`` / ``DAC.__init__``; they are not config.
+_WM_RATES = (8, 5, 4, 2)  # ``DAC(wm_rates=None)`` default
+_WM_CHANNELS = 32  # ``Decoder(wm_channels=32)``
+_WM_HIDDEN = 512  # ``Watermarker(hidden=512)``, also the LSTM width
+_WM_LATENT = 128  # ``Decoder(d_wm_out=128)``
+_WM_NBITS = 16  # ``Decoder(nbits=16)``
+_WM_LSTM_LAYERS = 2
+_DOWNSAMPLING_FACTOR = 3  # ``DecoderBlock(downsampling_factor=3)``
+
+
+class CodecConfigError(ModelLoadError):
+    """The ``audio_codec`` config cannot describe a DACVAE this port can build."""
+
+
+class CodecCheckpointError(ModelLoadError):
+    """A codec state dict does not match the module (missing, unexpected or mis-shaped keys)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DACVAEConfig:
+    """Codec hyper-parameters (reference ``sam_audio.model.config.DACVAEConfig``, same defaults).
+
+    ``n_codebooks``, ``codebook_size``, ``quantizer_dropout``, ``mean`` and ``std`` do not change
+    the inference network (the VAE bottleneck replaces the RVQ); they are kept so a released
+    ``config.json`` section parses as-is.
+    """
+
+    encoder_dim: int = 64
+    encoder_rates: tuple[int, ...] = (2, 8, 10, 12)
+    latent_dim: int = 1024
+    decoder_dim: int = 1536
+    decoder_rates: tuple[int, ...] = (12, 10, 8, 2)
+    n_codebooks: int = 16
+    codebook_size: int = 1024
+    codebook_dim: int = 128
+    quantizer_dropout: bool | float = False
+    sample_rate: int = 48_000
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("encoder_rates", "decoder_rates"):
+            rates = getattr(self, name)
+            if not isinstance(rates, list | tuple) or not rates:
+                raise CodecConfigError(
+                    f"config field 'audio_codec.{name}' must be a non-empty list, got {rates!r}"
+                )
+            object.__setattr__(self, name, tuple(rates))
+            for r in rates:
+                _check_int(r, f"audio_codec.{name}[]")
+        for name in ("encoder_dim", "latent_dim", "decoder_dim", "codebook_dim", "sample_rate"):
+            _check_int(getattr(self, name), f"audio_codec.{name}")
+        n = len(self.decoder_rates)
+        if n > len(_WM_RATES):
+            raise CodecConfigError(
+                f"config field 'audio_codec.decoder_rates' has {n} entries; the DACVAE watermarker "
+                f"pairs them with its {len(_WM_RATES)} fixed strides {list(_WM_RATES)}, so at most "
+                f"{len(_WM_RATES)} are supported"
+            )
+        # The watermarker is built with fixed widths, which pins decoder_dim (reference Decoder).
+        last = self.decoder_dim // 2**n
+        if self.decoder_dim // _DOWNSAMPLING_FACTOR != _WM_HIDDEN or (
+            last // _DOWNSAMPLING_FACTOR != _WM_CHANNELS
+        ):
+            raise CodecConfigError(
+                f"config field 'audio_codec.decoder_dim' = {self.decoder_dim} is not supported: the "
+                f"DACVAE watermarker hard-wires {_WM_CHANNELS} channels and a {_WM_HIDDEN}-wide "
+                f"LSTM, which needs decoder_dim // 3 == {_WM_HIDDEN} and "
+                f"(decoder_dim // 2**len(decoder_rates)) // 3 == {_WM_CHANNELS} (e.g. 1536 with 4 rates)"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> DACVAEConfig:
+        """Parse the ``audio_codec`` section of a SAM Audio ``config.json``.
+
+        Unknown fields are always an error (a typo must not build a different network). Missing
+        fields are an error too unless ``strict=False``, which fills in the reference defaults the
+        way ``DACVAEConfig(**d)`` does upstream.
+        """
+        if not isinstance(data, Mapping):
+            raise CodecConfigError(
+                f"config section 'audio_codec' must be an object, got {type(data).__name__}"
+            )
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(k for k in data if k not in names)
+        if unknown:
+            raise CodecConfigError(
+                f"unknown config field(s) {['audio_codec.' + k for k in unknown]}; "
+                f"known fields: {names}"
+            )
+        missing = [n for n in names if n not in data]
+        if missing and strict:
+            raise CodecConfigError(
+                f"missing config field(s) {['audio_codec.' + k for k in missing]} "
+                f"(pass strict=False to use the reference defaults)"
+            )
+        return cls(**{k: data[k] for k in names if k in data})
+
+    @classmethod
+    def coerce(cls, config: DACVAEConfig | Mapping[str, Any] | Any) -> DACVAEConfig:
+        """Accept this class, a ``config.json`` mapping, or any object with the same attributes
+        (e.g. the project-wide parsed config), so callers need not convert."""
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, Mapping):
+            return cls.from_dict(config)
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if not hasattr(config, n)]
+        if missing:
+            raise CodecConfigError(
+                f"{type(config).__name__} is not a codec config: it lacks {missing}"
+            )
+        return cls(**{n: getattr(config, n) for n in names})
+
+    @property
+    def hop_length(self) -> int:
+        """Waveform samples per latent frame (product of the encoder strides)."""
+        return int(math.prod(self.encoder_rates))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` form (lists, not tuples)."""
+        d = asdict(self)
+        d["encoder_rates"] = list(self.encoder_rates)
+        d["decoder_rates"] = list(self.decoder_rates)
+        return d
+
+
+def _check_int(value: Any, where: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise CodecConfigError(f"config field '{where}' must be an integer >= {minimum}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+def _is_inference(t: Tensor) -> bool:
+    return t.is_inference()
+
+
+class _Conv(nn.Module):
+    """``NormConv1d`` / ``NormConvTranspose1d`` of the reference (``dacvae/nn/layers.py``).
+
+    ``pad_mode="none"`` uses the reference's fixed symmetric padding; ``pad_mode="auto"`` pads the
+    input (conv) or trims the output (transposed conv) exactly like its ``pad`` / ``unpad``.
+    With ``weight_norm`` the parameters are ``bias, weight_g, weight_v`` (that registration order,
+    as ``torch.nn.utils.weight_norm`` leaves them), otherwise ``weight, bias``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        *,
+        transpose: bool = False,
+        weight_norm: bool = True,
+        causal: bool = False,
+        pad_mode: str = "none",
+    ) -> None:
+        super().__init__()
+        if pad_mode not in ("none", "auto"):
+            raise ValueError(f"pad_mode must be 'none' or 'auto', got {pad_mode!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dilation = dilation
+        self.transpose = transpose
+        self.causal = causal
+        self.pad_mode = pad_mode
+        self.use_weight_norm = weight_norm
+        if transpose:
+            shape = (in_channels, out_channels, kernel_size)
+            self.padding = (stride + 1) // 2 if pad_mode == "none" else 0
+            self.output_padding = (stride % 2) if pad_mode == "none" else 0
+        else:
+            shape = (out_channels, in_channels, kernel_size)
+            self.padding = (kernel_size - stride) * dilation // 2 if pad_mode == "none" else 0
+            self.output_padding = 0
+        if weight_norm:
+            self.bias = nn.Parameter(torch.zeros(out_channels))
+            self.weight_g = nn.Parameter(torch.ones(shape[0], 1, 1))
+            self.weight_v = nn.Parameter(torch.empty(shape))
+        else:
+            self.weight = nn.Parameter(torch.empty(shape))
+            self.bias = nn.Parameter(torch.zeros(out_channels))
+        self._wn_cache: tuple[tuple[int, ...], Tensor] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Small random init so a freshly built codec runs (real weights come from a checkpoint)."""
+        with torch.no_grad():
+            w = self.weight_v if self.use_weight_norm else self.weight
+            nn.init.trunc_normal_(w, std=0.02)
+            self.bias.zero_()
+            if self.use_weight_norm:
+                self.weight_g.copy_(torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True))
+        self._wn_cache = None
+
+    def effective_weight(self) -> Tensor:
+        """The convolution weight; for weight norm ``g * v / ||v||`` (norm over all dims but 0).
+
+        Computed with ``torch._weight_norm`` like the reference's ``weight_norm`` hook, hence
+        bit-identical. Cached while no autograd graph is being recorded through the parameters.
+        """
+        if not self.use_weight_norm:
+            return self.weight
+        g, v = self.weight_g, self.weight_v
+        if torch.is_grad_enabled() and (g.requires_grad or v.requires_grad):
+            return torch._weight_norm(v, g, 0)
+        if _is_inference(v) or _is_inference(g):  # no version counters to validate a cache
+            return torch._weight_norm(v, g, 0)
+        key = (v.data_ptr(), g.data_ptr(), v._version, g._version)
+        if self._wn_cache is None or self._wn_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                w = torch._weight_norm(v, g, 0)
+            self._wn_cache = (key, w)
+        return self._wn_cache[1]
+
+    def clear_cache(self) -> None:
+        """Drop the cached weight-norm weight (it is rebuilt on the next call)."""
+        self._wn_cache = None
+
+    def _auto_pad(self, x: Tensor) -> Tensor:
+        # Reference NormConv1d.pad, including its use of kernel_size (not the dilated size) in
+        # ``ideal_length``.
+        length = x.shape[-1]
+        k, d, s = self.kernel_size, self.dilation, self.stride
+        effective = (k - 1) * d + 1
+        total = effective - s
+        n_frames = (length - effective + total) / s + 1
+        ideal = (math.ceil(n_frames) - 1) * s + (k - total)
+        extra = ideal - length
+        if self.causal:
+            left, right = total, extra
+        else:
+            right = extra // 2
+            left, right = total - right, right + extra
+        if left == 0 and right == 0:
+            return x
+        return F.pad(x, (left, right))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.effective_weight()
+        if not self.transpose:
+            if self.pad_mode == "auto":
+                x = self._auto_pad(x)
+            return F.conv1d(x, w, self.bias, self.stride, self.padding, self.dilation)
+        y = F.conv_transpose1d(
+            x, w, self.bias, self.stride, self.padding, self.output_padding, 1, self.dilation
+        )
+        if self.pad_mode == "none":
+            return y
+        # Reference NormConvTranspose1d.unpad.
+        total = self.kernel_size - self.stride
+        if self.causal:
+            left, end = 0, y.shape[-1] - total
+        else:
+            right = total // 2
+            left, end = total - right, y.shape[-1] - right
+        return y[..., left:end]
+
+
+class _Snake1d(nn.Module):
+    """Snake activation ``x + 1/(alpha + 1e-9) * sin(alpha * x)^2`` (reference ``Snake1d``).
+
+    Same operations in the same order as the reference's scripted ``snake`` (so bit-identical),
+    but evaluated in place in a single temporary: the reference allocates five full-size tensors,
+    which at 48 kHz x 96 channels is most of its cost.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        alpha = self.alpha
+        if torch.is_grad_enabled() and (alpha.requires_grad or x.requires_grad):
+            return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+        inv = (alpha + 1e-9).reciprocal()
+        t = torch.mul(alpha, x)
+        t.sin_()
+        t.mul_(t)  # == pow(2) on CPU (computed as base * base)
+        t.mul_(inv)
+        return t.add_(x)
+
+
+def _act(module: nn.Module, x: Tensor, inplace: bool) -> Tensor:
+    """Apply one of the reference's activations, overwriting ``x`` when the caller allows it."""
+    if isinstance(module, _Snake1d):
+        return module(x)
+    inplace = inplace and not (torch.is_grad_enabled() and x.requires_grad)
+    if isinstance(module, nn.ELU):
+        return F.elu(x, module.alpha, inplace=inplace)
+    if isinstance(module, nn.Tanh):
+        return x.tanh_() if inplace else torch.tanh(x)
+    return module(x)
+
+
+def _make_act(act: str, channels: int) -> nn.Module:
+    if act == "Snake":
+        return _Snake1d(channels)
+    if act == "ELU":
+        return nn.ELU(alpha=1.0)
+    if act == "Tanh":
+        return nn.Tanh()
+    raise ValueError(f"unsupported activation {act!r}")
+
+
+class _ResidualUnit(nn.Module):
+    """Reference ``ResidualUnit``: act, conv(k, dilation), act, conv(1), plus a skip."""
+
+    def __init__(
+        self,
+        dim: int,
+        kernel: int = 7,
+        dilation: int = 1,
+        act: str = "Snake",
+        compress: int = 1,
+        causal: bool = False,
+        pad_mode: str = "none",
+        weight_norm: bool = True,
+        true_skip: bool = False,
+    ) -> None:
+        super().__init__()
+        hidden = dim // compress
+        self.block = nn.Sequential(
+            _make_act(act, dim),
+            _Conv(dim, hidden, kernel, 1, dilation, weight_norm=weight_norm, causal=causal, pad_mode=pad_mode),
+            _make_act(act, hidden),
+            _Conv(hidden, dim, 1, 1, 1, weight_norm=weight_norm, causal=causal, pad_mode=pad_mode),
+        )
+        self.true_skip = true_skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.block
+        y = _act(b[0], x, inplace=False)  # x is still needed for the skip
+        y = b[1](y)
+        y = _act(b[2], y, inplace=True)
+        y = b[3](y)
+        skip = x
+        if not self.true_skip:
+            pad = (x.shape[-1] - y.shape[-1]) // 2
+            if pad > 0:
+                skip = x[..., pad:-pad]
+        if y.requires_grad and torch.is_grad_enabled():
+            return y + skip
+        return y.add_(skip)  # y + skip, same bits; y is a fresh conv output
+
+
+class _EncoderBlock(nn.Module):
+    """Reference ``EncoderBlock``: three dilated residual units, Snake, strided conv."""
+
+    def __init__(self, dim: int, stride: int) -> None:
+        super().__init__()
+        half = dim // 2
+        self.block = nn.Sequential(
+            _ResidualUnit(half, kernel=7, dilation=1),
+            _ResidualUnit(half, kernel=7, dilation=3),
+            _ResidualUnit(half, kernel=7, dilation=9),
+            _Snake1d(half),
+            _Conv(half, dim, 2 * stride, stride),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x)
+
+
+class _Encoder(nn.Module):
+    """Reference ``Encoder``: conv, strided blocks doubling the width, Snake, conv to the latent."""
+
+    def __init__(self, d_model: int, strides: tuple[int, ...], d_latent: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_Conv(1, d_model, 7)]
+        for stride in strides:
+            d_model *= 2
+            layers.append(_EncoderBlock(d_model, stride))
+        layers += [_Snake1d(d_model), _Conv(d_model, d_latent, 3)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x)
+
+
+class _Bottleneck(nn.Module):
+    """Reference ``VAEBottleneck`` (only the projections; inference uses the mean)."""
+
+    def __init__(self, input_dim: int, codebook_dim: int) -> None:
+        super().__init__()
+        self.in_proj = _Conv(input_dim, 2 * codebook_dim, 1)
+        self.out_proj = _Conv(codebook_dim, input_dim, 1)
+
+
+class _DecoderBlock(nn.Module):
+    """Reference ``DecoderBlock`` (12 layers in one ``ModuleList``, indices kept).
+
+    The reference splits ``block`` into chunks of two and routes them three ways; spelled out:
+
+    * main path (``forward``): 0 Snake, 1 ConvTranspose (weight norm), 4/5/8 Snake residual
+      units (dilation 1, 3, 9), 9 Identity;
+    * watermark "upsample group" (runs on the watermark encoder side, downsamples in time):
+      7 ELU residual unit, 10 ELU, 11 causal strided conv;
+    * watermark "downsample group" (decoder side, upsamples in time): 2 ELU,
+      3 causal ConvTranspose, 6 ELU residual unit.
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, stride: int, stride_wm: int) -> None:
+        super().__init__()
+        f = _DOWNSAMPLING_FACTOR
+        wm_in, wm_out = input_dim // f, output_dim // f
+        self.block = nn.ModuleList(
+            [
+                _Snake1d(input_dim),
+                _Conv(input_dim, output_dim, 2 * stride, stride, transpose=True),
+                nn.ELU(alpha=1.0),
+                _Conv(
+                    wm_in, wm_out, 2 * stride_wm, stride_wm,
+                    transpose=True, weight_norm=False, causal=True, pad_mode="auto",
+                ),
+                _ResidualUnit(output_dim, dilation=1),
+                _ResidualUnit(output_dim, dilation=3),
+                _ResidualUnit(
+                    output_dim // f, kernel=3, act="ELU", compress=2, causal=True,
+                    pad_mode="auto", weight_norm=False, true_skip=True,
+                ),
+                _ResidualUnit(
+                    output_dim // f, kernel=3, act="ELU", compress=2, causal=True,
+                    pad_mode="auto", weight_norm=False, true_skip=True,
+                ),
+                _ResidualUnit(output_dim, dilation=9),
+                nn.Identity(),
+                nn.ELU(alpha=1.0),
+                _Conv(
+                    wm_out, wm_in, 2 * stride_wm, stride_wm,
+                    weight_norm=False, causal=True, pad_mode="auto",
+                ),
+            ]
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.block
+        x = b[1](b[0](x))
+        x = b[4](x)
+        x = b[5](x)
+        return b[8](x)
+
+    def wm_downsample_time(self, h: Tensor) -> Tensor:
+        """Reference ``upsample_group`` (7, 10, 11): more channels, fewer frames."""
+        b = self.block
+        h = b[7](h)
+        h = _act(b[10], h, inplace=True)  # the residual unit's output is a fresh tensor
+        return b[11](h)
+
+    def wm_upsample_time(self, h: Tensor) -> Tensor:
+        """Reference ``downsample_group`` (2, 3, 6): fewer channels, more frames."""
+        b = self.block
+        h = _act(b[2], h, inplace=False)  # the caller's tensor may be an LSTM output we keep
+        h = b[3](h)
+        return b[6](h)
+
+
+class _LSTMBlock(nn.Module):
+    """Reference ``LSTMBlock``: time-major LSTM over ``[B, C, T]`` with a skip."""
+
+    def __init__(self, dim: int, layers: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(dim, dim, layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(2, 0, 1)
+        y, _ = self.lstm(x)
+        y = y + x
+        return y.permute(1, 2, 0)
+
+
+class _MsgProcessor(nn.Module):
+    """Reference ``MsgProcessor``: add the sum of one embedding per (bit index, bit value)."""
+
+    def __init__(self, nbits: int, hidden_size: int) -> None:
+        super().__init__()
+        self.nbits = nbits
+        self.hidden_size = hidden_size
+        self.msg_processor = nn.Embedding(2 * nbits, hidden_size)
+
+    def forward(self, hidden: Tensor, msg: Tensor) -> Tensor:
+        indices = 2 * torch.arange(msg.shape[-1], device=hidden.device)
+        indices = (indices.repeat(msg.shape[0], 1) + msg).long()
+        aux = self.msg_processor(indices).sum(dim=-2)  # [B, hidden]
+        return hidden + aux.unsqueeze(-1)
+
+
+class _WatermarkEncoderBlock(nn.Module):
+    """Reference ``WatermarkEncoderBlock`` with its default acts/norms (Snake/Tanh)."""
+
+    def __init__(self, in_dim: int, out_dim: int, wm_channels: int, hidden: int, lstm_layers: int):
+        super().__init__()
+        self.pre = nn.Sequential(
+            _Snake1d(in_dim),
+            _Conv(in_dim, 1, 7),
+            nn.Tanh(),
+            _Conv(1, wm_channels, 7, weight_norm=False, causal=True, pad_mode="auto"),
+        )
+        self.post = nn.Sequential(
+            _LSTMBlock(hidden, lstm_layers),
+            nn.ELU(alpha=1.0),
+            _Conv(hidden, out_dim, 7, weight_norm=False, causal=True, pad_mode="auto"),
+        )
+
+    def head(self, x: Tensor) -> Tensor:
+        """``tanh(conv(snake(x)))``: both the watermark encoder's input and the carrier signal."""
+        y = self.pre[1](self.pre[0](x))
+        return _act(self.pre[2], y, inplace=True)
+
+    def post_process(self, h: Tensor) -> Tensor:
+        h = self.post[0](h)
+        h = _act(self.post[1], h, inplace=True)  # fresh LSTM-block output
+        return self.post[2](h)
+
+
+class _WatermarkDecoderBlock(nn.Module):
+    """Reference ``WatermarkDecoderBlock``."""
+
+    def __init__(self, in_dim: int, out_dim: int, channels: int, hidden: int, lstm_layers: int):
+        super().__init__()
+        self.pre = nn.Sequential(
+            _Conv(in_dim, hidden, 7, weight_norm=False, causal=True, pad_mode="auto"),
+            _LSTMBlock(hidden, lstm_layers),
+        )
+        self.post = nn.Sequential(
+            nn.ELU(alpha=1.0),
+            _Conv(channels, out_dim, 7, weight_norm=False, causal=True, pad_mode="auto"),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pre(x)
+
+    def post_process(self, h: Tensor) -> Tensor:
+        h = _act(self.post[0], h, inplace=True)
+        return self.post[1](h)
+
+
+class _Watermarker(nn.Module):
+    """Reference ``Watermarker`` (container; the data flow lives in ``_Decoder.watermark``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.encoder_block = _WatermarkEncoderBlock(
+            dim, _WM_LATENT, _WM_CHANNELS, _WM_HIDDEN, _WM_LSTM_LAYERS
+        )
+        self.msg_processor = _MsgProcessor(_WM_NBITS, _WM_LATENT)
+        self.decoder_block = _WatermarkDecoderBlock(
+            _WM_LATENT, 1, _WM_CHANNELS, _WM_HIDDEN, _WM_LSTM_LAYERS
+        )
+
+    @property
+    def nbits(self) -> int:
+        return self.msg_processor.nbits
+
+    def random_message(self, batch: int) -> Tensor:
+        """Reference ``Watermarker.random_message``: global-RNG bits as float32 on the CPU."""
+        return torch.randint(0, 2, (batch, self.nbits), dtype=torch.float32)
+
+
+class _Decoder(nn.Module):
+    """Reference ``Decoder`` (``blending="linear"``) with the watermarker."""
+
+    def __init__(self, input_channel: int, channels: int, rates: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_Conv(input_channel, channels, 7)]
+        output_dim = channels
+        for i, (stride, wm_stride) in enumerate(zip(rates, _WM_RATES, strict=False)):
+            input_dim = channels // 2**i
+            output_dim = channels // 2 ** (i + 1)
+            layers.append(_DecoderBlock(input_dim, output_dim, stride, wm_stride))
+        self.model = nn.ModuleList(layers)
+        self.wm_model = _Watermarker(output_dim)
+        self.alpha = _WM_CHANNELS / _WM_LATENT
+
+    def forward(self, x: Tensor, message: Tensor | None = None) -> Tensor:
+        for layer in self.model:
+            x = layer(x)
+        return self.watermark(x, message)
+
+    def watermark(self, x: Tensor, message: Tensor | None = None) -> Tensor:
+        """Reference ``Decoder.watermark``: ``tanh(conv(snake(x))) + alpha * wm(x, message)``."""
+        wm = self.wm_model
+        blocks = list(self.model[1:])
+        carrier = wm.encoder_block.head(x)  # reference computes this twice; it is deterministic
+        h = wm.encoder_block.pre[3](carrier)
+        for blk in reversed(blocks):
+            h = blk.wm_downsample_time(h)
+        h = wm.encoder_block.post_process(h)
+        if message is None:  # drawn here, like the reference, so seeded runs reproduce it
+            message = wm.random_message(x.shape[0])
+        h = wm.msg_processor(h, message.to(x.device))
+        h = wm.decoder_block(h)
+        for blk in blocks:
+            h = blk.wm_upsample_time(h)
+        h = wm.decoder_block.post_process(h)
+        return carrier + self.alpha * h
+
+
+# --------------------------------------------------------------------------------------------
+# Public module
+# --------------------------------------------------------------------------------------------
+
+
+class DACVAECodec(nn.Module):
+    """The DACVAE codec as SAM Audio uses it: waveform <-> ``codebook_dim``-channel latent.
+
+    ``state_dict()`` keys equal the reference's ``audio_codec.*`` keys without the prefix.
+    ``encode``/``decode`` run under ``torch.inference_mode`` and return inference tensors.
+    """
+
+    def __init__(self, config: DACVAEConfig | Mapping[str, Any] | Any) -> None:
+        super().__init__()
+        cfg = DACVAEConfig.coerce(config)
+        self.config = cfg
+        latent = cfg.latent_dim
+        self.encoder = _Encoder(cfg.encoder_dim, cfg.encoder_rates, latent)
+        self.quantizer = _Bottleneck(latent, cfg.codebook_dim)
+        self.decoder = _Decoder(latent, cfg.decoder_dim, cfg.decoder_rates)
+        self.eval()
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        """Waveform sample rate in Hz."""
+        return self.config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        """Waveform samples per latent frame."""
+        return self.config.hop_length
+
+    @property
+    def latent_dim(self) -> int:
+        """Channels of ``encode``'s output / ``decode``'s input (``codebook_dim``)."""
+        return self.config.codebook_dim
+
+    @property
+    def watermark_bits(self) -> int:
+        """Length of the decoder's watermark message."""
+        return self.decoder.wm_model.nbits
+
+    def num_frames(self, num_samples: int) -> int:
+        """Latent frames ``encode`` yields for ``num_samples`` samples (ceil to the hop)."""
+        return -(-int(num_samples) // self.hop_length)
+
+    # -- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        config: DACVAEConfig | Mapping[str, Any] | Any,
+        state_dict: Mapping[str, Tensor],
+        prefix: str = "audio_codec.",
+    ) -> DACVAECodec:
+        """Build a codec and strictly load the ``prefix``-ed entries of ``state_dict``."""
+        codec = cls(config)
+        codec.load_codec_state_dict(state_dict, prefix=prefix)
+        return codec
+
+    def load_codec_state_dict(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
+        """Strictly load the entries of ``state_dict`` that start with ``prefix``.
+
+        Other entries are ignored (so a whole SAM Audio checkpoint can be passed with
+        ``prefix="audio_codec."``). Any missing, unexpected or mis-shaped codec key raises
+        :class:`CodecCheckpointError` listing them, before anything is copied.
+        """
+        sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        own = self.state_dict(keep_vars=True)
+        missing = [k for k in own if k not in sub]
+        unexpected = [k for k in sub if k not in own]
+        mismatched = [
+            f"{prefix}{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in sub.items()
+            if k in own and tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if missing or unexpected or mismatched:
+            parts = []
+            if not sub:
+                parts.append(f"no key starts with {prefix!r}")
+            if missing:
+                parts.append(f"{len(missing)} missing: {_preview([prefix + k for k in missing])}")
+            if unexpected:
+                parts.append(
+                    f"{len(unexpected)} unexpected: {_preview([prefix + k for k in unexpected])}"
+                )
+            if mismatched:
+                parts.append(f"{len(mismatched)} with wrong shape: {_preview(mismatched)}")
+            raise CodecCheckpointError(
+                "codec checkpoint does not match the config: " + "; ".join(parts)
+            )
+        self.load_state_dict(sub, strict=True)
+        self.clear_weight_cache()
+
+    # -- speed helpers ------------------------------------------------------------------------
+
+    def fuse_weight_norm(self) -> DACVAECodec:
+        """Precompute every weight-norm weight now (otherwise done lazily on first use).
+
+        Parameters are left untouched, so the module still loads / saves the reference layout;
+        the cache is rebuilt automatically if a parameter changes.
+        """
+        for m in self.modules():
+            if isinstance(m, _Conv):
+                m.effective_weight()
+        return self
+
+    def clear_weight_cache(self) -> None:
+        """Drop all cached weight-norm weights (frees their memory)."""
+        for m in self.modules():
+            if isinstance(m, _Conv):
+                m.clear_cache()
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def _pad(self, wav: Tensor) -> Tensor:
+        rem = wav.shape[-1] % self.hop_length
+        if rem:
+            return F.pad(wav, (0, self.hop_length - rem), mode="reflect")
+        return wav
+
+    @torch.inference_mode()
+    def encode(self, wav: Tensor) -> Tensor:
+        """``[B, 1, N]`` waveform -> ``[B, C, ceil(N / hop)]`` latent (VAE mean, no sampling).
+
+        Reference ``DACVAEEncoder.forward``: reflect-pad on the right to a multiple of the hop,
+        encoder, ``quantizer.in_proj``, first half of the channels.
+        """
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ModelInputError(f"codec.encode expects a [B, 1, N] waveform, got {tuple(wav.shape)}")
+        z = self.encoder(self._pad(wav))
+        mean, _ = self.quantizer.in_proj(z).chunk(2, dim=1)
+        return mean
+
+    @torch.inference_mode()
+    def decode(self, latent: Tensor, watermark_message: Tensor | None = None) -> Tensor:
+        """``[B, C, T]`` latent -> ``[B, 1, T * prod(decoder_rates)]`` watermarked waveform.
+
+        Reference ``DACVAE.decode``: ``quantizer.out_proj`` then the decoder, whose watermarker
+        embeds ``watermark_message`` (``[B, 16]`` bits as 0/1 floats). With ``None`` the bits are
+        drawn from torch's global generator exactly like the reference, so
+        ``torch.manual_seed(s)`` beforehand reproduces its output.
+        """
+        if latent.dim() != 3 or latent.shape[1] != self.latent_dim:
+            raise ModelInputError(
+                f"codec.decode expects a [B, {self.latent_dim}, T] latent, got {tuple(latent.shape)}"
+            )
+        if watermark_message is not None and tuple(watermark_message.shape) != (
+            latent.shape[0],
+            self.watermark_bits,
+        ):
+            raise ModelInputError(
+                f"watermark_message must be [{latent.shape[0]}, {self.watermark_bits}], "
+                f"got {tuple(watermark_message.shape)}"
+            )
+        emb = self.quantizer.out_proj(latent)
+        return self.decoder(emb, watermark_message)
+
+    def forward(self, wav: Tensor) -> Tensor:
+        """Same as :meth:`encode` (the reference wrapper's ``forward``)."""
+        return self.encode(wav)
+
+
+def _preview(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

@@ -1,0 +1,125 @@
+"""Shared test media, generated with real ffmpeg from the synthetic two-object scene."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+from scene import SR, first_mask, make_scene, write_clip  # noqa: E402
+
+SONOMASK = str(Path(sys.executable).parent / "sonomask")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
+    """Run the installed console script; returns CompletedProcess with text output."""
+    return subprocess.run(
+        [SONOMASK, *args, "--quiet"]
+        if args and args[0] in ("separate", "track", "demo")
+        else [SONOMASK, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def decode_audio(
+    path: Path, stream: str = "a:0", rate: int | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode an audio stream independently of sonomask, placed on the file's own clock.
+
+    Returns float32 [N, C] whose sample 0 is presentation time 0 of the file (a later
+    start is padded with silence, as a player would).
+    """
+    info = (
+        subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                stream,
+                "-show_entries",
+                "stream=sample_rate,channels,start_time",
+                "-of",
+                "csv=p=0",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split(",")
+    )
+    sr, ch = int(info[0]), int(info[1])
+    start = float(info[2]) if len(info) > 2 and info[2] not in ("", "N/A") else 0.0
+    raw = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            f"0:{stream}",
+            "-f",
+            "f32le",
+            "-c:a",
+            "pcm_f32le",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    x = np.frombuffer(raw, np.float32).reshape(-1, ch)
+    pad = int(round(start * sr))
+    if pad > 0:
+        x = np.concatenate([np.zeros((pad, ch), np.float32), x])
+    return x, sr
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def scene():
+    return make_scene(duration=6.0, width=320, height=180, fps=25.0)
+
+
+@pytest.fixture(scope="session")
+def scene_mp4(media_dir, scene) -> Path:
+    path = media_dir / "scene.mp4"
+    write_clip(scene, path, stereo=True, crf=20)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mask_a(media_dir, scene) -> Path:
+    path = media_dir / "mask_a.png"
+    cv2.imwrite(str(path), first_mask(scene, "a"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mask_b(media_dir, scene) -> Path:
+    path = media_dir / "mask_b.png"
+    cv2.imwrite(str(path), first_mask(scene, "b"))
+    return path
+
+
+__all__ = ["SR", "SONOMASK", "run_cli", "ffmpeg", "decode_audio"]

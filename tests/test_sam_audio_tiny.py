@@ -1,0 +1,561 @@
+"""SAM Audio port on tiny random configs: config parsing, save/load, loading errors, HF cache
+resolution, the ODE solver, optimised == naive sampling, and the sonomask backend (windows,
+crossfades, frame picking, prompts, caching).
+
+The codec and vision encoder are replaced by small stand-ins (the real DACVAE decoder alone is
+69 M parameters whatever the config), so everything here runs in seconds. The tokenizer comes
+from fixture A's tiny T5 folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+import model.sam_audio.backend as backend
+import model.sam_audio.model as sam_model
+from model.errors import ModelInputError, ModelLoadError
+from model.sam_audio import ConfigError, SAMAudio, SAMAudioConfig, SAMAudioProcessor
+from model.sam_audio.model import odeint_final
+from model.sam_audio.text_encoder import T5TextEncoder
+from model.separator import Prompt, Span
+
+FIXTURE = Path(
+    os.environ.get(
+        "SONOMASK_SAM_AUDIO_FIXTURE",
+        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sam_audio_reference_a",
+    )
+)
+needs_tokenizer = pytest.mark.skipif(
+    not (FIXTURE / "t5" / "tokenizer.json").is_file(), reason="fixture A's T5 tokenizer not found"
+)
+
+C = 4  # codec latent channels
+TINY = {
+    "in_channels": 6 * C,
+    "audio_codec": {
+        "encoder_dim": 8,
+        "encoder_rates": [2, 8, 10, 12],
+        "latent_dim": 16,
+        "decoder_dim": 1536,
+        "decoder_rates": [12, 10, 8, 2],
+        "n_codebooks": 16,
+        "codebook_size": 1024,
+        "codebook_dim": C,
+        "quantizer_dropout": False,
+        "sample_rate": 48000,
+        "mean": 0.0,
+        "std": 1.0,
+    },
+    "text_encoder": {"name": "t5", "max_length": 512, "pad_mode": "longest", "dim": 16},
+    "vision_encoder": {
+        "dim": 8,
+        "batch_size": 300,
+        "name": "PE-Core-T16-384",
+        "normalize_feature": True,
+        "interpolation_mode": "BICUBIC",
+        "image_size": 384,
+    },
+    "transformer": {
+        "dim": 32,
+        "n_heads": 4,
+        "n_layers": 2,
+        "dropout": 0.1,
+        "norm_eps": 1e-05,
+        "qk_norm": True,
+        "fc_bias": False,
+        "ffn_exp": 4,
+        "ffn_dim_multiplier": 1,
+        "multiple_of": 16,
+        "non_linearity": "swiglu",
+        "use_rope": True,
+        "max_positions": 10000,
+        "frequency_embedding_dim": 32,
+        "timestep_non_linearity": "swiglu",
+        "t_block_non_linearity": "silu",
+        "t_block_bias": True,
+        "context_dim": 32,
+        "context_non_linearity": "swiglu",
+        "context_embedder_dropout": 0.0,
+        "context_norm": True,
+        "out_channels": 2 * C,
+        "in_channels": None,
+    },
+    "num_anchors": 3,
+    "anchor_embedding_dim": 8,
+    "visual_ranker": None,
+    "text_ranker": None,
+    "span_predictor": None,
+}
+
+
+class StubCodec(nn.Module):
+    """Frame-wise linear 'codec' with the DACVAECodec interface (hop 1920 at 48 kHz)."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.hop_length = int(np.prod(cfg["encoder_rates"]))
+        self.sample_rate = cfg["sample_rate"]
+        self.watermark_bits = 16
+        self.enc = nn.Linear(self.hop_length, cfg["codebook_dim"])
+        self.dec = nn.Linear(cfg["codebook_dim"], self.hop_length)
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        B, _, N = wav.shape
+        T = -(-N // self.hop_length)
+        wav = torch.nn.functional.pad(wav, (0, T * self.hop_length - N))
+        return self.enc(wav.view(B, T, self.hop_length)).transpose(1, 2)
+
+    def decode(self, latent: torch.Tensor, watermark_message=None) -> torch.Tensor:
+        if watermark_message is None:
+            watermark_message = torch.randint(0, 2, (latent.shape[0], 16), dtype=torch.float32)
+        out = self.dec(latent.transpose(1, 2)) * 0.01
+        out = out + 1e-3 * watermark_message[:, :1, None]
+        return out.reshape(latent.shape[0], 1, -1)
+
+
+class StubVision(nn.Module):
+    """Mean colour per frame -> linear features, padded over time like the real encoder."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.dim = cfg["dim"]
+        self.lin = nn.Linear(3, self.dim)
+
+    def forward(self, videos):
+        feats = [self.lin(v.float().mean(dim=(2, 3)) / 255) for v in videos]
+        return pad_sequence(feats, batch_first=True)
+
+
+@pytest.fixture(autouse=True)
+def stub_components(monkeypatch):
+    monkeypatch.setattr(sam_model, "_build_codec", lambda cfg: StubCodec(cfg.to_dict()["audio_codec"]))
+    monkeypatch.setattr(
+        sam_model, "_build_vision_encoder", lambda cfg: StubVision(cfg.to_dict()["vision_encoder"])
+    )
+    backend.clear_model_cache()
+    yield
+    backend.clear_model_cache()
+
+
+def tiny_text_encoder(dim: int = 16) -> T5TextEncoder:
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(
+        vocab_size=1000,
+        d_model=dim,
+        d_kv=4,
+        num_heads=4,
+        num_layers=1,
+        d_ff=32,
+        feed_forward_proj="relu",
+        relative_attention_num_buckets=8,
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(FIXTURE / "t5"))
+    return T5TextEncoder(transformers.T5EncoderModel(cfg).eval(), tokenizer)
+
+
+def tiny_model(config: dict | None = None, seed: int = 0) -> SAMAudio:
+    cfg = SAMAudioConfig.from_dict(copy.deepcopy(config or TINY))
+    model = SAMAudio(cfg, text_encoder=tiny_text_encoder(cfg.text_encoder.dim))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():  # make every path (gates, pad rows, biases) matter
+            p.add_(0.1 * torch.randn_like(p))
+        model.align_masked_video.gate.fill_(0.5)
+        model.embed_anchors.gate.fill_(-0.6)
+    return model.eval()
+
+
+def saved_tiny(tmp_path: Path, **kwargs) -> tuple[SAMAudio, Path]:
+    model = tiny_model()
+    folder = model.save_pretrained(tmp_path / "tiny", **kwargs)
+    return model, folder
+
+
+def two_item_batch(model: SAMAudio):
+    proc = SAMAudioProcessor.from_config(model.config)
+    g = torch.Generator().manual_seed(1)
+    a1 = torch.randn(2, 48000, generator=g) * 0.1  # stereo: mixed down
+    a2 = torch.randn(1, 30000, generator=g) * 0.1
+    video = torch.randint(0, 255, (12, 3, 8, 8), dtype=torch.uint8, generator=g)
+    return proc(
+        descriptions=["a dog barking", ""],
+        audios=[a1, a2],
+        anchors=[[("+", 0.1, 0.4), ("-", 0.6, 0.8)], []],
+        masked_videos=[video, video[:5]],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+def test_config_round_trip_and_fixture_config():
+    cfg = SAMAudioConfig.from_dict(copy.deepcopy(TINY))
+    assert cfg.to_dict() == TINY
+    assert cfg.audio_codec.hop_length == 1920 and cfg.latent_channels == C
+    if (FIXTURE / "config.json").is_file():
+        fixture = SAMAudioConfig.from_json_file(FIXTURE / "config.json")
+        assert fixture.to_dict() == json.loads((FIXTURE / "config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d.update(bogus=1), "bogus"),
+        (lambda d: d["transformer"].update(n_head=4), "transformer.n_head"),
+        (lambda d: d["audio_codec"].update(extra=True), "audio_codec.extra"),
+        (lambda d: d.pop("num_anchors"), "num_anchors"),
+        (lambda d: d["text_encoder"].pop("pad_mode"), "text_encoder.pad_mode"),
+        (lambda d: d["vision_encoder"].pop("image_size"), "vision_encoder.image_size"),
+        (lambda d: d["transformer"].update(dim=30), "transformer.dim"),
+        (lambda d: d.update(in_channels=7), "in_channels"),
+    ],
+)
+def test_config_errors_name_the_field(mutate, field):
+    data = copy.deepcopy(TINY)
+    mutate(data)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        SAMAudioConfig.from_dict(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving, loading and loading errors
+# ---------------------------------------------------------------------------------------------
+
+
+def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@needs_tokenizer
+@pytest.mark.parametrize("safe", [False, True])
+def test_save_load_round_trip(tmp_path, safe):
+    model, folder = saved_tiny(tmp_path, safe_serialization=safe)
+    assert (folder / ("model.safetensors" if safe else "checkpoint.pt")).is_file()
+    assert (folder / "t5" / "config.json").is_file()
+    loaded = SAMAudio.from_pretrained(folder)
+    assert not loaded.training
+    _assert_same_weights(model, loaded)
+    batch = two_item_batch(model)
+    noise = torch.randn(2, int(batch.sizes.max()), 2 * C, generator=torch.Generator().manual_seed(3))
+    msg = torch.ones(4, 16)
+    r1 = model.separate(batch, noise=noise, watermark_message=msg)
+    r2 = loaded.separate(two_item_batch(model), noise=noise, watermark_message=msg)
+    for x, y in zip(r1.target + r1.residual, r2.target + r2.residual, strict=True):
+        assert torch.equal(x, y)
+
+
+def _rewrite_checkpoint(folder: Path, edit) -> None:
+    sd = torch.load(folder / "checkpoint.pt", weights_only=True)
+    edit(sd)
+    torch.save(sd, folder / "checkpoint.pt")
+
+
+@needs_tokenizer
+def test_missing_key_is_an_error_listing_it(tmp_path):
+    _, folder = saved_tiny(tmp_path)
+    _rewrite_checkpoint(folder, lambda sd: sd.pop("transformer.layers.1.attention.wq.weight"))
+    with pytest.raises(ModelLoadError, match=r"missing 1 weights: transformer\.layers\.1\.attention\.wq\.weight"):
+        SAMAudio.from_pretrained(folder)
+
+
+@needs_tokenizer
+def test_misshaped_key_is_an_error_listing_it(tmp_path):
+    _, folder = saved_tiny(tmp_path)
+    _rewrite_checkpoint(folder, lambda sd: sd.update({"proj.weight": torch.zeros(32, 23)}))
+    with pytest.raises(ModelLoadError, match=r"mis-shaped.*proj\.weight \(32, 23\) \(model expects \(32, 24\)\)"):
+        SAMAudio.from_pretrained(folder)
+
+
+@needs_tokenizer
+def test_unexpected_key_is_an_error(tmp_path):
+    _, folder = saved_tiny(tmp_path)
+    _rewrite_checkpoint(folder, lambda sd: sd.update({"transformer.extra.weight": torch.zeros(2)}))
+    with pytest.raises(ModelLoadError, match=r"transformer\.extra\.weight"):
+        SAMAudio.from_pretrained(folder)
+
+
+@needs_tokenizer
+def test_unused_keys_are_ignored(tmp_path):
+    model, folder = saved_tiny(tmp_path)
+
+    def add_unused(sd):
+        sd["vision_encoder.model.token_embedding.weight"] = torch.zeros(3, 2)
+        sd["vision_encoder.model.transformer.resblocks.0.attn.in_proj_weight"] = torch.zeros(3)
+        sd["vision_encoder.model.logit_scale"] = torch.zeros(())
+        sd["text_encoder.model.shared.weight"] = torch.zeros(5, 2)
+        sd["span_predictor.head.weight"] = torch.zeros(2)
+        sd["visual_ranker.model.weight"] = torch.zeros(2)
+        sd["text_ranker.model.weight"] = torch.zeros(2)
+
+    _rewrite_checkpoint(folder, add_unused)
+    _assert_same_weights(model, SAMAudio.from_pretrained(folder))
+
+
+@needs_tokenizer
+def test_unknown_config_field_is_an_error_on_load(tmp_path):
+    _, folder = saved_tiny(tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["transformer"]["n_kv_heads"] = 2
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"unknown config field 'transformer\.n_kv_heads'"):
+        SAMAudio.from_pretrained(folder)
+    with pytest.raises(ConfigError, match=r"transformer\.n_kv_heads"):
+        SAMAudioProcessor.from_pretrained(folder)
+
+
+def test_missing_folder_or_cache_entry_says_how_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="huggingface-cli download facebook/sam-audio-base"):
+        SAMAudio.from_pretrained("facebook/sam-audio-base", cache_dir=tmp_path / "hub")
+    with pytest.raises(ModelLoadError, match="huggingface-cli download"):
+        SAMAudio.from_pretrained(str(tmp_path / "no" / "such" / "folder"))
+    with pytest.raises(ModelLoadError, match="huggingface-cli download"):
+        SAMAudioProcessor.from_pretrained("facebook/sam-audio-base", cache_dir=tmp_path / "hub")
+
+
+@needs_tokenizer
+def test_repo_id_resolves_from_hf_cache(tmp_path, monkeypatch):
+    """A Hub id is looked up in the local cache (snapshot layout), offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, folder = saved_tiny(tmp_path)
+    cache = tmp_path / "hub"
+    commit = "0" * 40
+    repo = cache / "models--acme--tiny-sam-audio"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots").mkdir()
+    import shutil
+
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    loaded = SAMAudio.from_pretrained("acme/tiny-sam-audio", cache_dir=cache)
+    _assert_same_weights(model, loaded)
+    proc = SAMAudioProcessor.from_pretrained("acme/tiny-sam-audio", cache_dir=cache)
+    assert proc.audio_hop_length == 1920
+
+
+@needs_tokenizer
+def test_text_encoder_name_missing_everywhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, folder = saved_tiny(tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["text_encoder"]["name"] = "no-such-t5"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="no-such-t5"):
+        SAMAudio.from_pretrained(folder, cache_dir=tmp_path / "hub")
+
+
+# ---------------------------------------------------------------------------------------------
+# ODE and sampling
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_fixed_grid_solver_matches_torchdiffeq(method):
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    y0 = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
+
+    def f(t, y):
+        return torch.sin(3 * y) * (1 + t) - 0.5 * y
+
+    opt = {"method": method, "options": {"step_size": 2 / 32}}
+    ours = odeint_final(f, y0, opt)
+    ref = torchdiffeq.odeint(f, y0, torch.tensor([0.0, 1.0]), **opt)[-1]
+    assert torch.equal(ours, ref)
+    odd = {"method": method, "options": {"step_size": 0.3}}
+    assert torch.equal(
+        odeint_final(f, y0, odd), torchdiffeq.odeint(f, y0, torch.tensor([0.0, 1.0]), **odd)[-1]
+    )
+
+
+@needs_tokenizer
+def test_optimised_sampling_equals_naive():
+    """Per-call caching (projections, video/anchor terms, text memory, RoPE table, dropped
+    all-valid masks) gives the reference per-step computation's result."""
+    model = tiny_model()
+    batch = two_item_batch(model)
+    with torch.inference_mode():
+        args = model.get_forward_args(batch)
+        noise = torch.randn(args["audio_features"].shape, generator=torch.Generator().manual_seed(2))
+        t = torch.full((2,), 0.3)
+        v_naive = model(noisy_audio=noise, time=t, **args)
+        v_fast = model.velocity(noise, t, model.prepare_conditioning(**args))
+        assert (v_naive - v_fast).abs().max() <= 1e-5
+        y_naive = model.solve(args, noise, naive=True)
+        y_fast = model.solve(args, noise)
+    assert (y_naive - y_fast).abs().max() <= 1e-5
+    # single unpadded item: the masks are dropped on the fast path
+    one = SAMAudioProcessor.from_config(model.config)(
+        descriptions=["x"], audios=[torch.randn(1, 20000) * 0.1], anchors=[[("+", 0.0, 0.2)]]
+    )
+    with torch.inference_mode():
+        args = model.get_forward_args(one)
+        cond = model.prepare_conditioning(**args)
+        assert cond.audio_pad_mask is None and cond.text_mask is None
+        noise = torch.randn(args["audio_features"].shape)
+        assert (model.solve(args, noise, naive=True) - model.solve(args, noise)).abs().max() <= 1e-5
+
+
+@needs_tokenizer
+def test_separate_api_and_seeding():
+    model = tiny_model()
+    batch = two_item_batch(model)
+    torch.manual_seed(5)
+    r1 = model.separate(batch)
+    torch.manual_seed(5)
+    r2 = model.separate(two_item_batch(model))
+    assert [x.shape[0] for x in r1.target] == [48000, 30720]  # rounded up to the hop
+    for x, y in zip(r1.target + r1.residual, r2.target + r2.residual, strict=True):
+        assert x.ndim == 1 and torch.equal(x, y)
+    assert torch.equal(r1.noise, r2.noise)
+    with pytest.raises(NotImplementedError, match="predict_spans"):
+        model.separate(batch, predict_spans=True)
+    with pytest.raises(NotImplementedError, match="reranking"):
+        model.separate(batch, reranking_candidates=4)
+    with pytest.raises(ModelInputError, match="noise must have shape"):
+        model.separate(batch, noise=torch.zeros(1, 3, 8))
+    # other solvers through ode_opt
+    r3 = model.separate(batch, noise=r1.noise, ode_opt={"method": "euler", "options": {"step_size": 0.25}})
+    assert all(torch.isfinite(x).all() for x in r3.target)
+
+
+@needs_tokenizer
+def test_bf16_autocast_runs_close_to_fp32():
+    model = tiny_model()
+    batch = two_item_batch(model)
+    with torch.inference_mode():
+        args = model.get_forward_args(batch)
+        noise = torch.randn(args["audio_features"].shape)
+        y32 = model.solve(args, noise)
+        y16 = model.solve(args, noise, autocast_dtype=torch.bfloat16)
+    assert y16.dtype == torch.float32
+    assert (y32 - y16).abs().max() < 0.1 * y32.abs().max()
+
+
+def test_processor_input_errors():
+    proc = SAMAudioProcessor(1920, 48000)
+    with pytest.raises(ModelInputError, match="descriptions"):
+        proc(descriptions=["a", "b"], audios=[torch.zeros(1, 100)])
+    with pytest.raises(ModelInputError, match=r"\[frames, 3, H, W\]"):
+        proc(descriptions=["a"], audios=[torch.zeros(1, 100)], masked_videos=[torch.zeros(4, 8, 8, 3)])
+    with pytest.raises(ModelInputError, match="anchor token"):
+        proc(descriptions=["a"], audios=[torch.zeros(1, 100)], anchors=[[("*", 0.0, 0.1)]])
+    batch = proc(descriptions=["a"], audios=[np.zeros(5000, dtype=np.float32)])
+    assert batch.audios.shape == (1, 1, 5000) and int(batch.sizes[0]) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend
+# ---------------------------------------------------------------------------------------------
+
+
+def test_plan_windows_and_gains():
+    assert backend.plan_windows(1000, 2000, 200) == [(0, 1000)]
+    w = backend.plan_windows(10_000, 3000, 1000)
+    assert w[0] == (0, 3000) and w[-1] == (7000, 10_000)
+    assert all(e - s == 3000 for s, e in w)
+    assert all(w[i + 1][0] < w[i][1] for i in range(len(w) - 1))  # overlapping, no gaps
+    gains = backend.window_gains(w)
+    power = np.zeros(10_000)
+    for (s, e), g in zip(w, gains, strict=True):
+        power[s:e] += g.astype(np.float64) ** 2
+    np.testing.assert_allclose(power, 1.0, atol=1e-6)  # equal-power crossfades
+    with pytest.raises(ModelInputError):
+        backend.plan_windows(100, 10, 10)
+
+
+def test_pick_frames_and_window_anchors():
+    times = np.arange(50) / 25.0  # 2 s at 25 fps
+    idx = backend.pick_frames(times, np.array([0.0, 0.05, 0.49, 0.99]), 0.0, 1.0)
+    assert idx.tolist() == [0, 1, 12, 25]  # 0.99 s -> frame 25 (1.0 s, inside the widened window)
+    # frames are only taken from inside the window (widened by half a period)
+    idx = backend.pick_frames(times, np.array([1.51, 1.61]), 1.5, 3.0)
+    assert idx.tolist() == [38, 40]
+    assert backend.pick_frames(times, np.array([5.0]), 5.0, 6.0) is None
+    spans = [Span("+", 0.5, 1.5), Span("-", 3.0, 4.0)]
+    assert backend.window_anchors(spans, 1.0, 2.0) == [("+", 0.0, 0.5)]
+    assert backend.window_anchors(spans, 2.0, 3.0) is None
+
+
+@needs_tokenizer
+def test_backend_windows_prompts_progress_and_cache(tmp_path, monkeypatch):
+    _, folder = saved_tiny(tmp_path)
+    monkeypatch.delenv("SONOMASK_DEVICE", raising=False)
+    sep = backend.SamAudioSeparator(str(folder), window_seconds=1.0, overlap_seconds=0.2)
+    assert sep.name == "sam-audio" and sep.device == "cpu"
+    assert backend.SamAudioSeparator(str(folder)).model is sep.model  # loaded once per process
+    sr = 48000
+    audio = (0.1 * np.random.default_rng(0).standard_normal(int(2.5 * sr))).astype(np.float32)
+    video = np.random.default_rng(1).integers(0, 255, (25, 6, 6, 3), dtype=np.uint8)
+    times = np.arange(25) / 12.5  # frames cover only the first 2 s
+    seen = []
+    out = sep.separate(
+        audio,
+        Prompt(text=None, spans=[Span("+", 0.2, 0.9)], masked_video=video, video_times=times),
+        progress=lambda f, what: seen.append((f, what)),
+    )
+    assert out.target.shape == out.residual.shape == audio.shape
+    assert out.target.dtype == np.float32 and np.isfinite(out.target).all()
+    assert out.backend == "sam-audio"
+    fracs = [f for f, _ in seen]
+    assert fracs == sorted(fracs) and fracs[-1] == 1.0 and any("ODE step" in w for _, w in seen)
+    assert sum("window 3/3" in w for _, w in seen) > 0  # 2.5 s -> 3 windows of 1 s
+    again = sep.separate(
+        audio, Prompt(text=None, spans=[Span("+", 0.2, 0.9)], masked_video=video, video_times=times)
+    )
+    np.testing.assert_array_equal(out.target, again.target)  # seeded: deterministic
+    # the last window (1.5-2.5 s) still has frames up to 1.92 s; a video ending at 0.4 s leaves
+    # later windows without frames, which is reported
+    short = sep.separate(audio, Prompt(masked_video=video[:5], video_times=times[:5]))
+    assert any("no video frames" in w for w in short.warnings)
+    with pytest.raises(ModelInputError):
+        sep.separate(np.zeros((2, 100), np.float32), Prompt())
+    with pytest.raises(ModelInputError):
+        sep.separate(audio, Prompt(masked_video=video, video_times=times[:3]))
+    with pytest.raises(ModelInputError):
+        sep.separate(audio, Prompt(spans=[Span("+", 1.0, 0.5)]))
+
+
+@needs_tokenizer
+def test_backend_single_window_equals_model_separate(tmp_path):
+    """One window: the backend is exactly model.separate with its seeded noise and bits."""
+    model, folder = saved_tiny(tmp_path)
+    sep = backend.SamAudioSeparator(str(folder), "cpu", seed=7)
+    audio = (0.1 * np.random.default_rng(0).standard_normal(40000)).astype(np.float32)
+    out = sep.separate(audio, Prompt(text="a dog", spans=[Span("-", 0.1, 0.3)]))
+    batch = SAMAudioProcessor.from_config(model.config)(
+        descriptions=["a dog"], audios=[torch.from_numpy(audio)[None]], anchors=[[("-", 0.1, 0.3)]]
+    )
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(1, 21, 2 * C, generator=g)
+    bits = torch.randint(0, 2, (2, 16), generator=g, dtype=torch.float32)
+    ref = sep.model.separate(batch, noise=noise, watermark_message=bits)
+    np.testing.assert_allclose(out.target, ref.target[0][:40000].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out.residual, ref.residual[0][:40000].numpy(), atol=1e-6)
+
+
+def test_device_resolution(monkeypatch):
+    monkeypatch.setenv("SONOMASK_DEVICE", "cpu")
+    assert backend.resolve_device(None) == "cpu"
+    monkeypatch.delenv("SONOMASK_DEVICE")
+    assert backend.resolve_device("auto") in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="CUDA"):
+            backend.resolve_device("cuda")
+    with pytest.raises(ModelLoadError):
+        backend.resolve_device("tpu9")

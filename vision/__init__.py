@@ -1,0 +1,5 @@
+"""Masks in, masks across frames out, visual prompt frames. Knows nothing of audio or HTTP."""
+
+from vision.errors import MaskError
+
+__all__ = ["MaskError"]

@@ -1,0 +1,430 @@
+"""The ``sonomask`` command line.
+
+Exit status: 0 success, 2 bad input (one clear line on stderr, no traceback), 1 internal
+error. Progress bars go to stderr so stdout stays clean for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from worker.errors import BadInput, SonomaskError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+_SPAN_ARG = re.compile(r"^-\s*[\d.]+\s*(-|:|\.\.)\s*[\d.]+$")
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="input video file")
+    p.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        metavar="PNG",
+        help="mask image at the video's size, white = object (repeat for correction keyframes)",
+    )
+    p.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="x0,y0,x1,y1",
+        help="a box around the object instead of a mask image",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--mask-frame",
+        action="append",
+        type=int,
+        default=[],
+        metavar="N",
+        help="frame index of each mask/box, in order (default 0)",
+    )
+    where.add_argument(
+        "--mask-time",
+        action="append",
+        type=float,
+        default=[],
+        metavar="S",
+        help="time in seconds of each mask/box, in order",
+    )
+    p.add_argument(
+        "--tracker",
+        choices=["flow", "copy"],
+        default="flow",
+        help="how the mask follows the object (default flow: dense optical flow)",
+    )
+
+
+def _add_separation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", help="optional text prompt, e.g. 'dog barking' (SAM Audio)")
+    p.add_argument(
+        "--span",
+        action="append",
+        default=[],
+        metavar="±START-END",
+        help="+1.2-3.4: the sound is present from 1.2 s to 3.4 s; -0-1: absent",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["isolate", "remove", "both"],
+        default="both",
+        help="isolate: keep only the object's sound; remove: take it out; both",
+    )
+    p.add_argument(
+        "--separator",
+        choices=["auto", "sam-audio", "classical"],
+        default="auto",
+        help="auto: SAM Audio when a model is configured, else classical",
+    )
+    p.add_argument("--model", help="SAM Audio checkpoint folder or Hub id (or SONOMASK_MODEL)")
+    p.add_argument(
+        "--audio-stream",
+        type=int,
+        default=0,
+        metavar="N",
+        help="which audio stream to process (0 = first)",
+    )
+    p.add_argument(
+        "--reconstruct",
+        choices=["masked", "generative"],
+        default="masked",
+        help="masked: keep every source channel, target+residual = source (default)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sonomask",
+        description="Isolate or remove the sound of an on-screen object in a video.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sep = sub.add_parser("separate", help="track the object and separate its sound")
+    _add_job_options(sep)
+    _add_separation_options(sep)
+    sep.add_argument("--out", help="output folder (default: <video name>-sonomask)")
+    sep.add_argument("--keep-work", action="store_true", help="keep the job's work folder")
+    sep.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    tr = sub.add_parser("track", help="only track the mask through the clip")
+    _add_job_options(tr)
+    tr.add_argument("--out", required=True, help="masks file to write (.npz, key 'masks')")
+    tr.add_argument("--preview", help="also write a preview video with the mask drawn")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    demo = sub.add_parser("demo", help="run the bundled example (two objects, one masked)")
+    demo.add_argument("--out", default="sonomask-demo", help="output folder")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sm = sub.add_parser("submit", help="queue a job for the workers; prints the job id")
+    _add_job_options(sm)
+    _add_separation_options(sm)
+    sm.add_argument("--webhook", help="URL to POST the job document to when the job ends")
+
+    st = sub.add_parser("status", help="show a queued job's state")
+    st.add_argument("id")
+    st.add_argument("--json", action="store_true", help="print the job document as JSON")
+
+    wt = sub.add_parser("wait", help="wait for a job: exit 0 succeeded, 2 bad input, 1 otherwise")
+    wt.add_argument("id")
+    wt.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    wt.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    cn = sub.add_parser("cancel", help="cancel a queued or running job")
+    cn.add_argument("id")
+
+    wk = sub.add_parser("worker", help="run a Celery worker for the queued jobs")
+    wk.add_argument("--queues", default="cpu,gpu", help="comma-separated queues: cpu, gpu")
+    wk.add_argument("--concurrency", type=int, default=None, help="worker processes")
+    wk.add_argument("--hostname", default=None, help="worker node name")
+    wk.add_argument("--loglevel", default="INFO")
+
+    sv = sub.add_parser("serve", help="run the HTTP API")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def _fix_span_args(argv: list[str]) -> list[str]:
+    """Let ``--span -0.5-2`` through: argparse would read ``-0.5-2`` as an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--span" and i + 1 < len(argv) and _SPAN_ARG.match(argv[i + 1]):
+            out.append(f"--span={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "video": args.video,
+        "masks": args.mask,
+        "boxes": args.box,
+        "mask_frames": args.mask_frame,
+        "mask_times": args.mask_time,
+        "tracker": args.tracker,
+    }
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    from worker.pipeline import run_job
+    from worker.progress import StageBars
+    from worker.spec import JobSpec
+
+    fields = _spec_fields(args)
+    out = args.out or f"{Path(args.video).stem}-sonomask"
+    spec = JobSpec.build(**fields, **_separation_fields(args), out=str(Path(out).resolve()))
+    with StageBars(enabled=not args.quiet) as bars:
+        manifest = run_job(spec, progress=bars.update, keep_workspace=args.keep_work)
+    for w in manifest.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{manifest['backend']}: wrote {', '.join(manifest['outputs'])} to {out}")
+    return 0
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from worker.progress import StageBars
+    from worker.spec import JobSpec
+    from worker.tracking import track_to_file
+
+    spec = JobSpec.build(**_spec_fields(args))
+    with StageBars(enabled=not args.quiet) as bars:
+        warnings = track_to_file(
+            spec, Path(args.out), Path(args.preview) if args.preview else None, progress=bars.update
+        )
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {args.out}" + (f" and {args.preview}" if args.preview else ""))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    video, mask = EXAMPLES / "demo.mp4", EXAMPLES / "demo_mask.png"
+    if not video.exists() or not mask.exists():
+        raise BadInput(
+            f"the demo clip is missing; build it with: python {EXAMPLES / 'make_demo.py'}"
+        )
+    ns = build_parser().parse_args(
+        [
+            "separate",
+            str(video),
+            "--mask",
+            str(mask),
+            "--mode",
+            "both",
+            "--out",
+            args.out,
+            "--separator",
+            "auto",
+        ]
+        + (["--quiet"] if args.quiet else [])
+    )
+    return cmd_separate(ns)
+
+
+def _separation_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "text": args.text,
+        "spans": args.span,
+        "mode": args.mode,
+        "separator": args.separator,
+        "model": args.model,
+        "audio_stream": args.audio_stream,
+        "reconstruct": args.reconstruct,
+    }
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Copy the inputs into the shared workspace (workers may be other machines) and queue."""
+    import shutil
+    import uuid
+
+    from worker.api import _check_inputs
+    from worker.config import Settings
+    from worker.spec import JobSpec
+    from worker.tasks import submit
+
+    settings = Settings.from_env()
+    spec = JobSpec.build(**_spec_fields(args), **_separation_fields(args), webhook=args.webhook)
+    _check_inputs(spec)
+    job_id = uuid.uuid4().hex[:16]
+    inputs = settings.workspace / job_id / "inputs"
+    inputs.mkdir(parents=True)
+    video = inputs / f"video{Path(spec.video).suffix.lower()}"
+    shutil.copyfile(spec.video, video)
+    keyframes = []
+    for i, k in enumerate(spec.keyframes):
+        if k.mask:
+            dst = inputs / f"mask{i}-{Path(k.mask).name}"
+            shutil.copyfile(k.mask, dst)
+            k = k.model_copy(update={"mask": str(dst)})
+        keyframes.append(k)
+    spec = spec.model_copy(update={"video": str(video), "keyframes": keyframes})
+    print(submit(spec, settings, job_id))
+    return 0
+
+
+def _job(job_id: str):  # noqa: ANN202
+    from worker import jobs
+    from worker.config import Settings
+
+    try:
+        return jobs.job_workspace(Settings.from_env().workspace, job_id)
+    except KeyError:
+        raise BadInput(f"no job {job_id!r} in {Settings.from_env().workspace}") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from worker import jobs
+
+    doc = jobs.document(_job(args.id))
+    if args.json:
+        print_json(doc)
+    else:
+        line = f"{doc['id']}: {doc['state']}"
+        if doc["state"] == "running":
+            line += f" ({doc['stage']}, {100 * doc['progress']:.0f}%)"
+        if doc["error"]:
+            line += f": {doc['error']}"
+        print(line)
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from worker import jobs
+
+    ws = _job(args.id)
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    with Progress(
+        transient=True,
+        disable=args.quiet,
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("queued", total=1.0)
+        while True:
+            doc = jobs.document(ws)
+            bar.update(task, completed=doc["progress"], description=doc["stage"] or doc["state"])
+            if doc["state"] in jobs.FINISHED:
+                break
+            if deadline and time.monotonic() > deadline:
+                print(
+                    f"sonomask: job {args.id} still {doc['state']} after {args.timeout:g} s",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.5)
+    if doc["state"] == "succeeded":
+        print(f"{args.id}: succeeded ({', '.join(doc['outputs'])})")
+        return 0
+    print(
+        f"sonomask: job {args.id} {doc['state']}" + (f": {doc['error']}" if doc["error"] else ""),
+        file=sys.stderr,
+    )
+    return 2 if doc.get("bad_input") else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from worker.tasks import cancel
+
+    _job(args.id)
+    doc = cancel(args.id)
+    print(f"{args.id}: {doc['state']}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import socket
+
+    from worker.app import app
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    bad = set(queues) - {"cpu", "gpu"}
+    if bad:
+        raise BadInput(f"unknown queue(s) {sorted(bad)}; use cpu and/or gpu")
+    name = args.hostname or f"sonomask-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
+    argv = [
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-n",
+        name,
+        "--loglevel",
+        args.loglevel,
+        "--prefetch-multiplier",
+        "1",
+        "-E",
+    ]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("worker.api:app", host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+COMMANDS = {
+    "separate": cmd_separate,
+    "track": cmd_track,
+    "demo": cmd_demo,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "wait": cmd_wait,
+    "cancel": cmd_cancel,
+    "worker": cmd_worker,
+    "serve": cmd_serve,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = _fix_span_args(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BadInput as e:
+        print(f"sonomask: error: {e}", file=sys.stderr)
+        return 2
+    except SonomaskError as e:
+        print(f"sonomask: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("sonomask: interrupted", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - one line for people, the trace on request
+        if os.environ.get("SONOMASK_DEBUG"):
+            raise
+        print(
+            f"sonomask: internal error: {type(e).__name__}: {e} "
+            "(set SONOMASK_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

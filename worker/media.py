@@ -1,0 +1,657 @@
+"""Media I/O with ffmpeg: probe, demux audio, decode frames, remux.
+
+Untrusted input rules, applied to every ffmpeg/ffprobe call on a user's file:
+- the file is sniffed first (playlists, concat lists, text and images are refused before
+  any demuxer sees them);
+- it is opened as ``file:<absolute path>`` with ``-protocol_whitelist file`` (no network,
+  no pipes, no other protocols) and ``-format_whitelist`` limited to real media containers,
+  so a playlist or concat file can never make ffmpeg open other files.
+
+Timeline convention: everything sonomask writes is on the picture's clock. Sample 0 of
+every audio array (and of the stems) is the presentation time of video frame 0, and frame
+times are seconds from there. Audio that starts after the picture is padded with silence,
+audio before the first frame is trimmed (with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+import numpy as np
+
+from worker.errors import BadInput, SonomaskError
+
+FORMAT_WHITELIST = ",".join(
+    [
+        "mov,mp4,m4a,3gp,3g2,mj2",
+        "matroska,webm",
+        "avi",
+        "mpegts",
+        "flv",
+        "mxf",
+        "asf",
+        "ogg",
+        "mpeg",
+    ]
+)
+INPUT_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": FORMAT_WHITELIST}
+
+ProgressFn = Callable[[float, str], None]
+
+
+# --------------------------------------------------------------------------- sniffing
+
+
+_IMAGE_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF87a": "a GIF image",
+    b"GIF89a": "a GIF image",
+    b"BM": "a BMP image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+}
+
+
+def sniff(path: Path) -> None:
+    """Refuse what is plainly not a media container, before any demuxer reads it."""
+    name = path.name
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+    if not path.is_file():
+        raise BadInput(f"{path}: not a regular file; give a video file")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{name} is empty (0 bytes); give a video file")
+    with path.open("rb") as f:
+        head = f.read(4096)
+    for magic, what in _IMAGE_MAGIC.items():
+        if head.startswith(magic):
+            raise BadInput(f"{name} is {what}, not a video; give a video with an audio track")
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        raise BadInput(f"{name} is a WebP image, not a video; give a video with an audio track")
+    text = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    low = text[:64].lower()
+    if low.startswith(b"#extm3u") or low.startswith(b"[playlist]"):
+        raise BadInput(f"{name} is a playlist, not a media file; give the video file itself")
+    if low.startswith(b"ffconcat") or low.startswith(b"file ") or low.startswith(b"file\t"):
+        raise BadInput(f"{name} is an ffmpeg concat list, not a media file; give the video itself")
+    if low.startswith(b"<?xml") or low.startswith(b"<mpd") or low.startswith(b"<smil"):
+        raise BadInput(f"{name} is an XML manifest, not a media file; give the video itself")
+    if _looks_like_text(head):
+        raise BadInput(f"{name} is a text file, not a video; give a video with an audio track")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # A multi-byte character cut at the 4096-byte boundary is still text.
+        if e.start < len(head) - 4:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- probing
+
+
+@dataclass
+class Stream:
+    index: int
+    kind: str  # video | audio | subtitle | data | attachment
+    codec: str
+    raw: dict[str, Any]
+
+    @property
+    def start_time(self) -> float | None:
+        v = self.raw.get("start_time")
+        return float(v) if v not in (None, "N/A") else None
+
+    @property
+    def duration(self) -> float | None:
+        v = self.raw.get("duration")
+        return float(v) if v not in (None, "N/A") else None
+
+
+@dataclass
+class Probe:
+    path: Path
+    format_name: str
+    format_start: float
+    duration: float
+    streams: list[Stream]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def video(self) -> Stream:
+        """The main picture stream (not cover art)."""
+        for s in self.streams:
+            if s.kind == "video" and not s.raw.get("disposition", {}).get("attached_pic"):
+                return s
+        raise BadInput(f"{self.path.name} has no video stream; sonomask needs a picture to track")
+
+    @property
+    def audio_streams(self) -> list[Stream]:
+        return [s for s in self.streams if s.kind == "audio"]
+
+    def audio(self, n: int) -> Stream:
+        streams = self.audio_streams
+        if not streams:
+            raise BadInput(f"{self.path.name} has no audio stream; there is no sound to separate")
+        if n >= len(streams):
+            raise BadInput(
+                f"{self.path.name} has {len(streams)} audio stream(s); --audio-stream {n} does not exist"
+            )
+        return streams[n]
+
+    @property
+    def rotation(self) -> int:
+        """Display rotation in degrees (0, 90, 180, 270) from the stream's display matrix."""
+        v = self.video.raw
+        rot = 0.0
+        for sd in v.get("side_data_list", []) or []:
+            if "rotation" in sd:
+                rot = float(sd["rotation"])
+        if not rot and "rotate" in v.get("tags", {}):
+            rot = -float(v["tags"]["rotate"])
+        return int(round(rot)) % 360
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) of frames as shown (after rotation), which is what users draw on."""
+        w, h = int(self.video.raw["width"]), int(self.video.raw["height"])
+        return (h, w) if self.rotation in (90, 270) else (w, h)
+
+    @property
+    def frame_rate(self) -> float:
+        for key in ("avg_frame_rate", "r_frame_rate"):
+            fr = self.video.raw.get(key, "0/0")
+            try:
+                val = float(Fraction(fr))
+            except (ZeroDivisionError, ValueError):
+                continue
+            if val > 0:
+                return val
+        return 25.0
+
+
+def _input(path: Path, **extra: Any) -> Any:
+    return ffmpeg.input(f"file:{path.resolve()}", **INPUT_OPTIONS, **extra)
+
+
+def probe(path: Path, require_audio: bool = True) -> Probe:
+    """Read the container and streams, refusing non-media, damaged and (if asked) soundless files."""
+    path = Path(path)
+    sniff(path)
+    cmd = [
+        "ffprobe",
+        "-v",
+        "error",
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        FORMAT_WHITELIST,
+        "-show_format",
+        "-show_streams",
+        "-of",
+        "json",
+        f"file:{path.resolve()}",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        detail = _last_line(res.stderr)
+        if "not on whitelist" in detail:
+            raise BadInput(f"{path.name} is not a video container sonomask reads ({detail})")
+        if "moov atom not found" in detail:
+            raise BadInput(f"{path.name} is truncated or damaged (no index); re-export the video")
+        raise BadInput(f"{path.name} is not a readable video file ({detail or 'ffprobe failed'})")
+    info = json.loads(res.stdout or "{}")
+    fmt = info.get("format", {})
+    streams = [
+        Stream(int(s["index"]), s.get("codec_type", "data"), s.get("codec_name", "none"), s)
+        for s in info.get("streams", [])
+    ]
+    p = Probe(
+        path=path,
+        format_name=fmt.get("format_name", ""),
+        format_start=float(fmt.get("start_time", 0) or 0),
+        duration=float(fmt.get("duration", 0) or 0),
+        streams=streams,
+        tags=fmt.get("tags", {}) or {},
+    )
+    p.video  # noqa: B018 - validates presence
+    if require_audio and not p.audio_streams:
+        raise BadInput(f"{path.name} has no audio stream; there is no sound to separate")
+    return p
+
+
+def _last_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------------- running ffmpeg
+
+
+def _run(
+    stream: Any,
+    what: str,
+    progress_seconds: float | None = None,
+    progress: ProgressFn | None = None,
+) -> str:
+    """Run an ffmpeg-python graph, raising a one-line error; returns stderr."""
+    args = ffmpeg.compile(stream, overwrite_output=True)
+    args = [args[0], "-hide_banner", "-nostdin", "-loglevel", "error", *args[1:]]
+    return run_ffmpeg_args(args, what, progress_seconds, progress)
+
+
+def run_ffmpeg_args(
+    args: list[str],
+    what: str,
+    progress_seconds: float | None = None,
+    progress: ProgressFn | None = None,
+) -> str:
+    if progress is not None and progress_seconds:
+        args = [args[0], "-progress", "pipe:1", "-nostats", *args[1:]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_chunks: list[str] = []
+    t = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    t.start()
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if progress is not None and progress_seconds and line.startswith("out_time_us="):
+            try:
+                us = int(line.split("=", 1)[1])
+            except ValueError:
+                continue
+            progress(min(1.0, us / 1e6 / progress_seconds), what)
+    rc = proc.wait()
+    t.join()
+    stderr = "".join(err_chunks)
+    if rc != 0:
+        raise SonomaskError(f"ffmpeg failed to {what}: {_last_line(stderr)}")
+    return stderr
+
+
+# --------------------------------------------------------------------------- audio
+
+
+@dataclass
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    channel_layout: str
+    codec: str
+    bit_rate: int | None
+    offset_seconds: float  # audio start minus picture start (positive: audio starts later)
+
+
+def audio_info(p: Probe, n: int) -> AudioInfo:
+    a = p.audio(n)
+    v = p.video
+    a0 = a.start_time if a.start_time is not None else p.format_start
+    v0 = v.start_time if v.start_time is not None else p.format_start
+    br = a.raw.get("bit_rate")
+    return AudioInfo(
+        sample_rate=int(a.raw.get("sample_rate", 0) or 0),
+        channels=int(a.raw.get("channels", 0) or 0),
+        channel_layout=a.raw.get("channel_layout", "") or "",
+        codec=a.codec,
+        bit_rate=int(br) if br and br != "N/A" else None,
+        offset_seconds=a0 - v0,
+    )
+
+
+def picture_start(p: Probe) -> float:
+    v = p.video
+    return v.start_time if v.start_time is not None else p.format_start
+
+
+def demux_audio(p: Probe, n: int, out_wav: Path, progress: ProgressFn | None = None) -> None:
+    """Decode audio stream ``n`` to float32 WAV at its own rate and channels, on the picture clock.
+
+    ffmpeg's ``aresample`` with ``first_pts`` pads or trims the start so that sample 0 is
+    the picture's first frame; ``async`` fills gaps inside the stream the same way players do.
+    """
+    info = audio_info(p, n)
+    if info.sample_rate <= 0 or info.channels <= 0:
+        raise BadInput(f"{p.path.name}: audio stream {n} has no sample rate or channels")
+    first = round(picture_start(p) * info.sample_rate)
+    stream = _input(p.path, copyts=None)
+    audio = stream[f"a:{n}"].filter("aresample", **{"async": 1, "first_pts": first})
+    out = ffmpeg.output(audio, str(out_wav), acodec="pcm_f32le", f="wav", rf64="auto")
+    _run(out, "decode the audio", p.duration, progress)
+
+
+# --------------------------------------------------------------------------- frames
+
+
+@dataclass
+class Frames:
+    """Decoded frames at working resolution, as a memory map, with their times in seconds."""
+
+    data: np.ndarray  # uint8 [F, h, w, 3]
+    times: np.ndarray  # float64 [F], seconds from frame 0
+    display_size: tuple[int, int]  # (W, H) of the source as shown
+
+
+def working_size(display: tuple[int, int], max_side: int = 480) -> tuple[int, int]:
+    """Downscaled (w, h), even, keeping the aspect ratio; never upscaled."""
+    w, h = display
+    s = min(1.0, max_side / max(w, h))
+    ww = max(2, int(round(w * s / 2)) * 2)
+    hh = max(2, int(round(h * s / 2)) * 2)
+    return ww, hh
+
+
+_PTS_RE = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:\s*(-?[\d.e+-]+)")
+
+
+def decode_frames(
+    p: Probe, out_raw: Path, size: tuple[int, int], progress: ProgressFn | None = None
+) -> np.ndarray:
+    """Decode every frame (no drops or duplicates, also for VFR) scaled to ``size``.
+
+    Writes raw RGB24 frames to ``out_raw`` and returns each frame's presentation time in
+    seconds relative to frame 0. ffmpeg applies the display rotation.
+    """
+    w, h = size
+    stream = _input(p.path, copyts=None)
+    v = stream[f"{_video_index_among(p)}"]
+    v = v.filter("scale", w, h, flags="area").filter("showinfo")
+    out = ffmpeg.output(v, str(out_raw), f="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+    args = ffmpeg.compile(out, overwrite_output=True)
+    args = [args[0], "-hide_banner", "-nostdin", "-loglevel", "info", *args[1:]]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    times: list[float] = []
+    tail: list[str] = []
+    total = p.duration or 1.0
+    v0 = picture_start(p)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        m = _PTS_RE.search(line)
+        if m:
+            times.append(float(m.group(3)))
+            if progress is not None and len(times) % 30 == 0:
+                progress(min(1.0, (times[-1] - v0) / total), "decode frames")
+        else:
+            tail = (tail + [line])[-5:]
+    rc = proc.wait()
+    if rc != 0:
+        raise SonomaskError(f"ffmpeg failed to decode frames: {_last_line(''.join(tail))}")
+    if not times:
+        raise BadInput(f"{p.path.name}: no video frame could be decoded; the file is damaged")
+    t = np.asarray(times, dtype=np.float64)
+    return t - t[0]
+
+
+def _video_index_among(p: Probe) -> str:
+    """ffmpeg stream specifier of the main video stream (v:N among video streams)."""
+    vids = [s for s in p.streams if s.kind == "video"]
+    return f"v:{vids.index(p.video)}"
+
+
+def load_frames(raw: Path, count: int, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    return np.memmap(raw, dtype=np.uint8, mode="r", shape=(count, h, w, 3))
+
+
+# --------------------------------------------------------------------------- remux
+
+_OUTPUT_BY_EXT = {
+    ".mp4": "mp4",
+    ".m4v": "mp4",
+    ".mov": "mov",
+    ".3gp": "3gp",
+    ".mkv": "matroska",
+    ".webm": "webm",
+    ".avi": "avi",
+    ".ts": "mpegts",
+    ".m2ts": "mpegts",
+    ".mts": "mpegts",
+    ".flv": "flv",
+    ".ogv": "ogg",
+    ".ogg": "ogg",
+    ".mxf": "mxf",
+    ".wmv": "asf",
+    ".asf": "asf",
+    ".mpg": "mpeg",
+    ".mpeg": "mpeg",
+}
+_EXT_BY_FORMAT = {
+    "mov": ".mp4",
+    "matroska": ".mkv",
+    "avi": ".avi",
+    "mpegts": ".ts",
+    "flv": ".flv",
+    "mxf": ".mxf",
+    "asf": ".wmv",
+    "ogg": ".ogv",
+    "mpeg": ".mpg",
+}
+
+# (codecs kept as they are, default codec) per muxer.
+_AUDIO_CODECS: dict[str, tuple[set[str], str]] = {
+    "mp4": ({"aac", "ac3", "eac3", "alac", "mp3", "flac", "opus"}, "aac"),
+    "3gp": ({"aac"}, "aac"),
+    "mov": (
+        {
+            "aac",
+            "alac",
+            "ac3",
+            "pcm_s16le",
+            "pcm_s24le",
+            "pcm_s32le",
+            "pcm_f32le",
+            "pcm_s16be",
+            "pcm_s24be",
+        },
+        "pcm_s24le",
+    ),
+    "matroska": (
+        {
+            "flac",
+            "aac",
+            "opus",
+            "vorbis",
+            "ac3",
+            "eac3",
+            "mp3",
+            "alac",
+            "pcm_s16le",
+            "pcm_s24le",
+            "pcm_s32le",
+            "pcm_f32le",
+        },
+        "flac",
+    ),
+    "webm": ({"opus", "vorbis"}, "opus"),
+    "avi": ({"pcm_s16le", "mp3", "ac3"}, "pcm_s16le"),
+    "mpegts": ({"aac", "ac3", "eac3", "mp2", "mp3"}, "aac"),
+    "flv": ({"aac", "mp3"}, "aac"),
+    "ogg": ({"vorbis", "opus", "flac"}, "vorbis"),
+    "mxf": ({"pcm_s16le", "pcm_s24le"}, "pcm_s24le"),
+    "asf": ({"wmav2"}, "wmav2"),
+    "mpeg": ({"mp2", "ac3"}, "mp2"),
+}
+_ENCODER = {"opus": "libopus", "vorbis": "libvorbis", "mp3": "libmp3lame"}
+_LOSSY = {"aac", "ac3", "eac3", "mp3", "opus", "vorbis", "mp2", "wmav2"}
+_OPUS_RATES = {8000, 12000, 16000, 24000, 48000}
+
+
+@dataclass
+class RemuxPlan:
+    muxer: str
+    ext: str
+    codec: str
+    options: dict[str, Any]
+    warnings: list[str]
+
+
+def plan_remux(p: Probe, n: int) -> RemuxPlan:
+    """Pick the output container (the source's) and the audio codec the container supports."""
+    ext = p.path.suffix.lower()
+    muxer = _OUTPUT_BY_EXT.get(ext)
+    if muxer is None:
+        first = p.format_name.split(",")[0]
+        ext = _EXT_BY_FORMAT.get(first, ".mkv")
+        muxer = _OUTPUT_BY_EXT[ext]
+    info = audio_info(p, n)
+    keep, default = _AUDIO_CODECS[muxer]
+    codec = info.codec if info.codec in keep else default
+    warnings: list[str] = []
+    opts: dict[str, Any] = {}
+    if codec in _LOSSY:
+        per_ch = 96_000 if codec != "opus" else 64_000
+        br = info.bit_rate or per_ch * max(1, info.channels)
+        opts["b"] = str(max(br, 64_000 * min(info.channels, 2)))
+    if codec == "flac":
+        opts["sample_fmt"] = "s32"
+        opts["bits_per_raw_sample"] = 24
+    if codec == "opus" and info.sample_rate not in _OPUS_RATES:
+        opts["ar"] = 48000
+        warnings.append(f"Opus cannot store {info.sample_rate} Hz; the remuxed audio is 48000 Hz")
+    if codec == "aac" and info.channels > 2 and info.channel_layout.endswith("(side)"):
+        pass
+    return RemuxPlan(muxer, ext, codec, opts, warnings)
+
+
+def remux(
+    p: Probe,
+    n: int,
+    new_audio: Path,
+    out_path: Path,
+    plan: RemuxPlan,
+    progress: ProgressFn | None = None,
+) -> list[str]:
+    """Write ``out_path``: the source with audio stream ``n`` replaced by ``new_audio``.
+
+    Picture, other audio tracks, subtitles, data/timecode and attachments are copied
+    (``-c copy``), global and per-stream metadata and chapters kept; the new audio keeps
+    the replaced stream's position, tags and disposition, and starts at the first frame.
+    A data stream the output muxer cannot carry is dropped with a warning (returned),
+    rather than failing the job; MP4 timecode tracks are rebuilt from the timecode tag.
+    """
+    try:
+        _remux(p, n, new_audio, out_path, plan, progress, keep_data=True)
+        return []
+    except SonomaskError:
+        data = [s for s in p.streams if s.kind == "data" and not _is_tmcd(s, plan)]
+        if not data:
+            raise
+    _remux(p, n, new_audio, out_path, plan, progress, keep_data=False)
+    return [
+        f"data stream {s.index} ({s.raw.get('codec_tag_string', s.codec)}) could not be "
+        f"carried into {plan.muxer} and was left out"
+        for s in data
+    ]
+
+
+def _is_tmcd(s: Stream, plan: RemuxPlan) -> bool:
+    return plan.muxer == "mp4" and s.raw.get("codec_tag_string") == "tmcd"
+
+
+def _remux(
+    p: Probe,
+    n: int,
+    new_audio: Path,
+    out_path: Path,
+    plan: RemuxPlan,
+    progress: ProgressFn | None,
+    keep_data: bool,
+) -> None:
+    target = p.audio(n)
+    offset = picture_start(p) - p.format_start
+    info = audio_info(p, n)
+    args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    args += ["-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST]
+    args += ["-i", f"file:{p.path.resolve()}"]
+    if info.channel_layout:
+        args += ["-ch_layout", info.channel_layout]
+    args += ["-itsoffset", f"{offset:.6f}", "-i", f"file:{new_audio.resolve()}"]
+    out_index = 0
+    new_index = -1
+    metadata: list[str] = []  # explicit per-stream tags: any one disables ffmpeg's default copy
+    for s in p.streams:
+        if s.kind == "attachment":
+            continue  # mapped below with -map 0:t, Matroska only
+        if s.index == target.index:
+            args += ["-map", "1:a:0"]
+            new_index = out_index
+        elif s.kind in ("video", "audio", "subtitle", "data"):
+            if s.kind == "data" and (not keep_data or _is_tmcd(s, plan)):
+                continue
+            args += ["-map", f"0:{s.index}"]
+        else:
+            continue
+        metadata += [f"-map_metadata:s:{out_index}", f"0:s:{s.index}"]
+        out_index += 1
+    if plan.muxer == "matroska" and any(s.kind == "attachment" for s in p.streams):
+        args += ["-map", "0:t?"]
+    args += ["-c", "copy", f"-c:{new_index}", _ENCODER.get(plan.codec, plan.codec)]
+    for k, v in plan.options.items():
+        args += [f"-{k}:{new_index}", str(v)]
+    if plan.codec == "opus":
+        args += [f"-mapping_family:{new_index}", "255" if info.channels > 8 else "-1"]
+    args += ["-map_metadata", "0", "-map_chapters", "0"]
+    timecode = _timecode(p)
+    if timecode and plan.muxer in ("mp4", "mov"):
+        args += ["-timecode", timecode]
+    args += metadata
+    disp = "+".join(k for k, v in target.raw.get("disposition", {}).items() if v == 1) or "0"
+    args += [f"-disposition:{new_index}", disp]
+    if plan.muxer in ("mp4", "mov"):
+        args += ["-movflags", "+faststart", "-strict", "experimental"]
+    args += ["-f", plan.muxer, str(out_path)]
+    run_ffmpeg_args(args, f"write {out_path.name}", p.duration, progress)
+
+
+def _timecode(p: Probe) -> str | None:
+    for s in [*p.streams]:
+        tc = s.raw.get("tags", {}).get("timecode")
+        if tc:
+            return tc
+    return p.tags.get("timecode")
+
+
+def stream_md5(path: Path, selector: str = "v") -> str:
+    """MD5 of the copied packets of the selected streams (for bit-exactness checks)."""
+    res = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            f"0:{selector}",
+            "-c",
+            "copy",
+            "-f",
+            "md5",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return res.stdout.strip()
+
+
+def remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
