@@ -23,6 +23,9 @@ does not explain should not be attributed to the object), and the target/residua
 models ``W (w * H)`` and ``W ((1 - w) * H)`` become a power Wiener mask on the complex
 STFT. ``residual = audio - target``, so the two always add back to the mixture.
 
+The factorisation runs on frequency bands (full resolution below 4 kHz, coarser above;
+see ``_bands``) to keep it fast; the masks are applied per STFT bin.
+
 Long audio stays in bounded memory: the dictionary ``W`` is learned on at most
 ``MAX_DICT_FRAMES`` frames sampled evenly over the whole clip, then activations are
 fitted block by block with ``W`` fixed (a per-frame problem, so blocks give the same
@@ -38,19 +41,20 @@ from collections.abc import Callable
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import get_window
+from threadpoolctl import threadpool_limits
 
 from model.errors import ModelInputError
 from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span
 
 N_FFT = 2048
-"""43 ms window at 48 kHz: resolves harmonics ~25 Hz apart."""
+"""43 ms window at 48 kHz (23 Hz bins): separates the harmonics of low voices and strings."""
 HOP = 512
 """10.7 ms hop: ~94 frames/s, several per video frame at 25-50 fps."""
 N_COMPONENTS = 24
 N_ITER_DICT = 80
 """Multiplicative-update iterations for the dictionary (W and H)."""
 N_ITER_ACT = 40
-"""Iterations for activations alone (W fixed) on frames not in the dictionary sample."""
+"""Iterations for activations alone (W fixed), used when the dictionary saw only a sample."""
 MAX_DICT_FRAMES = 2400
 """Cap on frames the dictionary is learned from (~26 s of frames); bounds time and memory."""
 BLOCK_FRAMES = 1920
@@ -293,6 +297,12 @@ def _validate(audio: np.ndarray, prompt: Prompt) -> tuple[np.ndarray, bool, bool
             raise ModelInputError(f"bad span {s}: sign must be + or - and end > start")
     has_spans = bool(prompt.spans)
     if not has_video and not has_spans:
+        if prompt.masked_video is not None:
+            raise ModelInputError(
+                "the classical separator reads the motion inside/outside the tracked mask "
+                "(object_activity, background_activity), not masked_video; build the prompt "
+                "with the activities or use --separator sam-audio"
+            )
         raise ModelInputError(NO_PROMPT_MESSAGE)
     return audio, has_video, has_spans
 
@@ -313,6 +323,16 @@ class ClassicalSeparator:
         progress: ProgressCallback | None = None,
     ) -> Separation:
         """Split mono 48 kHz float32 ``audio`` [N] into the prompted sound and the rest."""
+        # The factorised matrices are thin: a second BLAS thread only adds contention.
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._separate(audio, prompt, progress)
+
+    def _separate(
+        self,
+        audio: np.ndarray,
+        prompt: Prompt,
+        progress: ProgressCallback | None = None,
+    ) -> Separation:
         audio, has_video, has_spans = _validate(np.asarray(audio), prompt)
         report = progress or (lambda f, t: None)
         warnings: list[str] = []

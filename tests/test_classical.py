@@ -8,6 +8,8 @@ object A follows A's envelope and the motion elsewhere follows B's, both noisy, 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from scipy.signal import butter, sosfilt
@@ -101,13 +103,20 @@ def scene(seed: int, kind: str) -> dict:
     }
 
 
-@pytest.fixture(scope="module", params=[(2, "noise"), (1, "tone")], ids=["tone+noise", "2tones"])
-def case(request: pytest.FixtureRequest) -> dict:
-    s = scene(*request.param)
-    assert 0.15 < s["overlap"] < 0.5  # partly overlapping in time, not trivially gated
+@functools.cache
+def separated(seed: int, kind: str) -> dict:
+    """The scene, separated with the prompt on A and with the prompt swapped (computed once)."""
+    s = scene(seed, kind)
     sep = ClassicalSeparator()
     s["to_a"] = sep.separate(s["mix"], video_prompt(s))
     s["to_b"] = sep.separate(s["mix"], video_prompt(s, swap=True))
+    return s
+
+
+@pytest.fixture(params=[(2, "noise"), (1, "tone")], ids=["tone+noise", "2tones"])
+def case(request: pytest.FixtureRequest) -> dict:
+    s = separated(*request.param)
+    assert 0.15 < s["overlap"] < 0.5  # partly overlapping in time, not trivially gated
     return s
 
 
@@ -179,6 +188,8 @@ def test_bad_inputs_are_errors() -> None:
         )
     with pytest.raises(ModelInputError):
         sep.separate(np.zeros(SR, np.float32), Prompt(spans=[Span("+", 1.0, 0.5)]))
+    with pytest.raises(ModelInputError, match="not masked_video"):
+        sep.separate(np.zeros(SR, np.float32), Prompt(masked_video=np.zeros((2, 4, 4, 3))))
 
 
 def test_text_is_ignored_with_a_warning() -> None:
@@ -215,9 +226,10 @@ def test_silence_and_tiny_inputs() -> None:
     np.testing.assert_allclose(out.target + out.residual, noise, atol=1e-7)
 
 
-def test_blocks_match_one_pass(case: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blocks_match_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     """Long-audio path: block-wise STFT/masking gives the same answer as one pass."""
-    s, prompt, whole = case, video_prompt(case), case["to_a"]
+    s = separated(2, "noise")
+    prompt, whole = video_prompt(s), s["to_a"]
     monkeypatch.setattr(classical, "BLOCK_FRAMES", 100)
     blocked = ClassicalSeparator().separate(s["mix"], prompt)
     np.testing.assert_allclose(blocked.target, whole.target, atol=2e-4)

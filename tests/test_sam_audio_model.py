@@ -183,7 +183,9 @@ def test_vector_field_t05(model, encoded, inputs, expected, name):
     case = inputs["cases"][name]
     with torch.inference_mode():
         naive = model(noisy_audio=case["noise"], time=case["forward_time"], **args)
-        fast = model.velocity(case["noise"], case["forward_time"], model.prepare_conditioning(**args))
+        fast = model.velocity(
+            case["noise"], case["forward_time"], model.prepare_conditioning(**args)
+        )
     assert maxerr(naive, exp["forward_t05"]) <= 1e-4
     assert maxerr(fast, exp["forward_t05"]) <= 1e-4
 
@@ -250,7 +252,9 @@ def test_backend_on_fixture_model(model, inputs):
     seen = []
     out = sep.separate(
         audio,
-        Prompt(text="dog barking", spans=[Span("+", 0.2, 0.5)], masked_video=video, video_times=times),
+        Prompt(
+            text="dog barking", spans=[Span("+", 0.2, 0.5)], masked_video=video, video_times=times
+        ),
         progress=lambda f, what: seen.append(f),
     )
     assert out.backend == "sam-audio"

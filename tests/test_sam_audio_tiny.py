@@ -137,7 +137,9 @@ class StubVision(nn.Module):
 
 @pytest.fixture(autouse=True)
 def stub_components(monkeypatch):
-    monkeypatch.setattr(sam_model, "_build_codec", lambda cfg: StubCodec(cfg.to_dict()["audio_codec"]))
+    monkeypatch.setattr(
+        sam_model, "_build_codec", lambda cfg: StubCodec(cfg.to_dict()["audio_codec"])
+    )
     monkeypatch.setattr(
         sam_model, "_build_vision_encoder", lambda cfg: StubVision(cfg.to_dict()["vision_encoder"])
     )
@@ -252,7 +254,9 @@ def test_save_load_round_trip(tmp_path, safe):
     assert not loaded.training
     _assert_same_weights(model, loaded)
     batch = two_item_batch(model)
-    noise = torch.randn(2, int(batch.sizes.max()), 2 * C, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(
+        2, int(batch.sizes.max()), 2 * C, generator=torch.Generator().manual_seed(3)
+    )
     msg = torch.ones(4, 16)
     r1 = model.separate(batch, noise=noise, watermark_message=msg)
     r2 = loaded.separate(two_item_batch(model), noise=noise, watermark_message=msg)
@@ -270,7 +274,9 @@ def _rewrite_checkpoint(folder: Path, edit) -> None:
 def test_missing_key_is_an_error_listing_it(tmp_path):
     _, folder = saved_tiny(tmp_path)
     _rewrite_checkpoint(folder, lambda sd: sd.pop("transformer.layers.1.attention.wq.weight"))
-    with pytest.raises(ModelLoadError, match=r"missing 1 weights: transformer\.layers\.1\.attention\.wq\.weight"):
+    with pytest.raises(
+        ModelLoadError, match=r"missing 1 weights: transformer\.layers\.1\.attention\.wq\.weight"
+    ):
         SAMAudio.from_pretrained(folder)
 
 
@@ -278,7 +284,9 @@ def test_missing_key_is_an_error_listing_it(tmp_path):
 def test_misshaped_key_is_an_error_listing_it(tmp_path):
     _, folder = saved_tiny(tmp_path)
     _rewrite_checkpoint(folder, lambda sd: sd.update({"proj.weight": torch.zeros(32, 23)}))
-    with pytest.raises(ModelLoadError, match=r"mis-shaped.*proj\.weight \(32, 23\) \(model expects \(32, 24\)\)"):
+    with pytest.raises(
+        ModelLoadError, match=r"mis-shaped.*proj\.weight \(32, 23\) \(model expects \(32, 24\)\)"
+    ):
         SAMAudio.from_pretrained(folder)
 
 
@@ -391,7 +399,9 @@ def test_optimised_sampling_equals_naive():
     batch = two_item_batch(model)
     with torch.inference_mode():
         args = model.get_forward_args(batch)
-        noise = torch.randn(args["audio_features"].shape, generator=torch.Generator().manual_seed(2))
+        noise = torch.randn(
+            args["audio_features"].shape, generator=torch.Generator().manual_seed(2)
+        )
         t = torch.full((2,), 0.3)
         v_naive = model(noisy_audio=noise, time=t, **args)
         v_fast = model.velocity(noise, t, model.prepare_conditioning(**args))
@@ -430,7 +440,9 @@ def test_separate_api_and_seeding():
     with pytest.raises(ModelInputError, match="noise must have shape"):
         model.separate(batch, noise=torch.zeros(1, 3, 8))
     # other solvers through ode_opt
-    r3 = model.separate(batch, noise=r1.noise, ode_opt={"method": "euler", "options": {"step_size": 0.25}})
+    r3 = model.separate(
+        batch, noise=r1.noise, ode_opt={"method": "euler", "options": {"step_size": 0.25}}
+    )
     assert all(torch.isfinite(x).all() for x in r3.target)
 
 
@@ -452,7 +464,11 @@ def test_processor_input_errors():
     with pytest.raises(ModelInputError, match="descriptions"):
         proc(descriptions=["a", "b"], audios=[torch.zeros(1, 100)])
     with pytest.raises(ModelInputError, match=r"\[frames, 3, H, W\]"):
-        proc(descriptions=["a"], audios=[torch.zeros(1, 100)], masked_videos=[torch.zeros(4, 8, 8, 3)])
+        proc(
+            descriptions=["a"],
+            audios=[torch.zeros(1, 100)],
+            masked_videos=[torch.zeros(4, 8, 8, 3)],
+        )
     with pytest.raises(ModelInputError, match="anchor token"):
         proc(descriptions=["a"], audios=[torch.zeros(1, 100)], anchors=[[("*", 0.0, 0.1)]])
     batch = proc(descriptions=["a"], audios=[np.zeros(5000, dtype=np.float32)])

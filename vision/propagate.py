@@ -74,8 +74,9 @@ _DEEP = 10.0  # work px from the mask edge beyond which DIS flow is no longer mi
 _SIGMA = 5.0  # work px, spatial reach of the depth-weighted flow smoothing
 _TRUSTED_SUPPORT = 0.5  # fraction of the chain's best fit support at which a fit is fully trusted
 _ROBUST_PX = 1.0  # flow residual (work px) at which a pixel's say in the affine fit halves
-_MAX_SCALE_STEP = 1.25  # per-frame stretch beyond which an affine fit is not believed
+_MAX_SCALE_STEP = 1.03  # most a fitted motion may stretch or shrink the object in one frame
 _SWITCH = 0.8  # template translation replaces the flow motion when its error is this much lower
+_ANCHOR = 1.1  # re-anchor to the keyframe when its fit is at most this much worse
 _TEMPLATE_PIXELS = 1600  # coarse template search runs on templates downscaled to this size
 _MIN_FLOW_SIDE = 16  # DIS needs a few 8-px patches per side
 _FAR = -1.0e5  # map coordinate that lands outside every frame (remap border -> 0)
@@ -84,24 +85,36 @@ _FAR = -1.0e5  # map coordinate that lands outside every frame (remap border -> 
 class _Chain:
     """Carries one keyframe's mask step by step through neighbouring frames (see module doc).
 
-    Each step proposes two motions for the object and keeps the one that explains the
-    new frame better (lower depth-weighted colour error of the object moved onto it):
+    Each step proposes motions for the object and keeps the one that explains the new
+    frame best (lowest depth-weighted colour error of the object moved onto it):
 
-    - the flow motion: robust affine fit to DIS flow inside the mask plus the smoothed
-      non-affine remainder (follows rotation, scaling, bending);
-    - a translation found by masked template matching over the whole window (catches
-      jumps larger than DIS can follow, and flat-coloured objects DIS sees no texture in).
+    - flow: a robust affine fit to DIS flow inside the mask plus the smoothed non-affine
+      remainder (follows rotation, scaling, bending);
+    - jump: a translation of the previous frame's object found by masked template
+      matching over the whole window (jumps larger than DIS follows, flat-coloured
+      objects DIS sees no texture in);
+    - anchor: a translation of the *keyframe's* object, found the same way. When the
+      object looks as it did on the keyframe (a shaken drum back at rest) the chain is
+      re-anchored to the keyframe mask, shedding every error accumulated so far.
 
+    Flow and jump steps are composed into one map back to the keyframe, so the keyframe
+    mask is sampled once per frame and neither interpolation blur nor rounding builds up.
     The window (downscaled to at most ``_MAX_WORK_PIXELS``) makes a step cost about the
-    same for any object size. When the flow fit loses support (the object leaves the
-    frame or shrinks to a few pixels) the last trusted motion carries on, so the mask
-    leaves with the object instead of a sliver freezing at the border.
+    same for any object size. When the object runs out of the frame, the fit loses
+    support and the last trusted motion carries on, so the mask leaves with the object
+    instead of a sliver freezing at the border.
     """
 
-    def __init__(self, key_mask: np.ndarray) -> None:
+    def __init__(self, key_mask: np.ndarray, key_frame: np.ndarray) -> None:
         h, w = key_mask.shape
         self.h, self.w = h, w
         self.key = key_mask.astype(np.float32)
+        rows = np.nonzero(key_mask.any(axis=1))[0]
+        cols = np.nonzero(key_mask.any(axis=0))[0]
+        self.key_box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+        y0, y1, x0, x1 = self.key_box
+        self.key_rgb = np.ascontiguousarray(key_frame[y0:y1, x0:x1])
+        self.key_obj = key_mask[y0:y1, x0:x1].astype(np.uint8)
         self.gx, self.gy = np.meshgrid(
             np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
         )
@@ -126,45 +139,62 @@ class _Chain:
         y1, x1 = min(self.h, y1 + margin), min(self.w, x1 + margin)
         return y0, y1, x0, x1
 
-    def _object_motion(
+    def _trust(
+        self, weight: np.ndarray, obj: np.ndarray, edges: tuple[bool, ...], s: float
+    ) -> float:
+        """How far to believe this frame's fit, in [0, 1].
+
+        Only an object cut by the frame border loses support (its depth weights shrink as
+        it leaves); the summed weight against the best seen in this chain then says how
+        much of it is still visible. Anywhere else the fit is trusted fully.
+        """
+        support = float(weight.sum()) * s
+        self.best_support = max(self.best_support, support)
+        top, bottom, left, right = edges
+        cut = (
+            (top and obj[0].any())
+            or (bottom and obj[-1].any())
+            or (left and obj[:, 0].any())
+            or (right and obj[:, -1].any())
+        )
+        if not cut:
+            return 1.0
+        return min(1.0, support / (_TRUSTED_SUPPORT * self.best_support))
+
+    def _motion(
         self,
         a: np.ndarray,
         b: np.ndarray,
         obj: np.ndarray,
-        origin: tuple[float, float],
-        sx: float,
-        sy: float,
-    ) -> np.ndarray:
-        """Displacement d [h, w, 2] with new pixel x coming from x - d(x) (work pixels).
+        to_frame: np.ndarray,
+        edges: tuple[bool, ...],
+    ) -> tuple[str, np.ndarray]:
+        """The chosen motion of one step, at work resolution.
 
-        a, b: the window of the known and the new frame, RGB uint8 at work resolution.
-        Work pixel (i, j) of the window is frame pixel origin + (sx * j, sy * i).
+        a, b: the window of the known and the new frame, RGB uint8 at work resolution;
+        work pixel (i, j) is frame pixel to_frame @ [j, i, 1]. Returns ("field", d) with
+        d [h, w, 2] such that new pixel x came from x - d(x) (work pixels), or
+        ("anchor", (dx, dy)): the keyframe mask moved by (dx, dy) frame pixels.
         """
         h, w = obj.shape
         zero = np.zeros((h, w, 2), np.float32)
         # Depth of each mask pixel: distance to the mask edge, the frame border counting as
         # an edge (an object leaving the frame has unreliable flow there).
-        dist = cv2.distanceTransform(
-            cv2.copyMakeBorder(obj, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0), cv2.DIST_L2, 3
-        )[1:-1, 1:-1]
+        dist = _depth(obj)
         if not dist.any():
-            return zero
+            return "field", zero
         weight = np.minimum(dist, _DEEP) ** 2
+        # Candidates are judged on every mask pixel alike: the edge is where a wrong
+        # motion of a flat-coloured object shows (its interior matches itself anywhere).
+        judge = (dist > 0).astype(np.float32)
         gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         af, bf = a.astype(np.float32), b.astype(np.float32)
-        to_frame = np.array([[sx, 0.0, origin[0]], [0.0, sy, origin[1]]])
-
-        # How much to trust this frame's estimate: the summed depth weight (in frame pixels)
-        # against the best seen in this chain. It drops when the object leaves the frame
-        # or shrinks to a few pixels; the last trusted motion then carries on (constant
-        # velocity) instead of freezing a sliver of mask at the border.
-        support = float(weight.sum()) * (sx * sy) ** 2
-        self.best_support = max(self.best_support, support)
-        trust = min(1.0, support / (_TRUSTED_SUPPORT * self.best_support))
+        sx, sy = float(to_frame[0, 0]), float(to_frame[1, 1])
+        trust = self._trust(weight, obj, edges, (sx * sy) ** 2)
 
         motion: np.ndarray | None = None
         chosen = np.zeros((2, 3))  # the motion's affine part in frame pixels
-        err_flow = np.inf
+        err = np.inf
         if min(h, w) >= _MIN_FLOW_SIDE:  # else too small for DIS's patches
             flow = self.dis.calc(
                 cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), None
@@ -183,19 +213,34 @@ class _Chain:
             den = cv2.GaussianBlur(weight, (0, 0), _SIGMA)
             residual = num / (den + 0.05 * float(den.max()) + 1e-6)[..., None]
             motion = _apply(affine, gx, gy) + trust * residual
-            err_flow = _photo_error(af, bf, weight, motion, gx, gy)
+            err = _photo_error(af, bf, judge, motion, gx, gy)
             chosen = affine_frame
+            # The same motion made rigid (nearest rotation, no stretch, no remainder):
+            # flow on weakly textured objects tends to shrink them a little every step,
+            # and a rigid object is better served by a rigid motion.
+            if trust >= 1.0:
+                rigid = _rigid(affine, weight, gx, gy)
+                rigid_motion = _apply(rigid, gx, gy)
+                rigid_err = _photo_error(af, bf, judge, rigid_motion, gx, gy)
+                if rigid_err <= err:
+                    motion, err = rigid_motion, rigid_err
+                    chosen = _affine_to_frame(rigid, to_frame)
 
-        shift = _match_translation(af, bf, weight)
-        if shift is not None and (motion is None or shift[2] < _SWITCH * err_flow):
-            dx, dy = shift[0], shift[1]
-            motion = np.empty((h, w, 2), np.float32)
-            motion[..., 0], motion[..., 1] = dx, dy
-            chosen = np.array([[0.0, 0.0, dx * sx], [0.0, 0.0, dy * sy]])
-        if motion is None:
-            return zero
-        if trust >= 1.0 or self.prev_affine is None:
+        if trust >= 1.0:  # no jumps or re-anchoring while the object leaves the frame
+            jump = _match_translation(af, bf, judge)
+            if jump is not None and (motion is None or jump[2] < _SWITCH * err):
+                dx, dy, err = jump
+                motion = np.empty((h, w, 2), np.float32)
+                motion[..., 0], motion[..., 1] = dx, dy
+                chosen = np.array([[0.0, 0.0, dx * sx], [0.0, 0.0, dy * sy]])
             self.prev_affine = chosen
+            anchor = self._anchor(bf, to_frame)
+            if anchor is not None and anchor[2] <= _ANCHOR * err:
+                return "anchor", np.array(anchor[:2])
+        elif self.prev_affine is None:
+            self.prev_affine = chosen
+        if motion is None:
+            return "field", zero
 
         # motion lives on the known grid (p -> p + v(p)); invert it for the new grid:
         # x = p + v(p)  =>  p = x - v(p), solved by fixed-point iteration.
@@ -208,7 +253,33 @@ class _Chain:
                 cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_REPLICATE,
             )
-        return d
+        return "field", d
+
+    def _anchor(self, b: np.ndarray, to_frame: np.ndarray) -> tuple[float, float, float] | None:
+        """Where the keyframe's object best fits in the new window: (dx, dy, error), the
+        keyframe mask's displacement in frame pixels, or None if it does not fit inside."""
+        sx, sy = float(to_frame[0, 0]), float(to_frame[1, 1])
+        kh, kw = self.key_obj.shape
+        size = (max(1, round(kw / sx)), max(1, round(kh / sy)))
+        if size[0] >= b.shape[1] or size[1] >= b.shape[0]:
+            return None
+        if size != (kw, kh):
+            templ = cv2.resize(self.key_rgb, size, interpolation=cv2.INTER_AREA)
+            obj = cv2.resize(self.key_obj * 255, size, interpolation=cv2.INTER_AREA) >= 128
+        else:
+            templ, obj = self.key_rgb, self.key_obj
+        dist = _depth(obj.astype(np.uint8))
+        if not dist.any():
+            return None
+        found = _match_template(b, templ.astype(np.float32), (dist > 0).astype(np.float32))
+        if found is None:
+            return None
+        mx, my, err = found
+        ky0, _, kx0, _ = self.key_box
+        ox, oy = float(to_frame[0, 2]), float(to_frame[1, 2])
+        # Template pixel (0, 0) is frame pixel (kx0, ky0) + half-pixel offsets that the
+        # window's origin already carries; placed at work (mx, my) it lands here:
+        return ox + sx * mx - (kx0 + 0.5 * sx - 0.5), oy + sy * my - (ky0 + 0.5 * sy - 0.5), err
 
     def step(self, rgb_known: np.ndarray, rgb_new: np.ndarray) -> np.ndarray:
         """Move to the next frame; return its soft mask float32 [h, w] in [0, 1]."""
@@ -217,6 +288,7 @@ class _Chain:
             return soft
         y0, y1, x0, x1 = self._window()
         wh, ww = y1 - y0, x1 - x0
+        edges = (y0 == 0, y1 == self.h, x0 == 0, x1 == self.w)
         a, b = rgb_known[y0:y1, x0:x1], rgb_new[y0:y1, x0:x1]
         obj = self.current[y0:y1, x0:x1].astype(np.uint8)
         scale = max(1.0, (wh * ww / _MAX_WORK_PIXELS) ** 0.5)
@@ -228,14 +300,31 @@ class _Chain:
             obj = (cv2.resize(obj * 255, size, interpolation=cv2.INTER_AREA) >= 128).astype(
                 np.uint8
             )
-            d = self._object_motion(a, b, obj, (x0 + 0.5 * sx - 0.5, y0 + 0.5 * sy - 0.5), sx, sy)
+            to_frame = np.array([[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]])
+        else:
+            sx = sy = 1.0
+            a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+            to_frame = np.array([[1.0, 0.0, float(x0)], [0.0, 1.0, float(y0)]])
+        kind, d = self._motion(a, b, obj, to_frame, edges)
+
+        if kind == "anchor":  # back to the keyframe mask, translated
+            self.map_x = self.gx - np.float32(d[0])
+            self.map_y = self.gy - np.float32(d[1])
+            soft = cv2.remap(
+                self.key,
+                self.map_x,
+                self.map_y,
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0.0,
+            )
+            self.current = soft > 0.5
+            return soft
+
+        if scale > 1.0:
             d = cv2.resize(d, (ww, wh), interpolation=cv2.INTER_LINEAR)
             d[..., 0] *= sx
             d[..., 1] *= sy
-        else:
-            a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-            d = self._object_motion(a, b, obj, (float(x0), float(y0)), 1.0, 1.0)
-
         # Compose with the map back to the keyframe, then sample the keyframe mask once.
         px = self.gx[y0:y1, x0:x1] - d[..., 0]
         py = self.gy[y0:y1, x0:x1] - d[..., 1]
@@ -257,6 +346,13 @@ class _Chain:
         return soft
 
 
+def _depth(obj: np.ndarray) -> np.ndarray:
+    """Distance of each mask pixel to the mask edge, the image border counting as edge."""
+    return cv2.distanceTransform(
+        cv2.copyMakeBorder(obj, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0), cv2.DIST_L2, 3
+    )[1:-1, 1:-1]
+
+
 def _apply(m: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
     """The displacement field [h, w, 2] of an affine motion m ([2, 3]) on a pixel grid."""
     return np.stack(
@@ -265,15 +361,43 @@ def _apply(m: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
 
 
 def _plausible(m: np.ndarray, weight: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    """The affine motion, or just its translation at the object's centre if it stretches
-    or squashes the object more than a frame plausibly can (a fit to garbage flow)."""
-    sv = np.linalg.svd(np.eye(2) + m[:, :2].astype(np.float64), compute_uv=False)
-    if np.isfinite(sv).all() and 1.0 / _MAX_SCALE_STEP <= sv.min() <= sv.max() <= _MAX_SCALE_STEP:
+    """The affine motion with its stretch limited to what one frame plausibly holds.
+
+    The singular values of I + L are clamped to [1/_MAX_SCALE_STEP, _MAX_SCALE_STEP]
+    (rotation untouched), keeping the object's centre where m moves it. Flow on weakly
+    textured objects otherwise shrinks them a little every step, and a fit to garbage
+    flow can blow them up.
+    """
+    lin = np.eye(2) + m[:, :2].astype(np.float64)
+    u, sv, vt = np.linalg.svd(lin)
+    if not np.isfinite(sv).all():
+        sv = np.ones(2)
+    clamped = np.clip(sv, 1.0 / _MAX_SCALE_STEP, _MAX_SCALE_STEP)
+    if np.array_equal(clamped, sv):
         return m
     total = float(weight.sum())
-    cx, cy = float((weight * gx).sum()) / total, float((weight * gy).sum()) / total
-    out = np.zeros_like(m)
-    out[:, 2] = m[:, 0] * cx + m[:, 1] * cy + m[:, 2]
+    c = np.array([(weight * gx).sum() / total, (weight * gy).sum() / total])
+    new_lin = u @ np.diag(clamped) @ vt - np.eye(2)
+    moved = m[:, :2].astype(np.float64) @ c + m[:, 2]  # displacement of the centre
+    out = np.empty((2, 3), np.float32)
+    out[:, :2] = new_lin
+    out[:, 2] = moved - new_lin @ c
+    return out
+
+
+def _rigid(m: np.ndarray, weight: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """The rotation nearest to the affine motion m, moving the object's centre as m does."""
+    u, _, vt = np.linalg.svd(np.eye(2) + m[:, :2].astype(np.float64))
+    rot = u @ vt
+    if np.linalg.det(rot) < 0:  # a reflection is no motion: keep the translation only
+        rot = np.eye(2)
+    total = float(weight.sum())
+    c = np.array([(weight * gx).sum() / total, (weight * gy).sum() / total])
+    lin = rot - np.eye(2)
+    moved = m[:, :2].astype(np.float64) @ c + m[:, 2]  # displacement of the centre
+    out = np.empty((2, 3), np.float32)
+    out[:, :2] = lin
+    out[:, 2] = moved - lin @ c
     return out
 
 
@@ -299,25 +423,42 @@ def _photo_error(
 def _match_translation(
     a: np.ndarray, b: np.ndarray, weight: np.ndarray
 ) -> tuple[float, float, float] | None:
-    """Best translation (dx, dy, error) of the weighted object template from a within b.
-
-    Coarse search on templates downscaled to ~``_TEMPLATE_PIXELS``, then a +-2 px refine
-    at work resolution with a parabolic sub-pixel fit. None if there is no room to search.
-    """
+    """Best translation (dx, dy, error) of the weighted object of a within b (work px)."""
     rows = np.nonzero(weight.any(axis=1))[0]
     cols = np.nonzero(weight.any(axis=0))[0]
     ty0, ty1, tx0, tx1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    th, tw = ty1 - ty0, tx1 - tx0
-    h, w = weight.shape
+    found = _match_template(b, a[ty0:ty1, tx0:tx1], weight[ty0:ty1, tx0:tx1])
+    if found is None:
+        return None
+    mx, my, err = found
+    return mx - tx0, my - ty0, err
+
+
+def _match_template(
+    b: np.ndarray,
+    templ: np.ndarray,
+    weight: np.ndarray,
+) -> tuple[float, float, float] | None:
+    """Where (x, y of its top-left, sub-pixel) a weighted template fits best in b, and
+    the fit's error sum((w * diff)^2) / sum(w^2) (as ``_photo_error``).
+
+    A coarse search on templates downscaled to ~``_TEMPLATE_PIXELS`` pixels, then a
+    +-2 px refinement at full resolution with a parabolic sub-pixel fit. None if the
+    template does not fit inside b.
+    """
+    h, w = b.shape[:2]
+    th, tw = templ.shape[:2]
     if th >= h or tw >= w:
         return None
-    wn = (weight / float(weight.max())).astype(np.float32)
-    templ, tmask = a[ty0:ty1, tx0:tx1], wn[ty0:ty1, tx0:tx1]
+    tmask = (weight / float(weight.max())).astype(np.float32)
+    templ = np.ascontiguousarray(templ, dtype=np.float32)
     f = max(1.0, (th * tw / _TEMPLATE_PIXELS) ** 0.5)
     if f > 1.5:
         small = (max(1, round(w / f)), max(1, round(h / f)))
         fx, fy = w / small[0], h / small[1]
         ts = (max(1, round(tw / fx)), max(1, round(th / fy)))
+        if ts[0] >= small[0] or ts[1] >= small[1]:
+            return None
         res = cv2.matchTemplate(
             cv2.resize(b, small, interpolation=cv2.INTER_AREA),
             cv2.resize(templ, ts, interpolation=cv2.INTER_AREA),
@@ -327,9 +468,8 @@ def _match_translation(
         _, _, (mx, my), _ = cv2.minMaxLoc(res)
         cx, cy = round(mx * fx), round(my * fy)
         pad = int(np.ceil(max(fx, fy))) + 2
-    else:
-        cx, cy, pad = tx0, ty0, max(h, w)  # search everything at once
-    # Refine (or search) around (cx, cy) at work resolution.
+    else:  # small enough to search everything at once
+        cx, cy, pad = 0, 0, max(h, w)
     sy0, sx0 = max(0, cy - pad), max(0, cx - pad)
     sy1, sx1 = min(h, cy + pad + th), min(w, cx + pad + tw)
     if sy1 - sy0 < th or sx1 - sx0 < tw:
@@ -339,7 +479,7 @@ def _match_translation(
     dx = _parabola(res[my, mx - 1 : mx + 2]) if 0 < mx < res.shape[1] - 1 else 0.0
     dy = _parabola(res[my - 1 : my + 2, mx]) if 0 < my < res.shape[0] - 1 else 0.0
     err = max(0.0, best) / float((tmask**2).sum())
-    return sx0 + mx + dx - tx0, sy0 + my + dy - ty0, err
+    return sx0 + mx + dx, sy0 + my + dy, err
 
 
 def _parabola(v: np.ndarray) -> float:
@@ -530,7 +670,7 @@ def propagate(
 
     def chain(start: int, stop: int, step_dir: int, msg: str):
         """Yield (t, soft, binary) walking from keyframe ``start`` toward ``stop`` (exclusive)."""
-        tracker = _Chain(keys[start])
+        tracker = _Chain(keys[start], frames[start])
         area = float(keys[start].sum())
         for t in range(start + step_dir, stop, step_dir):
             soft = tracker.step(frames[t - step_dir], frames[t])

@@ -21,13 +21,13 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from worker import jobs, media
 from worker.config import Settings
-from worker.errors import BadInput, SonomaskError
-from worker.spec import JobSpec
+from worker.errors import BadInput, SonomaskError, as_sonomask_error
+from worker.spec import JobSpec, first_error
 
 CHUNK = 1 << 20
 
@@ -179,7 +179,10 @@ def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
                     "send multipart/form-data (video, mask, spec) or "
                     "application/json (video_path, mask_paths, ...)",
                 )
-            spec = JobSpec.build(**fields)
+            try:
+                spec = JobSpec(**fields)
+            except ValidationError as e:
+                raise HTTPException(400, first_error(e)) from None
             _check_inputs(spec)
             final = cfg.base.workspace / job_id / "inputs"
             if staging.exists():
@@ -364,11 +367,14 @@ def _check_inputs(spec: JobSpec) -> None:
     """Refuse bad media and masks now, with the pipeline's own messages, not after queueing."""
     from worker.pipeline import _load_keyframe_mask, check_separator_config
 
-    p = media.probe(Path(spec.video))
-    p.audio(spec.audio_stream)
-    for k in spec.keyframes:
-        _load_keyframe_mask(k, p.display_size)
-    check_separator_config(spec, Settings.from_env())
+    try:
+        p = media.probe(Path(spec.video))
+        p.audio(spec.audio_stream)
+        for k in spec.keyframes:
+            _load_keyframe_mask(k, p.display_size)
+        check_separator_config(spec, Settings.from_env())
+    except Exception as exc:  # vision/model errors become BadInput with their message
+        raise as_sonomask_error(exc) from exc
 
 
 def _rebase(spec: JobSpec, old: Path, new: Path) -> JobSpec:

@@ -45,7 +45,7 @@ class SpanSpec(BaseModel):
         try:
             return cls(sign=m.group(1), start=float(m.group(2)), end=float(m.group(3)))
         except ValidationError as e:
-            raise BadInput(_first_error(e)) from None
+            raise BadInput(first_error(e)) from None
 
     def __str__(self) -> str:
         return f"{self.sign}{self.start:g}-{self.end:g}"
@@ -158,7 +158,7 @@ class JobSpec(BaseModel):
         try:
             return cls(**fields)
         except ValidationError as e:
-            raise BadInput(_first_error(e)) from None
+            raise BadInput(first_error(e)) from None
 
     @property
     def wants_isolated(self) -> bool:
@@ -175,7 +175,7 @@ class JobSpec(BaseModel):
         return files
 
 
-def _first_error(e: ValidationError) -> str:
+def first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")

@@ -111,6 +111,15 @@ class DACVAEConfig:
                 f"pairs them with its {len(_WM_RATES)} fixed strides {list(_WM_RATES)}, so at most "
                 f"{len(_WM_RATES)} are supported"
             )
+        # The watermarker works on the decoder output at a fixed total stride, so the decoder's
+        # upsampling must be a multiple of it (else the reference fails in decode).
+        wm_stride = math.prod(_WM_RATES[:n])
+        if math.prod(self.decoder_rates) % wm_stride:
+            raise CodecConfigError(
+                f"config field 'audio_codec.decoder_rates' = {list(self.decoder_rates)} is not "
+                f"supported: their product must be a multiple of {wm_stride}, the total stride of "
+                f"the DACVAE watermarker ({list(_WM_RATES[:n])})"
+            )
         # The watermarker is built with fixed widths, which pins decoder_dim (reference Decoder).
         last = self.decoder_dim // 2**n
         if self.decoder_dim // _DOWNSAMPLING_FACTOR != _WM_HIDDEN or (
