@@ -120,8 +120,9 @@ def make_scene(
 ) -> Scene:
     a = _plucks(duration, A_EVENTS, 196.0)
     b = _rattles(duration, B_EVENTS, seed)
-    a *= 0.35 / np.abs(a).max()
-    b *= 0.35 / np.abs(b).max()
+    # Equally loud (same RMS), so neither sound wins by level alone.
+    a *= 0.05 / np.sqrt(np.mean(a**2))
+    b *= 0.05 / np.sqrt(np.mean(b**2))
     return Scene(width, height, fps, duration, a.astype(np.float32), b.astype(np.float32))
 
 

@@ -86,20 +86,21 @@ def _si_sdr(est: np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.mark.parametrize("which", ["a", "b"])
 def test_each_mask_yields_its_own_sound(tmp_path, scene_mp4, scene, mask_a, mask_b, which):
+    """Masking one object gives mostly its sound; masking the other gives the other sound."""
     mask = mask_a if which == "a" else mask_b
     out = tmp_path / "out"
     _separate(scene_mp4, mask, out, "--mode", "isolate")
     target, _ = sf.read(str(out / "target.wav"), dtype="float64", always_2d=True)
     mix, _ = decode_audio(scene_mp4)
     own, other = (scene.sound_a, scene.sound_b) if which == "a" else (scene.sound_b, scene.sound_a)
-    n = min(len(target), len(own))
-    gains = {"a": (0.8, 0.3), "b": (0.3, 0.8)}[which]
-    improvements = []
-    for ch in range(2):
-        ref = gains[ch] * own[:n]
-        improvements.append(_si_sdr(target[:n, ch], ref) - _si_sdr(mix[:n, ch], ref))
-    print(f"object {which}: SI-SDR improvement per channel {np.round(improvements, 2)} dB")
-    assert min(improvements) >= 3.0, improvements
+    n = min(len(target), len(own), len(mix))
+    # Compare mono mixdowns (the model works on the mixdown; both sounds are in both channels).
+    est, mono_mix = target[:n].mean(axis=1), mix[:n].mean(axis=1)
+    improvement = _si_sdr(est, own[:n]) - _si_sdr(mono_mix, own[:n])
+    preference = _si_sdr(est, own[:n]) - _si_sdr(est, other[:n])
+    print(f"object {which}: SI-SDR improvement {improvement:.2f} dB, own vs other {preference:.2f} dB")
+    assert improvement >= 3.0
+    assert preference >= 6.0
 
 
 def test_click_stays_in_sync_when_audio_starts_late(tmp_path, scene, mask_a):

@@ -1,19 +1,28 @@
-"""Masks across frames: carry the user's keyframe mask(s) through the clip with optical flow.
+"""Masks across frames: carry the user's keyframe mask(s) through the clip.
 
-The tracker is weight-free so a job runs on any machine. For each step from a frame whose
-mask is known to its neighbour it computes dense DIS optical flow (OpenCV) in a window
-around the object and moves the mask with the *object's own* motion: a robust affine fit
-to the flow inside the mask, weighted toward pixels deep inside it (DIS blurs object and
-background motion together near the edge), plus the smoothed part of the flow the affine
-model misses (limbs, bending). Moving only by the object's motion keeps the trailing edge
-from smearing over the still background it uncovers. The chain composes the steps into
-one map back to the keyframe and samples the keyframe mask through it once per frame, so
-neither interpolation blur nor per-step rounding accumulates.
+The tracker is weight-free so a job runs on any machine. Each step, from a frame whose
+mask is known to its neighbour, works in a window around the object and proposes a few
+motions for it, keeping the one that best explains the new frame (lowest colour error
+of the object's pixels moved onto it):
+
+- flow: dense DIS optical flow (OpenCV) fitted with a robust affine model weighted
+  toward pixels deep inside the mask (DIS blurs object and background motion together
+  near the edge), plus the smoothed part of the flow the affine model misses (limbs,
+  bending), or the same motion made rigid;
+- jump: the object translated to where masked template matching finds it (jumps larger
+  than DIS follows, flat-coloured objects it sees no texture in);
+- anchor: the keyframe's own object found again by template matching, which re-anchors
+  the chain to the keyframe mask and sheds the error accumulated so far.
+
+Only the object's own motion moves the mask, so its trailing edge does not smear over
+the still background it uncovers. Steps are composed into one map back to the keyframe
+and the keyframe mask is sampled through it once per frame, so neither interpolation
+blur nor per-step rounding accumulates.
 
 Frames before the first keyframe are tracked backward, after the last forward; frames
 between two keyframes blend both propagated soft masks by temporal distance.
 
-Work at the working resolution the caller chose (frames downscaled to <= ~480 px tall);
+Work at the working resolution the caller chose (frames downscaled to <= ~480 px);
 resize the result with ``vision.masks.resize_masks``.
 """
 
@@ -83,24 +92,10 @@ _FAR = -1.0e5  # map coordinate that lands outside every frame (remap border -> 
 
 
 class _Chain:
-    """Carries one keyframe's mask step by step through neighbouring frames (see module doc).
+    """Carries one keyframe's mask step by step through neighbouring frames (module doc).
 
-    Each step proposes motions for the object and keeps the one that explains the new
-    frame best (lowest depth-weighted colour error of the object moved onto it):
-
-    - flow: a robust affine fit to DIS flow inside the mask plus the smoothed non-affine
-      remainder (follows rotation, scaling, bending);
-    - jump: a translation of the previous frame's object found by masked template
-      matching over the whole window (jumps larger than DIS follows, flat-coloured
-      objects DIS sees no texture in);
-    - anchor: a translation of the *keyframe's* object, found the same way. When the
-      object looks as it did on the keyframe (a shaken drum back at rest) the chain is
-      re-anchored to the keyframe mask, shedding every error accumulated so far.
-
-    Flow and jump steps are composed into one map back to the keyframe, so the keyframe
-    mask is sampled once per frame and neither interpolation blur nor rounding builds up.
     The window (downscaled to at most ``_MAX_WORK_PIXELS``) makes a step cost about the
-    same for any object size. When the object runs out of the frame, the fit loses
+    same for any object size. When the object runs out of the frame the fit loses
     support and the last trusted motion carries on, so the mask leaves with the object
     instead of a sliver freezing at the border.
     """
@@ -267,11 +262,10 @@ class _Chain:
             templ = cv2.resize(self.key_rgb, size, interpolation=cv2.INTER_AREA)
             obj = cv2.resize(self.key_obj * 255, size, interpolation=cv2.INTER_AREA) >= 128
         else:
-            templ, obj = self.key_rgb, self.key_obj
-        dist = _depth(obj.astype(np.uint8))
-        if not dist.any():
+            templ, obj = self.key_rgb, self.key_obj > 0
+        if not obj.any():
             return None
-        found = _match_template(b, templ.astype(np.float32), (dist > 0).astype(np.float32))
+        found = _match_template(b, templ.astype(np.float32), obj.astype(np.float32))
         if found is None:
             return None
         mx, my, err = found
@@ -368,21 +362,13 @@ def _plausible(m: np.ndarray, weight: np.ndarray, gx: np.ndarray, gy: np.ndarray
     textured objects otherwise shrinks them a little every step, and a fit to garbage
     flow can blow them up.
     """
-    lin = np.eye(2) + m[:, :2].astype(np.float64)
-    u, sv, vt = np.linalg.svd(lin)
+    u, sv, vt = np.linalg.svd(np.eye(2) + m[:, :2].astype(np.float64))
     if not np.isfinite(sv).all():
         sv = np.ones(2)
     clamped = np.clip(sv, 1.0 / _MAX_SCALE_STEP, _MAX_SCALE_STEP)
     if np.array_equal(clamped, sv):
         return m
-    total = float(weight.sum())
-    c = np.array([(weight * gx).sum() / total, (weight * gy).sum() / total])
-    new_lin = u @ np.diag(clamped) @ vt - np.eye(2)
-    moved = m[:, :2].astype(np.float64) @ c + m[:, 2]  # displacement of the centre
-    out = np.empty((2, 3), np.float32)
-    out[:, :2] = new_lin
-    out[:, 2] = moved - new_lin @ c
-    return out
+    return _with_linear(m, u @ np.diag(clamped) @ vt, weight, gx, gy)
 
 
 def _rigid(m: np.ndarray, weight: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
@@ -391,13 +377,20 @@ def _rigid(m: np.ndarray, weight: np.ndarray, gx: np.ndarray, gy: np.ndarray) ->
     rot = u @ vt
     if np.linalg.det(rot) < 0:  # a reflection is no motion: keep the translation only
         rot = np.eye(2)
+    return _with_linear(m, rot, weight, gx, gy)
+
+
+def _with_linear(
+    m: np.ndarray, lin: np.ndarray, weight: np.ndarray, gx: np.ndarray, gy: np.ndarray
+) -> np.ndarray:
+    """Affine displacement with transform ``lin`` that moves the object's (weighted)
+    centre exactly as m does."""
     total = float(weight.sum())
     c = np.array([(weight * gx).sum() / total, (weight * gy).sum() / total])
-    lin = rot - np.eye(2)
     moved = m[:, :2].astype(np.float64) @ c + m[:, 2]  # displacement of the centre
     out = np.empty((2, 3), np.float32)
-    out[:, :2] = lin
-    out[:, 2] = moved - lin @ c
+    out[:, :2] = lin - np.eye(2)
+    out[:, 2] = moved - (lin - np.eye(2)) @ c
     return out
 
 
@@ -411,7 +404,7 @@ def _photo_error(
 ) -> float:
     """Weighted squared colour error of the known frame's object moved onto the new frame.
 
-    Same normalisation as ``_match_translation``: sum((w * diff)^2) / sum(w^2).
+    Same normalisation as ``_match_template``: sum((w * diff)^2) / sum(w^2).
     """
     moved = cv2.remap(
         b, gx + motion[..., 0], gy + motion[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
