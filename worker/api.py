@@ -264,6 +264,9 @@ def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
             {"ok": ok, "broker": broker_ok, "workers": workers}, status_code=200 if ok else 503
         )
 
+    from worker.web import router as web_router
+
+    api.include_router(web_router(cfg, authorize))
     return api
 
 
