@@ -304,6 +304,68 @@ def test_propagate_two_keyframes_blend_by_distance():
     assert iou(masks[5], a & b) > 0.9  # equal weights: only where both agree
 
 
+def test_propagate_rotating_growing_object_on_panning_background():
+    # Camera pans (background moves 1, 0.3 px/frame) while the object turns 2 deg/frame
+    # and grows 1 %/frame; keyframe in the middle, 30 frames each way.
+    n, (w, h), r = 61, (320, 180), 60
+    rng = np.random.default_rng(5)
+    bg = _background(h + 100, w + 200, rng)
+    tex, _ = _object(r, r, rng)
+    shape = np.zeros((2 * r + 1, 2 * r + 1), np.float32)
+    cv2.ellipse(shape, (r, r), (30, 18), 0, 0, 360, 1.0, -1)
+    cv2.rectangle(shape, (r + 20, r - 5), (r + 50, r + 5), 1.0, -1)  # a handle
+    frames = np.empty((n, h, w, 3), np.uint8)
+    gt = np.zeros((n, h, w), np.uint8)
+    for t in range(n):
+        back = bg[int(0.3 * t) : int(0.3 * t) + h, t : t + w]
+        m = cv2.getRotationMatrix2D((r, r), 2.0 * (t - 30), 1 + 0.01 * (t - 30))
+        m[0, 2] += w / 2 - r + 1.5 * (t - 30)
+        m[1, 2] += h / 2 - r
+        o, a = cv2.warpAffine(tex, m, (w, h)), cv2.warpAffine(shape, m, (w, h))
+        img = back * (1 - a[..., None]) + o * a[..., None] + rng.normal(0, 3, (h, w, 3))
+        frames[t] = np.clip(img, 0, 255)
+        gt[t] = a > 0.5
+    masks, warnings = propagate(frames, {30: gt[30]})
+    assert warnings == []
+    assert iou(masks[0], gt[0]) >= 0.8 and iou(masks[60], gt[60]) >= 0.8
+    assert np.mean([iou(masks[t], gt[t]) for t in range(n)]) >= 0.9
+
+
+def test_propagate_flat_coloured_object_jumping_far():
+    # A flat red disk (no texture for flow inside) bouncing up to ~20 px per frame, 1.5x
+    # its radius, like the bundled demo's ball.
+    n, (w, h), r = 40, (240, 160), 14
+    rng = np.random.default_rng(6)
+    bg = _background(h, w, rng)
+    frames = np.empty((n, h, w, 3), np.uint8)
+    gt = np.zeros((n, h, w), np.uint8)
+    for t in range(n):
+        cx, cy = 60 + 3 * t, 110 - 35 * abs(np.sin(2 * np.pi * t / 10))
+        m = np.zeros((h, w), np.uint8)
+        cv2.circle(m, (int(cx), int(cy)), r, 1, -1)
+        img = bg.copy()
+        img[m > 0] = (220, 40, 40)
+        frames[t] = np.clip(img + rng.normal(0, 2, img.shape), 0, 255)
+        gt[t] = m
+    masks, _ = propagate(frames, {0: gt[0]})
+    ious = [iou(masks[t], gt[t]) for t in range(n)]
+    assert min(ious) >= 0.8, np.round(ious, 2)
+    copied = copy_first(frames, {0: gt[0]})
+    assert np.mean([iou(copied[t], gt[t]) for t in range(n)]) < 0.3
+
+
+def test_propagate_still_scene_keeps_thin_and_whole_masks():
+    frames, _ = make_clip(n=8, tracks=[((120.0, 70.0), [(0.0, 0.0)] * 8)])
+    line = np.zeros(frames.shape[1:3], bool)
+    line[30, 20:200] = True  # one pixel thin
+    line[30:100, 220] = True
+    masks, _ = propagate(frames, {0: line})
+    assert all(iou(m, line) >= 0.95 for m in masks)
+    whole = np.ones(frames.shape[1:3], bool)
+    masks, _ = propagate(frames, {7: whole})
+    assert all(m.mean() >= 0.99 for m in masks)
+
+
 def test_propagate_object_leaving_frame_is_reported():
     frames, (gt,) = make_clip(n=40, size=(160, 120), tracks=[((60.0, 60.0), [(5.0, 0.0)] * 40)])
     masks, warnings = propagate(frames, {0: gt[0]})

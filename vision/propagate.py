@@ -8,11 +8,12 @@ of the object's pixels moved onto it):
 - flow: dense DIS optical flow (OpenCV) fitted with a robust affine model weighted
   toward pixels deep inside the mask (DIS blurs object and background motion together
   near the edge), plus the smoothed part of the flow the affine model misses (limbs,
-  bending), or the same motion made rigid;
+  bending), or the same motion as a similarity or a rigid motion;
 - jump: the object translated to where masked template matching finds it (jumps larger
   than DIS follows, flat-coloured objects it sees no texture in);
-- anchor: the keyframe's own object found again by template matching, which re-anchors
-  the chain to the keyframe mask and sheds the error accumulated so far.
+- anchor: the keyframe's own object found again by template matching (turned by up to
+  24 degrees when nothing else explains the frame), which re-anchors the chain to the
+  keyframe mask and sheds the error accumulated so far.
 
 Only the object's own motion moves the mask, so its trailing edge does not smear over
 the still background it uncovers. Steps are composed into one map back to the keyframe
@@ -86,6 +87,9 @@ _ROBUST_PX = 1.0  # flow residual (work px) at which a pixel's say in the affine
 _MAX_SCALE_STEP = 1.03  # most a fitted motion may stretch or shrink the object in one frame
 _SWITCH = 0.8  # template translation replaces the flow motion when its error is this much lower
 _ANCHOR = 1.1  # re-anchor to the keyframe when its fit is at most this much worse
+_POOR = 3.0  # a step error this many times the noise level sends the anchor looking for turns
+_MIN_FLOOR = 4.0  # noise level never assumed below this (identical frames would give 0)
+_ANGLES = (-24.0, -18.0, -12.0, -6.0, 6.0, 12.0, 18.0, 24.0)  # degrees tried when it does
 _TEMPLATE_PIXELS = 1600  # coarse template search runs on templates downscaled to this size
 _MIN_FLOW_SIDE = 16  # DIS needs a few 8-px patches per side
 _FAR = -1.0e5  # map coordinate that lands outside every frame (remap border -> 0)
@@ -113,11 +117,14 @@ class _Chain:
         self.gx, self.gy = np.meshgrid(
             np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
         )
-        self.map_x = self.gx.copy()
-        self.map_y = self.gy.copy()
+        # Where each pixel of the current frame came from in the keyframe, stored as a
+        # displacement (keyframe position - pixel position); _FAR outside the window.
+        self.disp_x = np.zeros((h, w), np.float32)
+        self.disp_y = np.zeros((h, w), np.float32)
         self.current = key_mask.copy()
         self.prev_affine: np.ndarray | None = None  # last trusted object motion, frame px
         self.best_support = 0.0
+        self.floor = np.inf  # lowest step error seen: the clip's noise level, roughly
         self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self.dis.setFinestScale(0)
         # FAST's patch stride and iteration count at full resolution: as accurate inside
@@ -169,7 +176,8 @@ class _Chain:
         a, b: the window of the known and the new frame, RGB uint8 at work resolution;
         work pixel (i, j) is frame pixel to_frame @ [j, i, 1]. Returns ("field", d) with
         d [h, w, 2] such that new pixel x came from x - d(x) (work pixels), or
-        ("anchor", (dx, dy)): the keyframe mask moved by (dx, dy) frame pixels.
+        ("anchor", A): the keyframe mask moved by the affine map A [2, 3] (keyframe to
+        new-frame pixels).
         """
         h, w = obj.shape
         zero = np.zeros((h, w, 2), np.float32)
@@ -210,16 +218,18 @@ class _Chain:
             motion = _apply(affine, gx, gy) + trust * residual
             err = _photo_error(af, bf, judge, motion, gx, gy)
             chosen = affine_frame
-            # The same motion made rigid (nearest rotation, no stretch, no remainder):
-            # flow on weakly textured objects tends to shrink them a little every step,
-            # and a rigid object is better served by a rigid motion.
+            # The same motion as a similarity and as a rigid motion (nearest rotation, with
+            # and without uniform scale, no remainder): flow on weakly textured objects
+            # bends and shrinks them a little every step, and a rigid object is better
+            # served by a rigid motion.
             if trust >= 1.0:
-                rigid = _rigid(affine, weight, gx, gy)
-                rigid_motion = _apply(rigid, gx, gy)
-                rigid_err = _photo_error(af, bf, judge, rigid_motion, gx, gy)
-                if rigid_err <= err:
-                    motion, err = rigid_motion, rigid_err
-                    chosen = _affine_to_frame(rigid, to_frame)
+                for keep_scale in (True, False):
+                    simple = _rigid(affine, weight, gx, gy, keep_scale)
+                    simple_motion = _apply(simple, gx, gy)
+                    simple_err = _photo_error(af, bf, judge, simple_motion, gx, gy)
+                    if simple_err <= err:
+                        motion, err = simple_motion, simple_err
+                        chosen = _affine_to_frame(simple, to_frame)
 
         if trust >= 1.0:  # no jumps or re-anchoring while the object leaves the frame
             jump = _match_translation(af, bf, judge)
@@ -229,9 +239,15 @@ class _Chain:
                 motion[..., 0], motion[..., 1] = dx, dy
                 chosen = np.array([[0.0, 0.0, dx * sx], [0.0, 0.0, dy * sy]])
             self.prev_affine = chosen
-            anchor = self._anchor(bf, to_frame)
-            if anchor is not None and anchor[2] <= _ANCHOR * err:
-                return "anchor", np.array(anchor[:2])
+            self.floor = min(self.floor, max(err, _MIN_FLOOR))
+            anchor = self._anchor(bf, to_frame, (0.0,))
+            if anchor is not None and anchor[1] > _ANCHOR * err and err > _POOR * self.floor:
+                # Nothing explains this frame well: maybe the object turned (a shaken drum).
+                turned = self._anchor(bf, to_frame, _ANGLES)
+                if turned is not None and turned[1] < anchor[1]:
+                    anchor = turned
+            if anchor is not None and anchor[1] <= _ANCHOR * err:
+                return "anchor", anchor[0]
         elif self.prev_affine is None:
             self.prev_affine = chosen
         if motion is None:
@@ -250,30 +266,59 @@ class _Chain:
             )
         return "field", d
 
-    def _anchor(self, b: np.ndarray, to_frame: np.ndarray) -> tuple[float, float, float] | None:
-        """Where the keyframe's object best fits in the new window: (dx, dy, error), the
-        keyframe mask's displacement in frame pixels, or None if it does not fit inside."""
+    def _anchor(
+        self, b: np.ndarray, to_frame: np.ndarray, angles: tuple[float, ...]
+    ) -> tuple[np.ndarray, float] | None:
+        """Where the keyframe's object, turned by one of ``angles`` (degrees), best fits in
+        the new window: (A, error) with A [2, 3] mapping keyframe to new-frame pixels, or
+        None if it does not fit inside the window."""
         sx, sy = float(to_frame[0, 0]), float(to_frame[1, 1])
         kh, kw = self.key_obj.shape
         size = (max(1, round(kw / sx)), max(1, round(kh / sy)))
-        if size[0] >= b.shape[1] or size[1] >= b.shape[0]:
-            return None
         if size != (kw, kh):
             templ = cv2.resize(self.key_rgb, size, interpolation=cv2.INTER_AREA)
-            obj = cv2.resize(self.key_obj * 255, size, interpolation=cv2.INTER_AREA) >= 128
+            obj = (
+                cv2.resize(self.key_obj * 255, size, interpolation=cv2.INTER_AREA) >= 128
+            ).astype(np.float32)
         else:
-            templ, obj = self.key_rgb, self.key_obj > 0
+            templ, obj = self.key_rgb, self.key_obj.astype(np.float32)
         if not obj.any():
             return None
-        found = _match_template(b, templ.astype(np.float32), obj.astype(np.float32))
-        if found is None:
-            return None
-        mx, my, err = found
+        templ = templ.astype(np.float32)
+        scale = np.diag([sx, sy])
         ky0, _, kx0, _ = self.key_box
-        ox, oy = float(to_frame[0, 2]), float(to_frame[1, 2])
-        # Template pixel (0, 0) is frame pixel (kx0, ky0) + half-pixel offsets that the
-        # window's origin already carries; placed at work (mx, my) it lands here:
-        return ox + sx * mx - (kx0 + 0.5 * sx - 0.5), oy + sy * my - (ky0 + 0.5 * sy - 0.5), err
+        key0 = np.array([kx0 + 0.5 * sx - 0.5, ky0 + 0.5 * sy - 0.5])  # template (0, 0)
+        origin = to_frame[:, 2]
+        centre = np.array([(size[0] - 1) / 2, (size[1] - 1) / 2])
+        best: tuple[np.ndarray, float] | None = None
+        for angle in angles:
+            if angle:
+                side = int(np.ceil(np.hypot(*size))) | 1
+                canvas_centre = np.array([(side - 1) / 2, (side - 1) / 2])
+                m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, 1.0)
+                m[:, 2] += canvas_centre - centre
+                t_img = cv2.warpAffine(templ, m, (side, side), flags=cv2.INTER_LINEAR)
+                t_obj = cv2.warpAffine(obj, m, (side, side), flags=cv2.INTER_LINEAR)
+                rot = m[:, :2]
+            else:
+                t_img, t_obj, rot, canvas_centre = templ, obj, np.eye(2), centre
+            if t_img.shape[0] >= b.shape[0] or t_img.shape[1] >= b.shape[1]:
+                continue
+            found = _match_template(b, t_img, t_obj)
+            if found is None or (best is not None and found[2] >= best[1]):
+                continue
+            mx, my, err = found
+            # keyframe p -> template q = S^-1 (p - key0) -> canvas rot (q - c) + c'
+            # -> new frame origin + S (m + canvas); composed into one affine map.
+            lin = scale @ rot @ np.linalg.inv(scale)
+            shift = (
+                origin
+                + scale @ (np.array([mx, my]) + canvas_centre)
+                - scale @ rot @ centre
+                - lin @ key0
+            )
+            best = (np.concatenate([lin, shift[:, None]], axis=1), err)
+        return best
 
     def step(self, rgb_known: np.ndarray, rgb_new: np.ndarray) -> np.ndarray:
         """Move to the next frame; return its soft mask float32 [h, w] in [0, 1]."""
@@ -301,17 +346,13 @@ class _Chain:
             to_frame = np.array([[1.0, 0.0, float(x0)], [0.0, 1.0, float(y0)]])
         kind, d = self._motion(a, b, obj, to_frame, edges)
 
-        if kind == "anchor":  # back to the keyframe mask, translated
-            self.map_x = self.gx - np.float32(d[0])
-            self.map_y = self.gy - np.float32(d[1])
-            soft = cv2.remap(
-                self.key,
-                self.map_x,
-                self.map_y,
-                cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_CONSTANT,
-                borderValue=0.0,
-            )
+        if kind == "anchor":  # back to the keyframe mask, moved by the affine map d
+            inv = cv2.invertAffineTransform(d.astype(np.float64))
+            key_x = inv[0, 0] * self.gx + inv[0, 1] * self.gy + np.float32(inv[0, 2])
+            key_y = inv[1, 0] * self.gx + inv[1, 1] * self.gy + np.float32(inv[1, 2])
+            self.disp_x = (key_x - self.gx).astype(np.float32)
+            self.disp_y = (key_y - self.gy).astype(np.float32)
+            soft = self._sample(key_x.astype(np.float32), key_y.astype(np.float32))
             self.current = soft > 0.5
             return soft
 
@@ -319,25 +360,33 @@ class _Chain:
             d = cv2.resize(d, (ww, wh), interpolation=cv2.INTER_LINEAR)
             d[..., 0] *= sx
             d[..., 1] *= sy
-        # Compose with the map back to the keyframe, then sample the keyframe mask once.
+        # Compose with the displacement back to the keyframe: new pixel x came from
+        # p = x - d(x), which came from p + disp(p). Outside the frame the displacement
+        # is extended as it is at the border, so an object keeps sliding out (or in).
         px = self.gx[y0:y1, x0:x1] - d[..., 0]
         py = self.gy[y0:y1, x0:x1] - d[..., 1]
         new_x = np.full((self.h, self.w), _FAR, np.float32)
         new_y = np.full((self.h, self.w), _FAR, np.float32)
-        far = {"borderMode": cv2.BORDER_CONSTANT, "borderValue": _FAR}
-        new_x[y0:y1, x0:x1] = cv2.remap(self.map_x, px, py, cv2.INTER_LINEAR, **far)
-        new_y[y0:y1, x0:x1] = cv2.remap(self.map_y, px, py, cv2.INTER_LINEAR, **far)
-        self.map_x, self.map_y = new_x, new_y
-        soft[y0:y1, x0:x1] = cv2.remap(
-            self.key,
-            new_x[y0:y1, x0:x1],
-            new_y[y0:y1, x0:x1],
-            cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0.0,
+        rep = {"borderMode": cv2.BORDER_REPLICATE}
+        new_x[y0:y1, x0:x1] = cv2.remap(self.disp_x, px, py, cv2.INTER_LINEAR, **rep) - d[..., 0]
+        new_y[y0:y1, x0:x1] = cv2.remap(self.disp_y, px, py, cv2.INTER_LINEAR, **rep) - d[..., 1]
+        self.disp_x, self.disp_y = new_x, new_y
+        soft[y0:y1, x0:x1] = self._sample(
+            self.gx[y0:y1, x0:x1] + new_x[y0:y1, x0:x1], self.gy[y0:y1, x0:x1] + new_y[y0:y1, x0:x1]
         )
         self.current = soft > 0.5
         return soft
+
+    def _sample(self, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+        """The keyframe mask at keyframe positions (map_x, map_y): soft, in [0, 1].
+
+        Bilinear for smooth edges, but never below 0.51 where the nearest keyframe pixel
+        is object, so a one-pixel-thin part (a mic stand) survives half-pixel positions.
+        """
+        border = {"borderMode": cv2.BORDER_CONSTANT, "borderValue": 0.0}
+        soft = cv2.remap(self.key, map_x, map_y, cv2.INTER_LINEAR, **border)
+        nearest = cv2.remap(self.key, map_x, map_y, cv2.INTER_NEAREST, **border)
+        return np.maximum(soft, 0.51 * nearest)
 
 
 def _depth(obj: np.ndarray) -> np.ndarray:
@@ -371,12 +420,18 @@ def _plausible(m: np.ndarray, weight: np.ndarray, gx: np.ndarray, gy: np.ndarray
     return _with_linear(m, u @ np.diag(clamped) @ vt, weight, gx, gy)
 
 
-def _rigid(m: np.ndarray, weight: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    """The rotation nearest to the affine motion m, moving the object's centre as m does."""
-    u, _, vt = np.linalg.svd(np.eye(2) + m[:, :2].astype(np.float64))
+def _rigid(
+    m: np.ndarray, weight: np.ndarray, gx: np.ndarray, gy: np.ndarray, keep_scale: bool
+) -> np.ndarray:
+    """The rotation nearest to the affine motion m (times its mean scale if keep_scale),
+    moving the object's centre as m does."""
+    lin = np.eye(2) + m[:, :2].astype(np.float64)
+    u, sv, vt = np.linalg.svd(lin)
     rot = u @ vt
     if np.linalg.det(rot) < 0:  # a reflection is no motion: keep the translation only
         rot = np.eye(2)
+    elif keep_scale:
+        rot = rot * float(np.sqrt(sv[0] * sv[1]))
     return _with_linear(m, rot, weight, gx, gy)
 
 
