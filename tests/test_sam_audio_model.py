@@ -32,6 +32,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One torch thread: these tensors are small and the test machine is shared, where two
+    contending OpenMP threads were measured several times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def maxerr(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a.double() - b.double()).abs().max().item()

@@ -38,6 +38,17 @@ needs_tokenizer = pytest.mark.skipif(
     not (FIXTURE / "t5" / "tokenizer.json").is_file(), reason="fixture A's T5 tokenizer not found"
 )
 
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One torch thread: these tensors are small and the test machine is shared, where two
+    contending OpenMP threads were measured several times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 C = 4  # codec latent channels
 TINY = {
     "in_channels": 6 * C,
@@ -575,3 +586,25 @@ def test_device_resolution(monkeypatch):
             backend.resolve_device("cuda")
     with pytest.raises(ModelLoadError):
         backend.resolve_device("tpu9")
+
+
+def test_consecutive_unique_frames():
+    v = torch.tensor([1, 1, 2, 2, 2, 1, 3], dtype=torch.uint8)[:, None, None, None].expand(
+        7, 3, 2, 2
+    )
+    keep, inverse = sam_model._consecutive_unique(v)
+    assert keep.tolist() == [0, 2, 5, 6]
+    assert torch.equal(v[keep][inverse], v)
+
+
+@needs_tokenizer
+def test_video_frame_dedupe_gives_same_features():
+    model = tiny_model()
+    batch = two_item_batch(model)  # 12 and 5 frames resampled to 25 and 16 feature frames
+    with torch.inference_mode():
+        audio_features = model._get_audio_features(batch.audios)
+        deduped = model._get_video_features(batch.masked_video, audio_features)
+        model.dedupe_video_frames = False
+        plain = model._get_video_features(batch.masked_video, audio_features)
+    assert deduped.shape == plain.shape == (2, 8, 25)
+    assert (deduped - plain).abs().max() <= 1e-6
