@@ -62,9 +62,9 @@ def masked_video_for_model(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """
     n, h, w = _check_frames(frames, "masked video")
     keep = ~_masks_at(masks, n, h, w, "masked video")  # reference: mask.eq(0)
-    out = np.empty_like(frames)
+    out = np.zeros_like(frames)
     for i in range(n):  # one frame at a time: no [F, H, W, 3] temporary
-        np.multiply(frames[i], keep[i][..., None], out=out[i], casting="unsafe")
+        cv2.copyTo(np.ascontiguousarray(frames[i]), keep[i].view(np.uint8), out[i])
     return out
 
 
