@@ -14,7 +14,10 @@ def test_compose_file_parses_and_wires_the_service():
     services = compose["services"]
     assert set(services) == {"redis", "api", "cpu-worker", "gpu-worker", "flower"}
     assert "--appendonly" in services["redis"]["command"]
-    assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] == "yes"
+    assert (
+        services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1]
+        == "yes"
+    )
     for name in ("api", "cpu-worker", "gpu-worker", "flower"):
         s = services[name]
         assert "jobs:/data/jobs" in s["volumes"], name

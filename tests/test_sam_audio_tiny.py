@@ -608,3 +608,12 @@ def test_video_frame_dedupe_gives_same_features():
         plain = model._get_video_features(batch.masked_video, audio_features)
     assert deduped.shape == plain.shape == (2, 8, 25)
     assert (deduped - plain).abs().max() <= 1e-6
+
+
+@needs_tokenizer
+def test_compile_dit_keeps_reference_state_dict_keys():
+    model = tiny_model()
+    keys = set(model.state_dict())
+    model.compile_dit()  # lazy: nothing is compiled until the first call
+    assert set(model.state_dict()) == keys
+    assert model._compiled_dit is not None

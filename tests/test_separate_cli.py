@@ -98,7 +98,9 @@ def test_each_mask_yields_its_own_sound(tmp_path, scene_mp4, scene, mask_a, mask
     est, mono_mix = target[:n].mean(axis=1), mix[:n].mean(axis=1)
     improvement = _si_sdr(est, own[:n]) - _si_sdr(mono_mix, own[:n])
     preference = _si_sdr(est, own[:n]) - _si_sdr(est, other[:n])
-    print(f"object {which}: SI-SDR improvement {improvement:.2f} dB, own vs other {preference:.2f} dB")
+    print(
+        f"object {which}: SI-SDR improvement {improvement:.2f} dB, own vs other {preference:.2f} dB"
+    )
     assert improvement >= 3.0
     assert preference >= 6.0
 
@@ -286,3 +288,45 @@ def test_track_command_writes_masks_and_preview(tmp_path, scene_mp4, mask_a):
     masks = np.load(tmp_path / "m.npz")["masks"]
     assert masks.shape == (150, 180, 320)
     assert (tmp_path / "p.mp4").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("rate,layout,channels", [(44100, "stereo", 2), (96000, "5.1", 6)])
+def test_rates_and_layouts_come_back_unchanged(tmp_path, scene_mp4, mask_a, rate, layout, channels):
+    src = tmp_path / f"clip_{rate}.mov"
+    ffmpeg(
+        "-i",
+        str(scene_mp4),
+        "-filter_complex",
+        f"[0:a]aresample={rate},pan={layout}|"
+        + "|".join(f"c{i}=c{i % 2}" for i in range(channels))
+        + "[a]",
+        "-map",
+        "0:v",
+        "-map",
+        "[a]",
+        "-c:v",
+        "copy",
+        "-c:a",
+        "pcm_s24le",
+        str(src),
+    )
+    out = tmp_path / "out"
+    _separate(src, mask_a, out, "--mode", "both", "--stem-format", "float32", "--keep-original")
+    src_audio, sr = decode_audio(src)
+    t, tsr = sf.read(str(out / "target.wav"), always_2d=True)
+    r, _ = sf.read(str(out / "residual.wav"), always_2d=True)
+    assert tsr == rate and t.shape[1] == channels
+    assert sf.info(str(out / "target.wav")).subtype == "FLOAT"
+    n = min(len(t), len(src_audio))
+    assert abs(len(t) - len(src_audio)) <= 1
+    assert np.abs(t[:n] + r[:n] - src_audio[:n]).max() <= 1e-4
+    streams = _probe(
+        out / "isolated.mov",
+        "stream=codec_type,sample_rate,channels,channel_layout:stream_tags=title,handler_name",
+    )["streams"]
+    audio = [s for s in streams if s["codec_type"] == "audio"]
+    assert len(audio) == 2, "new audio plus the original kept as an extra track"
+    assert all(int(a["sample_rate"]) == rate and a["channels"] == channels for a in audio)
+    tags = audio[1].get("tags", {})
+    assert "original audio" in (tags.get("title"), tags.get("handler_name")), tags
+    assert stream_md5(out / "isolated.mov", "a:1") == stream_md5(src, "a:0")

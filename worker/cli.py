@@ -97,6 +97,17 @@ def _add_separation_options(p: argparse.ArgumentParser) -> None:
         default="masked",
         help="masked: keep every source channel, target+residual = source (default)",
     )
+    p.add_argument(
+        "--stem-format",
+        choices=["pcm24", "float32"],
+        default="pcm24",
+        help="target.wav/residual.wav as 24-bit PCM (default) or 32-bit float",
+    )
+    p.add_argument(
+        "--keep-original",
+        action="store_true",
+        help="also keep the original audio as an extra track in the remuxed videos",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +254,8 @@ def _separation_fields(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "audio_stream": args.audio_stream,
         "reconstruct": args.reconstruct,
+        "stem_format": args.stem_format,
+        "keep_original": args.keep_original,
     }
 
 

@@ -534,6 +534,7 @@ def remux(
     out_path: Path,
     plan: RemuxPlan,
     progress: ProgressFn | None = None,
+    keep_original: bool = False,
 ) -> list[str]:
     """Write ``out_path``: the source with audio stream ``n`` replaced by ``new_audio``.
 
@@ -544,13 +545,13 @@ def remux(
     rather than failing the job; MP4 timecode tracks are rebuilt from the timecode tag.
     """
     try:
-        _remux(p, n, new_audio, out_path, plan, progress, keep_data=True)
+        _remux(p, n, new_audio, out_path, plan, progress, True, keep_original)
         return []
     except SonomaskError:
         data = [s for s in p.streams if s.kind == "data" and not _is_tmcd(s, plan)]
         if not data:
             raise
-    _remux(p, n, new_audio, out_path, plan, progress, keep_data=False)
+    _remux(p, n, new_audio, out_path, plan, progress, False, keep_original)
     return [
         f"data stream {s.index} ({s.raw.get('codec_tag_string', s.codec)}) could not be "
         f"carried into {plan.muxer} and was left out"
@@ -570,6 +571,7 @@ def _remux(
     plan: RemuxPlan,
     progress: ProgressFn | None,
     keep_data: bool,
+    keep_original: bool = False,
 ) -> None:
     target = p.audio(n)
     offset = picture_start(p) - p.format_start
@@ -589,6 +591,19 @@ def _remux(
         if s.index == target.index:
             args += ["-map", "1:a:0"]
             new_index = out_index
+            if keep_original:  # the untouched source audio right after it, not default
+                metadata += [f"-map_metadata:s:{out_index}", f"0:s:{s.index}"]
+                out_index += 1
+                args += [
+                    "-map",
+                    f"0:{s.index}",
+                    f"-disposition:{out_index}",
+                    "0",
+                    f"-metadata:s:{out_index}",
+                    "title=original audio",
+                    f"-metadata:s:{out_index}",
+                    "handler_name=original audio",
+                ]
         elif s.kind in ("video", "audio", "subtitle", "data"):
             if s.kind == "data" and (not keep_data or _is_tmcd(s, plan)):
                 continue

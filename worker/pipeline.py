@@ -323,8 +323,9 @@ def stage_restore(ws: Workspace, report: StageProgress = _noop) -> None:
     target, residual = restore(
         source, stems["target"], stems["residual"], sr, method=ws.spec.reconstruct
     )
-    ws.write_wav("target.wav", target, sr)
-    ws.write_wav("residual.wav", residual, sr)
+    subtype = "FLOAT" if ws.spec.stem_format == "float32" else "PCM_24"
+    ws.write_wav("target.wav", target, sr, subtype=subtype)
+    ws.write_wav("residual.wav", residual, sr, subtype=subtype)
     report("restore", 1.0, "stems written")
 
 
@@ -346,7 +347,15 @@ def stage_remux(ws: Workspace, report: StageProgress = _noop) -> None:
             report("remux", (i + f) / len(jobs), m)
 
         with ws.atomic(name) as tmp:
-            warnings = media.remux(p, spec.audio_stream, ws.file(stem), tmp, plan, prog)
+            warnings = media.remux(
+                p,
+                spec.audio_stream,
+                ws.file(stem),
+                tmp,
+                plan,
+                prog,
+                keep_original=spec.keep_original,
+            )
         if warnings:
             ws.update_manifest(remux_warnings=warnings)
     report("remux", 1.0, "remuxed")

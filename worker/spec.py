@@ -107,6 +107,12 @@ class JobSpec(BaseModel):
     tracker: TrackerName = "flow"
     audio_stream: int = Field(default=0, ge=0, description="index among the audio streams")
     reconstruct: Literal["masked", "generative"] = "masked"
+    stem_format: Literal["pcm24", "float32"] = Field(
+        default="pcm24", description="stems as 24-bit PCM or 32-bit float WAV"
+    )
+    keep_original: bool = Field(
+        default=False, description="keep the original audio as an extra track in the videos"
+    )
     out: str | None = None
     webhook: str | None = Field(default=None, description="URL POSTed the job document at the end")
 
