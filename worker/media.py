@@ -28,6 +28,7 @@ from typing import Any
 
 import ffmpeg
 import numpy as np
+import soundfile as sf
 
 from worker.errors import BadInput, SonomaskError
 
@@ -332,6 +333,37 @@ def demux_audio(p: Probe, n: int, out_wav: Path, progress: ProgressFn | None = N
     audio = stream[f"a:{n}"].filter("aresample", **{"async": 1, "first_pts": first})
     out = ffmpeg.output(audio, str(out_wav), acodec="pcm_f32le", f="wav", rf64="auto")
     _run(out, "decode the audio", p.duration, progress)
+
+
+def mixdown_for_model(source_wav: Path, out_wav: Path, rate: int) -> None:
+    """Mean of the channels (as SAM Audio's processor mixes down) at ``rate``, streamed.
+
+    ``pan`` with explicit equal gains (no renormalisation) makes the plain mean; soxr
+    resamples. Our own intermediate file, so no untrusted-input options are needed.
+    """
+    with sf.SoundFile(str(source_wav)) as f:
+        channels = f.channels
+    gains = "+".join(f"{1.0 / channels:.10f}*c{i}" for i in range(channels))
+    args = [
+        "ffmpeg",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(source_wav),
+        "-af",
+        f"pan=mono|c0={gains},aresample={rate}:resampler=soxr:precision=28",
+        "-c:a",
+        "pcm_f32le",
+        "-rf64",
+        "auto",
+        "-f",
+        "wav",
+        str(out_wav),
+    ]
+    run_ffmpeg_args(args, "make the model's mono copy")
 
 
 # --------------------------------------------------------------------------- frames

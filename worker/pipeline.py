@@ -9,6 +9,7 @@ when every stage succeeded.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import re
@@ -39,6 +40,9 @@ from worker.workspace import Workspace
 StageProgress = Callable[[str, float, str], None]
 """(stage name, fraction of that stage done, message)."""
 
+STEMS_MODEL = ("stems_target.npy", "stems_residual.npy")  # mono 48 kHz, from the separator
+RESTORE_BLOCK_SECONDS = 30.0
+RESTORE_MARGIN_SECONDS = 0.5
 FEATURE_RATE = 25.0  # SAM Audio's latent frame rate: 48 kHz / hop 1920.
 MIN_AUDIO_FRACTION = 0.9  # below this share of the declared duration the file is truncated.
 
@@ -115,9 +119,8 @@ def stage_demux(ws: Workspace, report: StageProgress = _noop) -> None:
             )
         if frames_audio == 0:
             raise BadInput(f"{p.path.name}: the audio stream holds no samples")
-    source, sr = sf.read(str(ws.file("audio_source.wav")), dtype="float32", always_2d=True)
-    mono48 = to_model_audio(source, sr)
-    ws.write_wav("audio_model.wav", mono48, MODEL_SAMPLE_RATE, subtype="FLOAT")
+    with ws.atomic("audio_model.wav") as tmp:
+        media.mixdown_for_model(ws.file("audio_source.wav"), tmp, MODEL_SAMPLE_RATE)
     prog(0.5, "decode frames")
     decode_working_frames(ws, p, tuple(pj["display_size"]), lambda f, m: prog(0.5 + 0.5 * f, m))
     report("demux", 1.0, "demuxed")
@@ -134,14 +137,6 @@ def decode_working_frames(
             raise SonomaskError("frame decoding produced an unexpected number of bytes")
     ws.write_npy("frame_times.npy", times)
     ws.update_manifest(frames={"count": len(times), "working_size": list(wsize)})
-
-
-def to_model_audio(source: np.ndarray, sr: int) -> np.ndarray:
-    """Mean of the channels (as SAM Audio's processor mixes down), resampled to 48 kHz."""
-    from model.remix import resample
-
-    mono = source.mean(axis=1, dtype=np.float64).astype(np.float32)
-    return resample(mono, sr, MODEL_SAMPLE_RATE).astype(np.float32)
 
 
 def _frames(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
@@ -278,7 +273,7 @@ def choose_separator(spec: JobSpec, settings: Settings) -> Separator:
 def stage_separate(
     ws: Workspace, report: StageProgress = _noop, settings: Settings | None = None
 ) -> None:
-    if ws.has("stems_model.npz"):
+    if ws.has(*STEMS_MODEL):
         return
     spec = ws.spec
     settings = settings or Settings.from_env()
@@ -297,10 +292,9 @@ def stage_separate(
         prompt.video_times = np.load(ws.file("prompt_times.npy"))
     result: Separation = separator.separate(audio, prompt, _stage_progress(report, "separate"))
     _check_stems(result, len(audio))
-    with ws.atomic("stems_model.npz") as tmp, tmp.open("wb") as f:
-        np.savez(
-            f, target=result.target.astype(np.float32), residual=result.residual.astype(np.float32)
-        )
+    # Two plain .npy files, so the restore stage can memory-map them block by block.
+    ws.write_npy(STEMS_MODEL[1], result.residual.astype(np.float32))
+    ws.write_npy(STEMS_MODEL[0], result.target.astype(np.float32))
     ws.update_manifest(backend=result.backend, separate_warnings=result.warnings)
     report("separate", 1.0, f"separated with {result.backend}")
 
@@ -313,19 +307,49 @@ def _check_stems(result: Separation, n: int) -> None:
 
 
 def stage_restore(ws: Workspace, report: StageProgress = _noop) -> None:
-    """Stems back at the source rate and channel layout (24-bit WAV)."""
+    """Stems back at the source rate and channel layout, streamed block by block.
+
+    Each block is restored with a margin on both sides (longer than the STFT and the
+    resampling filters) and only its centre is kept, so the result matches one pass over
+    the whole clip while memory stays bounded by the block. Block edges fall on samples
+    where the source and model clocks coincide exactly (multiples of sr / gcd(sr, 48000)).
+    """
     if ws.has("target.wav", "residual.wav"):
         return
     from model.remix import restore
 
-    source, sr = sf.read(str(ws.file("audio_source.wav")), dtype="float32", always_2d=True)
-    stems = np.load(ws.file("stems_model.npz"))
-    target, residual = restore(
-        source, stems["target"], stems["residual"], sr, method=ws.spec.reconstruct
-    )
-    subtype = "FLOAT" if ws.spec.stem_format == "float32" else "PCM_24"
-    ws.write_wav("target.wav", target, sr, subtype=subtype)
-    ws.write_wav("residual.wav", residual, sr, subtype=subtype)
+    spec = ws.spec
+    target48 = np.load(ws.file(STEMS_MODEL[0]), mmap_mode="r")
+    residual48 = np.load(ws.file(STEMS_MODEL[1]), mmap_mode="r")
+    subtype = "FLOAT" if spec.stem_format == "float32" else "PCM_24"
+    with sf.SoundFile(str(ws.file("audio_source.wav"))) as src:
+        sr, n, channels = src.samplerate, src.frames, src.channels
+        g = math.gcd(sr, MODEL_SAMPLE_RATE)
+        unit, unit48 = sr // g, MODEL_SAMPLE_RATE // g
+        block = max(1, round(RESTORE_BLOCK_SECONDS * sr / unit)) * unit
+        margin = math.ceil(RESTORE_MARGIN_SECONDS * sr / unit) * unit
+        fmt = "RF64" if n * channels * 4 > 3_500_000_000 else "WAV"
+        with ws.atomic("target.wav") as t_tmp, ws.atomic("residual.wav") as r_tmp:
+            with (
+                sf.SoundFile(str(t_tmp), "w", sr, channels, subtype, format=fmt) as t_out,
+                sf.SoundFile(str(r_tmp), "w", sr, channels, subtype, format=fmt) as r_out,
+            ):
+                for a in range(0, n, block):
+                    lo, hi = max(0, a - margin), min(n, a + block + margin)
+                    src.seek(lo)
+                    chunk = src.read(hi - lo, dtype="float32", always_2d=True)
+                    m_lo, m_hi = lo // unit * unit48, -(-hi // unit) * unit48
+                    tgt, res = restore(
+                        chunk,
+                        np.asarray(target48[m_lo:m_hi]),
+                        np.asarray(residual48[m_lo:m_hi]),
+                        sr,
+                        method=spec.reconstruct,
+                    )
+                    keep = slice(a - lo, a - lo + min(block, n - a))
+                    t_out.write(tgt[keep])
+                    r_out.write(res[keep])
+                    report("restore", min(1.0, (a + block) / n), "restoring the stems")
     report("restore", 1.0, "stems written")
 
 
