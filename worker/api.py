@@ -328,12 +328,13 @@ async def _from_multipart(request: Request, staging: Path, cfg: ApiSettings) -> 
     try:
         video = form.get("video")
         masks = form.getlist("mask")
-        unknown = set(form.keys()) - {"video", "mask", "spec"}
+        upload = form.get("upload")  # the web page's upload id instead of the video file
+        unknown = set(form.keys()) - {"video", "mask", "spec", "upload"}
         if unknown:
             raise HTTPException(
                 400, f"unknown form field(s) {sorted(unknown)}; send video, mask and spec"
             )
-        if not isinstance(video, UploadFile):
+        if not isinstance(video, UploadFile) and not isinstance(upload, str):
             raise HTTPException(400, "the 'video' file field is missing")
         if any(not isinstance(m, UploadFile) for m in masks):
             raise HTTPException(400, "each 'mask' field must be a file (PNG, white = object)")
@@ -351,9 +352,14 @@ async def _from_multipart(request: Request, staging: Path, cfg: ApiSettings) -> 
                 raise HTTPException(400, f"'{key}' cannot be set in spec; upload the files")
         staging.mkdir(parents=True, exist_ok=True)
         budget = [0]
-        suffix = Path(video.filename or "video").suffix.lower()[:8] or ".bin"
-        vpath = staging / f"video{suffix}"
-        await _save_upload(video, vpath, budget, cfg.max_upload)
+        if isinstance(video, UploadFile):
+            suffix = Path(video.filename or "video").suffix.lower()[:8] or ".bin"
+            vpath = staging / f"video{suffix}"
+            await _save_upload(video, vpath, budget, cfg.max_upload)
+        else:
+            from worker.web import claim_upload
+
+            vpath = claim_upload(cfg, str(upload), staging)
         mpaths = []
         for i, m in enumerate(masks):
             p = staging / f"mask{i}.png"

@@ -312,11 +312,11 @@ def stage_restore(ws: Workspace, report: StageProgress = _noop) -> None:
     Each block is restored with a margin on both sides (longer than the STFT and the
     resampling filters) and only its centre is kept, so the result matches one pass over
     the whole clip while memory stays bounded by the block. Block edges fall on samples
-    where the source and model clocks coincide exactly (multiples of sr / gcd(sr, 48000)).
+    where the source and model clocks coincide exactly and on the STFT's frame grid.
     """
     if ws.has("target.wav", "residual.wav"):
         return
-    from model.remix import restore
+    from model.remix import restore, stft_size
 
     spec = ws.spec
     target48 = np.load(ws.file(STEMS_MODEL[0]), mmap_mode="r")
@@ -325,7 +325,9 @@ def stage_restore(ws: Workspace, report: StageProgress = _noop) -> None:
     with sf.SoundFile(str(ws.file("audio_source.wav"))) as src:
         sr, n, channels = src.samplerate, src.frames, src.channels
         g = math.gcd(sr, MODEL_SAMPLE_RATE)
-        unit, unit48 = sr // g, MODEL_SAMPLE_RATE // g
+        # Block edges on samples where both clocks and the STFT frame grid coincide.
+        unit = math.lcm(sr // g, stft_size(sr) // 4)
+        unit48 = unit * MODEL_SAMPLE_RATE // sr
         block = max(1, round(RESTORE_BLOCK_SECONDS * sr / unit)) * unit
         margin = math.ceil(RESTORE_MARGIN_SECONDS * sr / unit) * unit
         fmt = "RF64" if n * channels * 4 > 3_500_000_000 else "WAV"
