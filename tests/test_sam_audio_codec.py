@@ -9,6 +9,7 @@ seconds, so the full-length decode checks are marked slow; the short ``codec_dec
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,6 +102,8 @@ def test_encode_without_padding_and_bad_shape(codec: DACVAECodec) -> None:
     assert codec.encode(wav).shape == (1, codec.latent_dim, 2)
     with pytest.raises(ValueError, match=r"\[B, 1, N\]"):
         codec.encode(torch.zeros(1, 2, 3840))
+    with pytest.raises(ValueError, match="reflect-padding"):
+        codec.encode(torch.zeros(1, 1, 500))
 
 
 # ------------------------------------------------------------------------------------------
@@ -219,7 +222,20 @@ def tiny_codec() -> DACVAECodec:
         codebook_dim=2,
     )
     torch.manual_seed(0)
-    return DACVAECodec(cfg)
+    codec = DACVAECodec(cfg)
+    # O(1) activations so the path comparison below is meaningful (default init shrinks them).
+    with torch.no_grad():
+        for name, p in codec.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "weight_g":
+                p.fill_(1.0)
+            elif leaf == "weight" and p.dim() == 3:
+                p.normal_(0.0, (p.shape[1] * p.shape[2]) ** -0.5)
+            elif leaf == "alpha":
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif leaf == "bias" and p.dim() == 1:
+                p.normal_(0.0, 0.02)
+    return codec
 
 
 def test_tiny_codec_round_trip_shapes(tiny_codec: DACVAECodec) -> None:
@@ -258,3 +274,30 @@ def test_strict_load_reports_missing_unexpected_and_misshaped(tiny_codec: DACVAE
 
     with pytest.raises(CodecCheckpointError, match="no key starts with 'audio_codec.'"):
         tiny_codec.load_codec_state_dict({"x": torch.zeros(1)}, prefix=PREFIX)
+
+
+def test_fast_inference_path_matches_plain_path(tiny_codec: DACVAECodec) -> None:
+    """encode/decode (buffer recycling, GEMM pointwise convs, weight cache) == the plain,
+    autograd-recording module path that mirrors the reference layer by layer.
+
+    Compared in float64, where both orders of rounding agree to ~1e-12: a logic slip would show,
+    while float32 rounding (amplified by random weights) would not hide one.
+    """
+    codec = copy.deepcopy(tiny_codec).double()
+    torch.manual_seed(1)
+    wav = torch.randn(2, 1, 4 * 37, dtype=torch.float64) * 0.3
+    z = torch.randn(2, 2, 3, dtype=torch.float64)
+    msg = torch.randint(0, 2, (2, 16), dtype=torch.float32)
+    assert torch.is_grad_enabled() and codec.decoder.model[1].block[0].alpha.requires_grad
+    plain_z = codec.quantizer.in_proj(codec.encoder(wav)).chunk(2, dim=1)[0]
+    plain_wav = codec.decoder(codec.quantizer.out_proj(z), msg)
+    assert plain_z.requires_grad and plain_wav.requires_grad  # really the recording path
+    fast_z = codec.encode(wav)
+    fast_wav = codec.decode(z, watermark_message=msg)
+    for fast, plain in ((fast_z, plain_z), (fast_wav, plain_wav)):
+        scale = plain.detach().abs().max().item()
+        assert scale > 1e-2
+        assert _max_err(fast, plain.detach()) <= 1e-10 * scale
+
+    codec.set_weight_cache(False)
+    assert _max_err(codec.decode(z, watermark_message=msg), fast_wav) == 0.0

@@ -267,7 +267,8 @@ def extract_frame(meta: dict[str, Any], pts: np.ndarray, n: int, max_side: int) 
 
     Seeks to a second before the frame and selects it by timestamp, then checks the frame
     that came out really has frame n's timestamp; where the container's seeking is not
-    exact (MPEG-TS, files with few keyframes) it decodes from the start instead.
+    exact (MPEG-TS, files with few keyframes) it decodes from the start instead, which
+    reaches every frame in order, like the pipeline's decode.
     """
     tick = float(meta["tick"])
     target = int(pts[n])
@@ -276,10 +277,13 @@ def extract_frame(meta: dict[str, Any], pts: np.ndarray, n: int, max_side: int) 
     s = min(1.0, max_side / max(w, h))
     sw, sh = max(2, int(round(w * s / 2)) * 2), max(2, int(round(h * s / 2)) * 2)
     seek = target * tick - float(meta["format_start"]) - 1.0
-    for attempt_seek in ([seek] if seek > 0 else []) + [None]:
-        jpeg, got = _run_frame(meta, threshold, sw, sh, attempt_seek)
+    if seek > 0:
+        jpeg, got = _run_frame(meta, threshold, sw, sh, seek)
         if jpeg and got is not None and abs(got - target * tick) <= 0.25 * _gap(pts, n) * tick:
             return jpeg
+    jpeg, _ = _run_frame(meta, threshold, sw, sh, None)
+    if jpeg:
+        return jpeg
     raise BadInput(f"frame {n} of {meta['name']} could not be decoded")
 
 
@@ -497,7 +501,7 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}}},
     )
-    def get_frame(upload_id: str, n: int, max: int = Query(1280, ge=16, le=8192)) -> Response:  # noqa: A002
+    def get_frame(upload_id: str, n: int, max: int = Query(1280, ge=16, le=8192)) -> Response:
         """Frame ``n`` (0-based, as ``mask_frames`` counts) as JPEG, longest side <= ``max``."""
         folder = _session_dir(cfg, upload_id)
         meta = _meta(folder)

@@ -12,15 +12,21 @@ References (behaviour matched, code written from scratch):
 
 The module tree and parameter names equal the reference's, so the ``audio_codec.*`` entries of a
 SAM Audio state dict load with strict key and shape checking (old-style weight norm:
-``weight_g`` / ``weight_v``). Inference differs from the reference only in speed:
+``weight_g`` / ``weight_v``). Inference gives the reference's numbers (max |difference| ~1e-6
+on fixture A, i.e. float32 rounding) and differs only in speed (about 1.5x on a 2-core CPU):
 
+* fresh multi-megabyte tensors are expensive on CPU (every page faults in; ~50 ms per 75 MB
+  tensor here), so the decoder's Snake residual units recycle two buffers per stage: only the
+  k-tap convolution allocates, Snake runs in place (same operations in the same order as the
+  reference's scripted ``snake``, so bit-identical) and the pointwise convolution is a GEMM
+  written into a dead buffer with the bias and the skip pre-added;
 * weight-norm weights ``g * v / ||v||`` are computed once and cached (the cache is keyed on the
   parameters' storage and version counters, so ``load_state_dict`` or any in-place update
   invalidates it; with autograd recording it is bypassed);
-* Snake runs in place on one temporary instead of five fresh full-size tensors (same operations in
-  the same order, so it is bit-identical to the reference's scripted ``snake``);
-* residual sums, ELUs and ``tanh`` reuse buffers that are dead anyway, and the watermarker's
-  ``tanh(conv(snake(x)))`` head, which the reference evaluates twice, is evaluated once.
+* the watermark LSTMs run on one intra-op thread (their ~300 tiny steps each ended in an OpenMP
+  barrier, which on a shared CPU cost seconds);
+* the watermarker's ``tanh(conv(snake(x)))`` head, which the reference evaluates twice, is
+  evaluated once, and ELU / ``tanh`` overwrite tensors that are dead anyway.
 
 The decoder's watermark message is drawn exactly like the reference
 (``torch.randint(0, 2, (B, 16), dtype=torch.float32)`` from the global generator, after the
@@ -29,8 +35,9 @@ watermark encoder and before the message is embedded) when the caller passes non
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -190,16 +197,14 @@ class DACVAEConfig:
 
 def _check_int(value: Any, where: str, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise CodecConfigError(f"config field '{where}' must be an integer >= {minimum}, got {value!r}")
+        raise CodecConfigError(
+            f"config field '{where}' must be an integer >= {minimum}, got {value!r}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------
-
-
-def _is_inference(t: Tensor) -> bool:
-    return t.is_inference()
 
 
 class _Conv(nn.Module):
@@ -252,6 +257,7 @@ class _Conv(nn.Module):
             self.weight = nn.Parameter(torch.empty(shape))
             self.bias = nn.Parameter(torch.zeros(out_channels))
         self._wn_cache: tuple[tuple[int, ...], Tensor] | None = None
+        self.cache_weight = True  # DACVAECodec.set_weight_cache toggles it
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -275,8 +281,8 @@ class _Conv(nn.Module):
         g, v = self.weight_g, self.weight_v
         if torch.is_grad_enabled() and (g.requires_grad or v.requires_grad):
             return torch._weight_norm(v, g, 0)
-        if _is_inference(v) or _is_inference(g):  # no version counters to validate a cache
-            return torch._weight_norm(v, g, 0)
+        if not self.cache_weight or v.is_inference() or g.is_inference():
+            return torch._weight_norm(v, g, 0)  # (inference tensors have no version counter)
         key = (v.data_ptr(), g.data_ptr(), v._version, g._version)
         if self._wn_cache is None or self._wn_cache[0] != key:
             with torch.inference_mode(False), torch.no_grad():
@@ -332,20 +338,21 @@ class _Snake1d(nn.Module):
     """Snake activation ``x + 1/(alpha + 1e-9) * sin(alpha * x)^2`` (reference ``Snake1d``).
 
     Same operations in the same order as the reference's scripted ``snake`` (so bit-identical),
-    but evaluated in place in a single temporary: the reference allocates five full-size tensors,
-    which at 48 kHz x 96 channels is most of its cost.
+    but evaluated in place in one buffer (``out`` if given, else a new one): the reference
+    allocates five full-size tensors, which at 48 kHz x 96..192 channels cost more than the
+    arithmetic (fresh pages fault in at ~50 ms per 75 MB tensor on the 2-core CPU).
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         alpha = self.alpha
         if torch.is_grad_enabled() and (alpha.requires_grad or x.requires_grad):
             return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
         inv = (alpha + 1e-9).reciprocal()
-        t = torch.mul(alpha, x)
+        t = torch.mul(alpha, x, out=out) if out is not None else torch.mul(alpha, x)
         t.sin_()
         t.mul_(t)  # == pow(2) on CPU (computed as base * base)
         t.mul_(inv)
@@ -393,11 +400,56 @@ class _ResidualUnit(nn.Module):
         hidden = dim // compress
         self.block = nn.Sequential(
             _make_act(act, dim),
-            _Conv(dim, hidden, kernel, 1, dilation, weight_norm=weight_norm, causal=causal, pad_mode=pad_mode),
+            _Conv(
+                dim,
+                hidden,
+                kernel,
+                1,
+                dilation,
+                weight_norm=weight_norm,
+                causal=causal,
+                pad_mode=pad_mode,
+            ),
             _make_act(act, hidden),
             _Conv(hidden, dim, 1, 1, 1, weight_norm=weight_norm, causal=causal, pad_mode=pad_mode),
         )
         self.true_skip = true_skip
+
+    def forward_reuse(self, x: Tensor, spare: Tensor) -> tuple[Tensor, Tensor]:
+        """Inference path of a Snake unit that recycles buffers; returns ``(output, spare)``.
+
+        ``spare`` is a free tensor shaped like ``x``. Only the k-tap convolution allocates; the
+        pointwise convolution is a GEMM written into the freed convolution output, with the bias
+        and the skip pre-added (``x + b + W @ y``, the reference's ``(W @ y + b) + x`` up to
+        rounding). ``x`` is consumed (the caller must not use it afterwards).
+        """
+        b = self.block
+        pw = b[3]
+        b[0](x, out=spare)
+        y = b[1](spare)  # the only allocation
+        act = b[2](y, out=spare)  # y is free from here on
+        w = pw.effective_weight()[:, :, 0]
+        torch.add(x, pw.bias[:, None], out=y)
+        for i in range(y.shape[0]):
+            y[i].addmm_(w, act[i])
+        return y, x
+
+    def can_reuse(self, x: Tensor) -> bool:
+        """Whether :meth:`forward_reuse` applies (Snake unit, same length, no autograd)."""
+        b = self.block
+        return (
+            isinstance(b[0], _Snake1d)
+            and not self.true_skip
+            and b[1].pad_mode == "none"
+            and b[1].stride == 1
+            and b[1].kernel_size % 2 == 1
+            and b[3].kernel_size == 1
+            and b[3].pad_mode == "none"
+            and b[1].in_channels == b[1].out_channels == b[3].in_channels == b[3].out_channels
+            and x.dim() == 3
+            and x.is_contiguous()
+            and not (torch.is_grad_enabled() and (x.requires_grad or b[1].bias.requires_grad))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         b = self.block
@@ -432,6 +484,17 @@ class _EncoderBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.block(x)
 
+    def forward_reuse(self, x: Tensor) -> Tensor:
+        """:meth:`forward` for inference, recycling buffers; ``x`` is consumed."""
+        b = self.block
+        units = (b[0], b[1], b[2])
+        if not all(u.can_reuse(x) for u in units):
+            return b(x)
+        spare = torch.empty_like(x)
+        for u in units:
+            x, spare = u.forward_reuse(x, spare)
+        return b[4](b[3](x, out=spare))
+
 
 class _Encoder(nn.Module):
     """Reference ``Encoder``: conv, strided blocks doubling the width, Snake, conv to the latent."""
@@ -446,7 +509,11 @@ class _Encoder(nn.Module):
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.block(x)
+        b = self.block
+        x = b[0](x)
+        for blk in b[1:-2]:
+            x = blk.forward_reuse(x)  # x is always a tensor created here
+        return b[-1](b[-2](x))
 
 
 class _Bottleneck(nn.Module):
@@ -511,6 +578,28 @@ class _DecoderBlock(nn.Module):
         x = b[5](x)
         return b[8](x)
 
+    def forward_reuse(self, x: Tensor, spare: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`forward` for inference, recycling buffers; returns ``(output, spare)``.
+
+        ``x`` is consumed; ``spare`` (free, shaped like ``x``, or None) receives its Snake.
+        """
+        b = self.block
+        units = (b[4], b[5], b[8])
+        if spare is None or spare.shape != x.shape:
+            spare = None
+        t = b[0](x, out=spare)
+        del x, spare
+        x = b[1](t)
+        if not all(u.can_reuse(x) for u in units):
+            for u in units:
+                x = u(x)
+            return x, None
+        spare = t if t.shape == x.shape else torch.empty_like(x)
+        del t
+        for u in units:
+            x, spare = u.forward_reuse(x, spare)
+        return x, spare
+
     def wm_downsample_time(self, h: Tensor) -> Tensor:
         """Reference ``upsample_group`` (7, 10, 11): more channels, fewer frames."""
         b = self.block
@@ -521,7 +610,7 @@ class _DecoderBlock(nn.Module):
     def wm_upsample_time(self, h: Tensor) -> Tensor:
         """Reference ``downsample_group`` (2, 3, 6): fewer channels, more frames."""
         b = self.block
-        h = _act(b[2], h, inplace=False)  # the caller's tensor may be an LSTM output we keep
+        h = _act(b[2], h, inplace=True)  # h is a fresh LSTM / residual-unit output
         h = b[3](h)
         return b[6](h)
 
@@ -535,9 +624,29 @@ class _LSTMBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.permute(2, 0, 1)
-        y, _ = self.lstm(x)
+        with _one_thread():
+            y, _ = self.lstm(x)
         y = y + x
         return y.permute(1, 2, 0)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread, then restore the count.
+
+    The watermark LSTMs step ~300 times through tiny GEMMs; with two OpenMP threads every step
+    ends in a barrier, which on a shared 2-core CPU made one LSTM take 0.3-3 s instead of
+    ~0.09 s single-threaded (same result: the per-step work is below the split threshold).
+    """
+    n = torch.get_num_threads()
+    if n <= 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class _MsgProcessor(nn.Module):
@@ -573,9 +682,9 @@ class _WatermarkEncoderBlock(nn.Module):
             _Conv(hidden, out_dim, 7, weight_norm=False, causal=True, pad_mode="auto"),
         )
 
-    def head(self, x: Tensor) -> Tensor:
+    def head(self, x: Tensor, spare: Tensor | None = None) -> Tensor:
         """``tanh(conv(snake(x)))``: both the watermark encoder's input and the carrier signal."""
-        y = self.pre[1](self.pre[0](x))
+        y = self.pre[1](self.pre[0](x, out=spare))
         return _act(self.pre[2], y, inplace=True)
 
     def post_process(self, h: Tensor) -> Tensor:
@@ -644,22 +753,38 @@ class _Decoder(nn.Module):
         self.alpha = _WM_CHANNELS / _WM_LATENT
 
     def forward(self, x: Tensor, message: Tensor | None = None) -> Tensor:
-        for layer in self.model:
-            x = layer(x)
-        return self.watermark(x, message)
+        recording = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if recording:
+            for layer in self.model:
+                x = layer(x)
+            return self.watermark(x, message)
+        x = self.model[0](x)
+        spare: Tensor | None = None
+        for layer in self.model[1:]:
+            x, spare = layer.forward_reuse(x, spare)
+        return self.watermark(x, message, spare)
 
-    def watermark(self, x: Tensor, message: Tensor | None = None) -> Tensor:
-        """Reference ``Decoder.watermark``: ``tanh(conv(snake(x))) + alpha * wm(x, message)``."""
+    def watermark(
+        self, x: Tensor, message: Tensor | None = None, spare: Tensor | None = None
+    ) -> Tensor:
+        """Reference ``Decoder.watermark``: ``tanh(conv(snake(x))) + alpha * wm(x, message)``.
+
+        ``spare`` (optional, free, shaped like ``x``) holds the Snake of ``x``.
+        """
         wm = self.wm_model
         blocks = list(self.model[1:])
-        carrier = wm.encoder_block.head(x)  # reference computes this twice; it is deterministic
+        if spare is not None and spare.shape != x.shape:
+            spare = None
+        batch, device = x.shape[0], x.device
+        carrier = wm.encoder_block.head(x, spare)  # the reference computes this twice
+        del x, spare
         h = wm.encoder_block.pre[3](carrier)
         for blk in reversed(blocks):
             h = blk.wm_downsample_time(h)
         h = wm.encoder_block.post_process(h)
         if message is None:  # drawn here, like the reference, so seeded runs reproduce it
-            message = wm.random_message(x.shape[0])
-        h = wm.msg_processor(h, message.to(x.device))
+            message = wm.random_message(batch)
+        h = wm.msg_processor(h, message.to(device))
         h = wm.decoder_block(h)
         for blk in blocks:
             h = blk.wm_upsample_time(h)
@@ -769,15 +894,25 @@ class DACVAECodec(nn.Module):
         """Precompute every weight-norm weight now (otherwise done lazily on first use).
 
         Parameters are left untouched, so the module still loads / saves the reference layout;
-        the cache is rebuilt automatically if a parameter changes.
+        the cache is rebuilt automatically if a parameter changes. It holds one extra copy of
+        the weight-normed weights (~210 MB for fixture A's 1536-wide decoder) and saves their
+        recomputation (~40 ms) on every call; :meth:`set_weight_cache` turns it off.
         """
+        self.set_weight_cache(True)
         for m in self.modules():
             if isinstance(m, _Conv):
                 m.effective_weight()
         return self
 
+    def set_weight_cache(self, enabled: bool) -> None:
+        """Enable (default) or disable and free the weight-norm cache."""
+        for m in self.modules():
+            if isinstance(m, _Conv):
+                m.cache_weight = enabled
+                m.clear_cache()
+
     def clear_weight_cache(self) -> None:
-        """Drop all cached weight-norm weights (frees their memory)."""
+        """Drop all cached weight-norm weights (rebuilt on next use while caching is on)."""
         for m in self.modules():
             if isinstance(m, _Conv):
                 m.clear_cache()
@@ -785,10 +920,17 @@ class DACVAECodec(nn.Module):
     # -- inference ----------------------------------------------------------------------------
 
     def _pad(self, wav: Tensor) -> Tensor:
-        rem = wav.shape[-1] % self.hop_length
-        if rem:
-            return F.pad(wav, (0, self.hop_length - rem), mode="reflect")
-        return wav
+        n = wav.shape[-1]
+        rem = n % self.hop_length
+        if not rem:
+            return wav
+        pad = self.hop_length - rem
+        if pad >= n:  # reflect padding needs more samples than it adds (the reference crashes)
+            raise ModelInputError(
+                f"codec.encode got {n} samples; reflect-padding to a multiple of the hop "
+                f"({self.hop_length}) needs more than {pad}"
+            )
+        return F.pad(wav, (0, pad), mode="reflect")
 
     @torch.inference_mode()
     def encode(self, wav: Tensor) -> Tensor:
@@ -798,7 +940,9 @@ class DACVAECodec(nn.Module):
         encoder, ``quantizer.in_proj``, first half of the channels.
         """
         if wav.dim() != 3 or wav.shape[1] != 1:
-            raise ModelInputError(f"codec.encode expects a [B, 1, N] waveform, got {tuple(wav.shape)}")
+            raise ModelInputError(
+                f"codec.encode expects a [B, 1, N] waveform, got {tuple(wav.shape)}"
+            )
         z = self.encoder(self._pad(wav))
         mean, _ = self.quantizer.in_proj(z).chunk(2, dim=1)
         return mean

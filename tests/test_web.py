@@ -1,0 +1,575 @@
+"""The web page: its endpoints (in-process) and the whole page in headless Chromium.
+
+The browser test drives the real page against a real ``sonomask serve`` and a real
+``sonomask worker`` (private Redis): open a clip, draw the ball with the mouse, add a
+correction keyframe and a span, submit, wait, play and download the results, and see a bad
+upload refused with the service's own words. Screenshots go to ``tests/_artifacts/web/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from scene import first_mask, make_scene, write_clip
+from service import Redis, Server, Worker
+
+from worker import media
+from worker.spec import JobSpec
+from worker.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "_artifacts" / "web"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TOKEN = "web-s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+# --------------------------------------------------------------------------- media
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """The scene (a ball and a drum) as MP4, and a clip whose frames show their own index in
+    binary, as MP4 (a keyframe a second, so seeking is exercised) and as MPEG-TS (starts at
+    1.4 s, one keyframe: the decode-from-the-start fallback is exercised)."""
+    folder = tmp_path_factory.mktemp("webclips")
+    scene = make_scene(duration=3.0, width=160, height=96, fps=25.0)
+    write_clip(scene, folder / "scene.mp4", stereo=True, crf=20)
+    _numbered_clip(folder / "clip.mp4", ["-g", "25"])
+    _numbered_clip(folder / "clip.ts", [])
+    return {
+        "scene": folder / "scene.mp4",
+        "mp4": folder / "clip.mp4",
+        "ts": folder / "clip.ts",
+        "folder": folder,
+    }
+
+
+BITS = 7
+
+
+def _numbered_clip(path: Path, extra: list[str], frames: int = 75) -> None:
+    """160x96 at 25 fps; frame n shows n as 7 black/white squares, with a 440 Hz tone."""
+    import subprocess
+
+    video = np.full((frames, 96, 160, 3), 90, np.uint8)
+    for n in range(frames):
+        for b in range(BITS):
+            video[n, 20:40, 8 + 20 * b : 24 + 20 * b] = 255 if n >> b & 1 else 0
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo"]
+    cmd += ["-pix_fmt", "rgb24", "-s", "160x96", "-r", "25", "-i", "pipe:0"]
+    cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(frames / 25)]
+    cmd += [
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-crf",
+        "18",
+        *extra,
+        "-c:a",
+        "aac",
+        str(path),
+    ]
+    subprocess.run(cmd, input=video.tobytes(), check=True)
+
+
+def _frame_number(rgb: np.ndarray) -> int:
+    """The index a numbered frame shows (scaled to any size)."""
+    img = cv2.resize(rgb, (160, 96), interpolation=cv2.INTER_AREA).mean(2)
+    return sum(1 << b for b in range(BITS) if img[30, 16 + 20 * b] > 170)
+
+
+def _client(monkeypatch, tmp_path: Path, media_root: Path, token: str | None = None):
+    monkeypatch.setenv("SONOMASK_WORKSPACE", str(tmp_path / "jobs"))
+    monkeypatch.setenv("SONOMASK_MEDIA_ROOT", str(media_root))
+    monkeypatch.setenv("SONOMASK_MAX_UPLOAD_BYTES", "2000000")
+    monkeypatch.delenv("SONOMASK_MODEL", raising=False)
+    if token:
+        monkeypatch.setenv("SONOMASK_API_TOKEN", token)
+    else:
+        monkeypatch.delenv("SONOMASK_API_TOKEN", raising=False)
+    from worker.api import create_app
+
+    submitted: list[tuple[JobSpec, str]] = []
+
+    def fake_submit(spec: JobSpec, settings, job_id: str) -> str:
+        from worker import jobs
+
+        jobs.create_job(settings.workspace, spec, job_id)
+        submitted.append((spec, job_id))
+        return job_id
+
+    client = TestClient(create_app(submit_fn=fake_submit))
+    client.submitted = submitted
+    return client
+
+
+def _upload(client: TestClient, path: Path, name: str | None = None, headers=None):
+    return client.post(
+        f"/v1/uploads?name={name or path.name}",
+        content=path.read_bytes(),
+        headers={"content-type": "video/mp4", **(headers or {})},
+    )
+
+
+def _reference_frames(path: Path) -> np.ndarray:
+    p = media.probe(path)
+    w, h = p.display_size
+    raw = path.with_suffix(".raw")
+    media.decode_frames(p, raw, (w, h))
+    return np.fromfile(raw, np.uint8).reshape(-1, h, w, 3)
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def test_page_is_self_contained(monkeypatch, tmp_path, clips):
+    c = _client(monkeypatch, tmp_path, clips["folder"])
+    r = c.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "/static/app.js" in r.text and "/static/style.css" in r.text
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    for name in ("app.js", "style.css", "index.html"):
+        assert c.get(f"/static/{name}").status_code == 200
+        text = (ROOT / "worker" / "static" / name).read_text()
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text), name
+        assert "@import" not in text and "cdn" not in text.lower(), name
+    assert c.get("/static/web.py").status_code == 404
+    assert c.get("/static/..%2Fweb.py").status_code == 404
+
+
+def test_options_offer_sam_audio_only_with_a_model(monkeypatch, tmp_path, clips):
+    c = _client(monkeypatch, tmp_path, clips["folder"], token=TOKEN)
+    o = c.get("/v1/options").json()  # public: the page needs it to know a token is needed
+    assert o["separators"] == ["auto", "classical"] and o["auto_runs"] == "classical"
+    assert o["trackers"] == ["flow", "copy"] and o["modes"] == ["isolate", "remove", "both"]
+    assert o["auth"] is True and o["media_root"] is True
+    monkeypatch.setenv("SONOMASK_MODEL", str(tmp_path))
+    from worker.api import create_app
+
+    o = TestClient(create_app()).get("/v1/options").json()
+    assert "sam-audio" in o["separators"] and o["auto_runs"] == "sam-audio" and o["model"]
+    assert str(tmp_path) not in json.dumps(o)
+
+
+def test_frames_are_the_frames_the_pipeline_decodes(monkeypatch, tmp_path, clips):
+    c = _client(monkeypatch, tmp_path, clips["folder"])
+    uploaded = _upload(c, clips["mp4"]).json()
+    from_root = c.post("/v1/uploads", json={"path": "clip.ts"}).json()
+    for info, path in ((uploaded, clips["mp4"]), (from_root, clips["ts"])):
+        ref = _reference_frames(path)
+        assert [_frame_number(f) for f in ref] == list(range(75))
+        assert info["frames"] == len(ref) == 75
+        assert (info["width"], info["height"], info["fps"]) == (160, 96, 25.0)
+        assert abs(info["duration"] - 3.0) < 0.05
+        for n in (0, 1, 30, 52, 73, 74):
+            r = c.get(f"/v1/uploads/{info['id']}/frames/{n}.jpg")
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+            img = cv2.cvtColor(
+                cv2.imdecode(np.frombuffer(r.content, np.uint8), 1), cv2.COLOR_BGR2RGB
+            )
+            assert _frame_number(img) == n, (path.name, n)
+    small = c.get(f"/v1/uploads/{uploaded['id']}/frames/3.jpg?max=80")
+    assert cv2.imdecode(np.frombuffer(small.content, np.uint8), 1).shape[:2] == (48, 80)
+    r = c.get(f"/v1/uploads/{uploaded['id']}/frames/75.jpg")
+    assert r.status_code == 404 and "outside 0..74" in r.json()["detail"]
+    assert c.get("/v1/uploads/../../etc/frames/1.jpg").status_code == 404
+    assert c.get("/v1/uploads/0123456789abcdef").status_code == 404
+    assert c.get(f"/v1/uploads/{uploaded['id']}").json() == uploaded
+
+
+def test_peaks_follow_the_sound_on_the_picture_clock(monkeypatch, tmp_path, clips):
+    c = _client(monkeypatch, tmp_path, clips["folder"])
+    info = c.post("/v1/uploads", json={"path": "scene.mp4"}).json()
+    p = c.get(f"/v1/uploads/{info['id']}/peaks").json()
+    assert p["rate"] == 100 and abs(p["duration"] - 3.0) < 0.1
+    hi = np.array(p["max"])
+    assert len(hi) == len(p["min"]) and np.all(np.array(p["min"]) <= hi)
+    # The ball's first note starts at 0.4 s and the drum's at 1.1 s: silence before.
+    assert hi[:30].max() < 0.01 and hi[45:100].max() > 0.05
+    again = c.get(f"/v1/uploads/{info['id']}/peaks").json()
+    assert again == p
+
+
+def test_bad_uploads_get_the_pipelines_message(monkeypatch, tmp_path, clips):
+    c = _client(monkeypatch, tmp_path, clips["folder"])
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all\n")
+    r = _upload(c, text)
+    assert r.status_code == 422
+    assert (
+        r.json()["detail"]
+        == "notes.mp4 is a text file, not a video; give a video with an audio track"
+    )
+    r = c.post("/v1/uploads?name=x.mp4", content=b"", headers={"content-type": "video/mp4"})
+    assert r.status_code == 400 and "empty" in r.json()["detail"]
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(2_100_000))
+    assert _upload(c, big).status_code == 413
+    r = c.post("/v1/uploads", json={"path": "../../etc/passwd"})
+    assert r.status_code == 403 and "outside the media root" in r.json()["detail"]
+    r = c.post("/v1/uploads", json={"nothing": 1})
+    assert r.status_code == 400
+    left = list((tmp_path / "jobs" / ".uploads").iterdir())
+    assert left == [], left
+
+
+def test_media_listing(monkeypatch, tmp_path, clips):
+    root = tmp_path / "media"
+    (root / "day1" / ".hidden").mkdir(parents=True)
+    shutil.copy(clips["mp4"], root / "day1" / "take.mp4")
+    shutil.copy(clips["mp4"], root / "day1" / ".hidden" / "secret.mp4")
+    (root / "notes.txt").write_text("x")
+    c = _client(monkeypatch, tmp_path, root)
+    body = c.get("/v1/media").json()
+    assert [f["path"] for f in body["files"]] == ["day1/take.mp4"] and body["configured"]
+
+
+def test_submit_refers_to_the_upload(monkeypatch, tmp_path, clips):
+    c = _client(monkeypatch, tmp_path, clips["folder"])
+    up = _upload(c, clips["mp4"]).json()
+    mask = tmp_path / "m.png"
+    cv2.imwrite(str(mask), np.pad(np.full((20, 20), 255, np.uint8), ((30, 46), (30, 110))))
+    spec = {"mask_frames": [0], "spans": ["+0.4-1.4"], "text": "ball", "tracker": "copy"}
+    r = c.post(
+        "/v1/jobs",
+        data={"upload": up["id"], "spec": json.dumps(spec)},
+        files=[("mask", ("m.png", mask.read_bytes(), "image/png"))],
+    )
+    assert r.status_code == 202, r.text
+    sent, job_id = c.submitted[-1]
+    video = Path(sent.video)
+    assert video.name == "clip.mp4" and video.is_relative_to(tmp_path / "jobs" / job_id / "inputs")
+    assert video.read_bytes() == clips["mp4"].read_bytes()
+    assert sent.keyframes[0].frame == 0 and Path(sent.keyframes[0].mask).is_file()
+    assert sent.tracker == "copy" and str(sent.spans[0]) == "+0.4-1.4"
+    # A file from the media root is used in place, like the JSON form of POST /v1/jobs.
+    ts = c.post("/v1/uploads", json={"path": "clip.ts"}).json()
+    r = c.post(
+        "/v1/jobs",
+        data={"upload": ts["id"], "spec": "{}"},
+        files=[("mask", ("m.png", mask.read_bytes(), "image/png"))],
+    )
+    assert r.status_code == 202 and c.submitted[-1][0].video == str(clips["ts"].resolve())
+    # The video of an earlier job can be opened again for new masks.
+    again = c.post("/v1/uploads", json={"job": job_id})
+    assert again.status_code == 201 and again.json()["frames"] == 75
+    r = c.post("/v1/jobs", data={"upload": "feedfacefeedface"}, files=[("mask", ("m.png", b"x"))])
+    assert r.status_code == 404 and "no upload" in r.json()["detail"]
+    assert not list((tmp_path / "jobs").glob(".upload-*"))
+
+
+def _finished_job(root: Path, video: Path) -> str:
+    """A succeeded job written straight into the workspace (no worker needed)."""
+    from worker import jobs
+
+    spec = JobSpec(video=str(video), boxes=["1,1,20,20"])
+    ws = jobs.create_job(root, spec, "feedc0de00000001")
+    ws.write_json("probe.json", {"remux": {"ext": ".mp4"}})
+    out = ws.path / "outputs"
+    out.mkdir()
+    t = np.arange(48000) / 48000
+    sf.write(out / "target.wav", 0.5 * np.sin(2 * np.pi * 440 * t), 48000, subtype="PCM_24")
+    sf.write(out / "residual.wav", np.zeros(48000), 48000, subtype="PCM_24")
+    for name in ("isolated.mp4", "removed.mp4", "preview.mp4"):
+        shutil.copy(video, out / name)
+    (out / "masks.npz").write_bytes(b"npz")
+    (out / "job.json").write_text("{}")
+    names = ["target.wav", "residual.wav", "isolated.mp4", "removed.mp4", "masks.npz"]
+    Workspace(ws.path).update_manifest(
+        state="succeeded", outputs=[*names, "preview.mp4", "job.json"]
+    )
+    return ws.job_id
+
+
+def test_output_links_are_signed_when_a_token_is_set(monkeypatch, tmp_path, clips):
+    c = _client(monkeypatch, tmp_path, clips["folder"], token=TOKEN)
+    job_id = _finished_job(tmp_path / "jobs", clips["mp4"])
+    assert c.get(f"/v1/jobs/{job_id}/links").status_code == 401
+    assert _upload(c, clips["mp4"]).status_code == 401
+    links = c.get(f"/v1/jobs/{job_id}/links", headers=AUTH).json()["outputs"]
+    assert set(links) == {
+        "target.wav",
+        "residual.wav",
+        "isolated.mp4",
+        "removed.mp4",
+        "masks.npz",
+        "preview.mp4",
+        "job.json",
+    }
+    url = links["target.wav"]
+    r = c.get(url)  # no header: the signature stands in for the token
+    assert r.status_code == 200 and r.content[:4] == b"RIFF"
+    assert c.get(url.replace("target.wav", "residual.wav")).status_code == 403
+    assert c.get(re.sub(r"sig=\w+", "sig=" + "0" * 32, url)).status_code == 403
+    expired = re.sub(r"expires=\d+", "expires=1", url)
+    assert c.get(expired).status_code == 403
+    r = c.get(links["preview.mp4"], headers={"Range": "bytes=0-99"})
+    assert r.status_code == 206 and len(r.content) == 100  # media elements seek with ranges
+    peaks = c.get(f"/v1/jobs/{job_id}/peaks/target.wav", headers=AUTH).json()
+    assert abs(max(peaks["max"]) - 0.5) < 0.01 and abs(peaks["duration"] - 1.0) < 0.02
+    assert c.get(f"/v1/jobs/{job_id}/peaks/masks.npz", headers=AUTH).status_code == 400
+    assert c.get("/v1/jobs/nope/peaks/target.wav", headers=AUTH).status_code == 404
+
+
+# --------------------------------------------------------------------------- the browser
+
+
+def _playwright():
+    """Playwright and Debian's Chromium, or a failure that says how to install them."""
+    how = (
+        "the web page test needs Debian's Chromium and Playwright's Python package: "
+        "`apt-get install -y chromium` and `.venv/bin/pip install playwright` "
+        "(do not run `playwright install`; the test uses /usr/bin/chromium)"
+    )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"playwright is not installed; {how}")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing; {how}")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """Real Redis, `sonomask serve` and `sonomask worker --queues cpu,gpu`, with a token."""
+    root = tmp_path_factory.mktemp("live")
+    redis = Redis(root / "redis")
+    redis.start()
+    media_root = root / "media"
+    media_root.mkdir()
+    env = {
+        **os.environ,
+        "SONOMASK_WORKSPACE": str(root / "jobs"),
+        "SONOMASK_BROKER_URL": f"{redis.url}/0",
+        "SONOMASK_RESULT_BACKEND": f"{redis.url}/1",
+        "SONOMASK_MEDIA_ROOT": str(media_root),
+        "SONOMASK_API_TOKEN": TOKEN,
+    }
+    env.pop("SONOMASK_MODEL", None)
+    (root / "logs").mkdir()
+    server = Server(env, root / "logs" / "api.log")
+    worker = Worker(env, "cpu,gpu", "web@test", root / "logs" / "worker.log", concurrency=1)
+    try:
+        worker.wait_ready()
+        scene = make_scene(duration=4.0, width=320, height=180, fps=25.0)
+        clip = media_root / "ball-and-drum.mp4"
+        write_clip(scene, clip, stereo=True, crf=23)
+        yield {"root": root, "server": server, "scene": scene, "clip": clip}
+    finally:
+        worker.stop()
+        server.stop()
+        redis.stop()
+
+
+def _to_screen(page, selector: str, x: float, y: float, size: tuple[int, int]):
+    """Viewport coordinates of video pixel (x, y) on ``selector`` (scrolled into view)."""
+    page.locator(selector).scroll_into_view_if_needed()
+    box = page.locator(selector).bounding_box()
+    return box["x"] + x * box["width"] / size[0], box["y"] + y * box["height"] / size[1]
+
+
+@pytest.mark.slow
+def test_the_page_end_to_end(live, tmp_path):
+    sync_playwright = _playwright()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    scene, base = live["scene"], live["server"].url
+    size = (scene.width, scene.height)
+    errors: list[str] = []
+    t0 = time.monotonic()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 900})
+        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        page.set_default_timeout(20_000)
+
+        def shot(name: str, full: bool = False, part: str | None = None) -> None:
+            page.wait_for_timeout(350)  # let smooth scrolling settle
+            page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full)
+            if part:  # the one panel, for the docs
+                page.locator(part).screenshot(path=str(ARTIFACTS / f"{name}-panel.png"))
+
+        # The server has a token: the page asks for it once and keeps it.
+        page.goto(base + "/")
+        page.locator("#token-dialog[open]").wait_for()
+        shot("01-token")
+        page.fill("#token-input", TOKEN)
+        page.click("#token-save")
+        page.locator("body[data-ready=true]").wait_for()
+        assert page.evaluate("localStorage.getItem('sonomask.token')") == TOKEN
+        options = page.locator("#media-select option").all_inner_texts()
+        assert any("ball-and-drum.mp4" in o for o in options), options
+
+        # Open the clip by uploading it.
+        page.set_input_files("#file-input", str(live["clip"]))
+        page.locator("#frame-img[data-frame='0']").wait_for()
+        assert "320×180" in page.inner_text("#video-info")
+        page.locator("#timeline[data-loaded=true]").wait_for()
+        page.evaluate("window.scrollTo(0, 0)")
+        shot("02-opened")
+
+        # Frame 0: paint the ball with the brush.
+        (ax, ay), _, _ = scene.positions(0)
+        r = scene.radius()
+        page.click("[data-tool=brush]")
+        page.locator("#brush-size").fill(str(2 * r))
+        page.mouse.move(*_to_screen(page, "#draft-canvas", ax - 4, ay, size))
+        page.mouse.down()
+        for dx, dy in ((4, -4), (4, 4), (-4, 4), (0, 0)):
+            page.mouse.move(*_to_screen(page, "#draft-canvas", ax + dx, ay + dy, size), steps=3)
+        page.mouse.up()
+        page.get_by_role("button", name="Go to keyframe 0").wait_for()
+
+        # Frame 40: a correction keyframe drawn as a box.
+        page.fill("#frame-number", "40")
+        page.press("#frame-number", "Enter")
+        page.locator("#frame-img[data-frame='40']").wait_for()
+        (bx, by), _, _ = scene.positions(40)
+        page.click("[data-tool=box]")
+        page.mouse.move(*_to_screen(page, "#draft-canvas", bx - r - 3, by - r - 3, size))
+        page.mouse.down()
+        page.mouse.move(*_to_screen(page, "#draft-canvas", bx + r + 3, by + r + 3, size), steps=5)
+        page.mouse.up()
+        page.get_by_role("button", name="Go to keyframe 40").wait_for()
+
+        # A "+" span dragged on the timeline where the ball sounds (0.4-1.4 s of 4 s).
+        page.locator("#timeline").scroll_into_view_if_needed()
+        tl = page.locator("#timeline").bounding_box()
+        y = tl["y"] + tl["height"] / 2
+        page.mouse.move(tl["x"] + tl["width"] * 0.1, y)
+        page.mouse.down()
+        page.mouse.move(tl["x"] + tl["width"] * 0.35, y, steps=6)
+        page.mouse.up()
+        assert "+ sounding" in page.inner_text("#span-list")
+        page.fill("#text-prompt", "the red ball")
+        page.check("input[name=mode][value=both]")
+        page.locator("#frame-slider").focus()
+        page.evaluate("window.scrollTo(0, 0)")
+        shot("03-drawn", full=True)
+
+        # Submit and watch the job.
+        page.click("#submit")
+        page.locator("#job-panel:not([hidden])").wait_for()
+        try:  # catch it mid-way for the picture (a fast machine may finish first)
+            page.wait_for_function(
+                "() => document.querySelector('#job-progress').value > 0.1", timeout=30_000
+            )
+        except PlaywrightTimeout:
+            pass
+        page.evaluate("window.scrollTo(0, 0)")
+        shot("04-job", part=".side-col")
+        page.locator("#job-state.succeeded").wait_for(timeout=120_000)
+        page.locator("#results:not([hidden])").wait_for()
+        job_id = page.inner_text("#job-id").strip()
+        assert page.inner_text("#job-percent") == "100%"
+
+        # The result players load, with a duration.
+        page.wait_for_function(
+            """() => ['#preview-video', '#audio-target', '#audio-residual'].every(s => {
+                 const m = document.querySelector(s);
+                 return m.src && !m.error && m.readyState >= 1 && m.duration > 0; })""",
+            timeout=20_000,
+        )
+        durations = page.evaluate(
+            "['#preview-video','#audio-target','#audio-residual']"
+            ".map(s => document.querySelector(s).duration)"
+        )
+        assert all(abs(d - 4.0) < 0.2 for d in durations), durations
+        page.check("input[name=ab][value=residual]")
+        assert page.evaluate("document.querySelector('#audio-target').muted") is True
+        page.check("input[name=ab][value=target]")
+        page.wait_for_function("() => document.querySelector('#preview-video').readyState >= 2")
+        page.evaluate("document.querySelector('#preview-video').currentTime = 1.0")
+        page.wait_for_timeout(400)
+        shot("05-results", full=True, part="#results")
+        # A/B: the stems play along with the picture, the unselected one muted.
+        page.evaluate("document.querySelector('#preview-video').play()")
+        page.wait_for_function(
+            """() => { const v = document.querySelector('#preview-video');
+                       const a = document.querySelector('#audio-target');
+                       return !a.paused && v.currentTime > 1.3
+                              && Math.abs(a.currentTime - v.currentTime) < 0.25; }""",
+            timeout=10_000,
+        )
+        page.evaluate("document.querySelector('#preview-video').pause()")
+
+        # Every download link answers 200 without a header (signed links).
+        hrefs = page.eval_on_selector_all(
+            "#downloads a", "as => as.map(a => [a.dataset.output, a.getAttribute('href')])"
+        )
+        names = {n for n, _ in hrefs}
+        assert {"target.wav", "residual.wav", "isolated.mp4", "removed.mp4", "preview.mp4"} <= names
+        for name, href in hrefs:
+            resp = httpx.get(base + href, timeout=30)
+            assert resp.status_code == 200 and len(resp.content) > 0, (name, resp.status_code)
+
+        # What the page sent: both keyframes, the span, the text; the mask covers the ball.
+        spec = json.loads((live["root"] / "jobs" / job_id / "spec.json").read_text())
+        assert [k["frame"] for k in spec["keyframes"]] == [0, 40]
+        assert spec["text"] == "the red ball" and len(spec["spans"]) == 1
+        assert spec["spans"][0]["sign"] == "+"
+        assert (
+            abs(spec["spans"][0]["start"] - 0.4) < 0.1 and abs(spec["spans"][0]["end"] - 1.4) < 0.1
+        )
+        drawn = cv2.imread(spec["keyframes"][0]["mask"], cv2.IMREAD_GRAYSCALE) > 0
+        ball = first_mask(scene, "a", margin=0) > 0
+        assert drawn.shape == (180, 320) and (drawn & ball).sum() / ball.sum() > 0.9
+        assert drawn.sum() < 4 * ball.sum()
+        boxed = cv2.imread(spec["keyframes"][1]["mask"], cv2.IMREAD_GRAYSCALE) > 0
+        assert boxed[by, bx] and not boxed[by, bx + 3 * r]
+        assert page.locator(f"#jobs-list button[data-job='{job_id}'] .badge.succeeded").count() == 1
+
+        # Submit again and cancel at once.
+        page.click("#submit")
+        page.locator("#job-state.queued, #job-state.running").wait_for()
+        page.click("#cancel-job")
+        page.locator("#job-state.cancelled").wait_for()
+        assert page.inner_text("#job-id").strip() != job_id and page.locator("#results").is_hidden()
+
+        # Reopen the first job from the list (as after a reload).
+        page.reload()
+        page.locator("body[data-ready=true]").wait_for()
+        page.click(f"#jobs-list button[data-job='{job_id}']")
+        page.locator("#results:not([hidden]) #downloads a").first.wait_for()
+        page.click("#reopen-video")  # and draw on its video again
+        page.locator("#frame-img[data-frame='0']").wait_for()
+        assert "ball-and-drum.mp4" in page.inner_text("#video-info")
+
+        # A bad upload: the service's own message, on the page.
+        bad = tmp_path / "notes.mp4"
+        bad.write_text("shot list: take 3 is the good one\n")
+        expected = httpx.post(
+            f"{base}/v1/uploads?name=notes.mp4", content=bad.read_bytes(), headers=AUTH
+        ).json()["detail"]
+        page.set_input_files("#file-input", str(bad))
+        page.locator("#open-error:not([hidden])").wait_for()
+        assert page.inner_text("#open-error") == expected
+        page.evaluate("window.scrollTo(0, 0)")
+        shot("06-bad-upload", part="#open-panel")
+        browser.close()
+    assert not errors, errors
+    assert time.monotonic() - t0 < 120

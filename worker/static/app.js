@@ -1,0 +1,1393 @@
+// sonomask web page: open a video, draw the object, submit, watch the job, hear the result.
+// Plain JavaScript, no build step and nothing loaded from elsewhere. Talks only to this
+// server's HTTP API (see worker/web.py and worker/api.py for the endpoints).
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const $$ = (sel) => Array.from(document.querySelectorAll(sel));
+const TOKEN_KEY = "sonomask.token";
+const MASK_COLOUR = "#ff4fb0";
+const FRAME_MAX_SIDE = 1600;
+
+const S = {
+  token: localStorage.getItem(TOKEN_KEY) || "",
+  options: null,
+  upload: null, // the opened video: {id, name, width, height, fps, frames, duration, ...}
+  frame: 0,
+  tool: "brush",
+  brush: 24,
+  masks: new Map(), // frame -> canvas at the video's size (alpha = object)
+  filled: new Set(), // frames whose mask is not empty
+  undo: new Map(), // frame -> [canvas snapshots]
+  stroke: null,
+  poly: [],
+  boxStart: null,
+  boxEnd: null,
+  cursor: null,
+  spans: [], // {sign, start, end}
+  spanSign: "+",
+  spanDrag: null,
+  peaks: null,
+  job: null,
+  jobDoc: null,
+  pollTimer: null,
+  results: null, // {id, peaks: {target, residual}}
+  ab: "target",
+};
+
+// --------------------------------------------------------------------------- API
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** The service's own words for a failed response: `detail` (or a job's `error`). */
+async function problem(res) {
+  try {
+    const body = await res.json();
+    if (typeof body.detail === "string") return body.detail;
+    if (body.detail !== undefined) return JSON.stringify(body.detail);
+    if (typeof body.error === "string") return body.error;
+  } catch (_) {
+    /* not JSON */
+  }
+  return `${res.status} ${res.statusText || "error"}`;
+}
+
+function authHeaders(headers = {}) {
+  const h = new Headers(headers);
+  if (S.token) h.set("Authorization", `Bearer ${S.token}`);
+  return h;
+}
+
+/** fetch() with the bearer token; asks for the token again on 401; throws ApiError. */
+async function api(path, opts = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const res = await fetch(path, { ...opts, headers: authHeaders(opts.headers) });
+    if (res.ok) return res;
+    const msg = await problem(res);
+    if (res.status === 401 && attempt < 3 && (await askToken(msg))) continue;
+    throw new ApiError(msg, res.status);
+  }
+}
+
+const getJSON = async (path, opts) => (await api(path, opts)).json();
+
+// --------------------------------------------------------------------------- token
+
+let tokenPrompt = null;
+
+/** Ask for the access token (once for everyone waiting); resolves true when one was given. */
+function askToken(message) {
+  if (tokenPrompt) return tokenPrompt;
+  const dialog = $("#token-dialog");
+  const err = $("#token-error");
+  err.hidden = !message;
+  err.textContent = message || "";
+  $("#token-input").value = S.token;
+  tokenPrompt = new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => {
+        tokenPrompt = null;
+        const value = $("#token-input").value.trim();
+        if (dialog.returnValue === "save" && value) {
+          S.token = value;
+          localStorage.setItem(TOKEN_KEY, value);
+          resolve(true);
+        } else {
+          resolve(false);
+        }
+      },
+      { once: true },
+    );
+  });
+  dialog.returnValue = "";
+  dialog.showModal();
+  $("#token-input").focus();
+  return tokenPrompt;
+}
+
+// --------------------------------------------------------------------------- small helpers
+
+function showError(sel, message) {
+  const el = $(sel);
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+const fmtTime = (t) => `${t.toFixed(2)} s`;
+const fmtBytes = (n) =>
+  n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${Math.ceil(n / 1e3)} kB`;
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+const timeOf = (n) => n / S.upload.fps;
+const frameAt = (t) => clamp(Math.round(t * S.upload.fps), 0, S.upload.frames - 1);
+const spanText = (s) => `${s.sign}${+s.start.toFixed(2)}-${+s.end.toFixed(2)}`;
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+/** Scroll a section's heading to the top (smoothly unless the person asked for less motion). */
+function reveal(node) {
+  const calm = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  node.scrollIntoView({ behavior: calm ? "auto" : "smooth", block: "start" });
+}
+
+function newCanvas(w, h) {
+  const c = document.createElement("canvas");
+  c.width = w;
+  c.height = h;
+  return c;
+}
+
+/** Size a canvas's backing store to its CSS box (sharp on HiDPI); returns its 2D context. */
+function fitCanvas(canvas) {
+  const r = canvas.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(1, Math.round(r.width * dpr));
+  const h = Math.max(1, Math.round(r.height * dpr));
+  if (canvas.width !== w || canvas.height !== h) {
+    canvas.width = w;
+    canvas.height = h;
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  return { ctx, w: r.width, h: r.height };
+}
+
+// --------------------------------------------------------------------------- options, media, jobs
+
+async function loadOptions() {
+  const res = await fetch("/v1/options");
+  S.options = await res.json();
+  const o = S.options;
+  const sep = $("#separator");
+  sep.replaceChildren(
+    ...o.separators.map((name) =>
+      el("option", { value: name }, name === "auto" ? `auto (runs ${o.auto_runs})` : name),
+    ),
+  );
+  sep.value = o.default_separator;
+  const tr = $("#tracker");
+  tr.replaceChildren(...o.trackers.map((name) => el("option", { value: name }, name)));
+  tr.value = o.default_tracker;
+  $("#server-note").textContent = o.model
+    ? "SAM Audio model configured"
+    : "No SAM Audio model: the weight-free classical separator runs";
+  $("#token-button").hidden = !o.auth;
+}
+
+async function loadMedia() {
+  if (!S.options.media_root) return;
+  try {
+    const body = await getJSON("/v1/media");
+    const select = $("#media-select");
+    select.replaceChildren(
+      ...body.files.map((f) => el("option", { value: f.path }, `${f.path} (${fmtBytes(f.size)})`)),
+    );
+    $("#media-pick").hidden = body.files.length === 0;
+  } catch (err) {
+    showError("#open-error", err.message);
+  }
+}
+
+let jobsShown = "";
+let lastJobsRefresh = 0;
+
+async function refreshJobs() {
+  lastJobsRefresh = Date.now();
+  try {
+    const list = await getJSON("/v1/jobs?limit=20");
+    showError("#jobs-error", "");
+    const ul = $("#jobs-list");
+    const key = JSON.stringify([S.job, list]);
+    if (key === jobsShown) return; // unchanged: keep the list (and keyboard focus) as it is
+    jobsShown = key;
+    const focused = document.activeElement && document.activeElement.dataset.job;
+    if (!list.length) {
+      ul.replaceChildren(el("li", { class: "empty" }, "No jobs yet."));
+      return;
+    }
+    ul.replaceChildren(
+      ...list.map((j) => {
+        const when = j.created ? new Date(j.created).toLocaleString() : "";
+        const extra =
+          j.state === "running" ? ` · ${j.stage || ""} ${Math.round(j.progress * 100)}%` : "";
+        return el(
+          "li",
+          {},
+          el(
+            "button",
+            {
+              type: "button",
+              "data-job": j.id,
+              "aria-current": j.id === S.job ? "true" : "false",
+              "aria-label": `Open job ${j.id}, ${j.state}`,
+              onclick: () => openJob(j.id),
+            },
+            el("code", {}, j.id),
+            el("span", { class: `badge ${j.state}` }, j.state),
+            el("span", { class: "job-when" }, when + extra),
+          ),
+        );
+      }),
+    );
+    if (focused) {
+      const again = ul.querySelector(`button[data-job="${focused}"]`);
+      if (again) again.focus();
+    }
+  } catch (err) {
+    showError("#jobs-error", err.message);
+  }
+}
+
+// --------------------------------------------------------------------------- opening a video
+
+function uploadFile(file, retried = false) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/v1/uploads?name=${encodeURIComponent(file.name)}`);
+    if (S.token) xhr.setRequestHeader("Authorization", `Bearer ${S.token}`);
+    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+    xhr.upload.onprogress = (e) => {
+      if (!e.lengthComputable) return;
+      $("#upload-bar").value = e.loaded / e.total;
+      $("#upload-text").textContent = `Uploading ${file.name}: ${fmtBytes(e.loaded)} of ${fmtBytes(e.total)}`;
+    };
+    xhr.upload.onload = () => {
+      $("#upload-text").textContent = `Checking ${file.name}…`;
+    };
+    xhr.onerror = () => reject(new ApiError("the upload failed: the server could not be reached", 0));
+    xhr.onload = async () => {
+      let body = null;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch (_) {
+        /* not JSON */
+      }
+      if (xhr.status >= 200 && xhr.status < 300) return resolve(body);
+      const msg = body && typeof body.detail === "string" ? body.detail : `${xhr.status} ${xhr.statusText}`;
+      if (xhr.status === 401 && !retried && (await askToken(msg))) {
+        uploadFile(file, true).then(resolve, reject);
+        return;
+      }
+      reject(new ApiError(msg, xhr.status));
+    };
+    xhr.send(file);
+  });
+}
+
+async function openWith(work, label) {
+  showError("#open-error", "");
+  $("#upload-progress").hidden = false;
+  $("#upload-bar").removeAttribute("value");
+  $("#upload-text").textContent = label;
+  try {
+    setVideo(await work());
+  } catch (err) {
+    showError("#open-error", err.message);
+  } finally {
+    $("#upload-progress").hidden = true;
+  }
+}
+
+function openFile(file) {
+  const limit = S.options && S.options.max_upload_bytes;
+  if (limit && file.size > limit) {
+    // The server would refuse it after the whole upload; say so now, in its words.
+    showError("#open-error", `upload larger than the limit of ${limit} bytes`);
+    return;
+  }
+  openWith(() => uploadFile(file), `Uploading ${file.name}…`);
+}
+
+const openMedia = (path) =>
+  openWith(
+    () =>
+      getJSON("/v1/uploads", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ path }),
+      }),
+    `Opening ${path}…`,
+  );
+
+const openJobVideo = (id) =>
+  openWith(
+    () =>
+      getJSON("/v1/uploads", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ job: id }),
+      }),
+    `Opening the video of job ${id}…`,
+  );
+
+function setVideo(info) {
+  S.upload = info;
+  S.masks = new Map();
+  S.filled = new Set();
+  S.undo = new Map();
+  S.spans = [];
+  S.poly = [];
+  S.peaks = null;
+  $("#timeline").dataset.loaded = "false";
+  const { width: w, height: h } = info;
+  for (const c of [$("#mask-canvas"), $("#draft-canvas")]) {
+    c.width = w;
+    c.height = h;
+  }
+  const stage = $("#stage");
+  stage.style.aspectRatio = `${w} / ${h}`;
+  stage.style.maxWidth = `min(100%, calc(62vh * ${w / h}))`;
+  const size = $("#brush-size");
+  size.max = String(Math.max(40, Math.round(Math.max(w, h) / 4)));
+  setBrush(Math.max(4, Math.round(Math.min(w, h) * 0.06)));
+  $("#frame-slider").max = String(info.frames - 1);
+  $("#frame-number").max = String(info.frames - 1);
+  const info1 = el("strong", {}, info.name);
+  $("#video-info").replaceChildren(
+    info1,
+    ` · ${w}×${h} · ${+info.fps.toFixed(3)} fps · ${info.frames} frames · ${fmtTime(info.duration)}`,
+  );
+  const streams = $("#audio-stream");
+  streams.replaceChildren(
+    ...Array.from({ length: info.audio_streams }, (_, i) => el("option", { value: String(i) }, `Stream ${i + 1}`)),
+  );
+  $("#stream-field").hidden = info.audio_streams < 2;
+  $("#editor").hidden = false;
+  $("#prompt-panel").hidden = false;
+  history.replaceState(null, "", `#upload=${info.id}`);
+  $("#frame-img").removeAttribute("data-frame");
+  showFrame(0);
+  renderSpans();
+  renderKeyframes();
+  loadPeaks();
+  updateSummary();
+  reveal($("#draw-h"));
+}
+
+async function loadPeaks() {
+  const id = S.upload.id;
+  const stream = $("#audio-stream").value || "0";
+  drawTimeline();
+  try {
+    const peaks = await getJSON(`/v1/uploads/${id}/peaks?stream=${stream}`);
+    if (S.upload && S.upload.id === id) {
+      S.peaks = peaks;
+      $("#timeline").dataset.loaded = "true";
+      drawTimeline();
+    }
+  } catch (err) {
+    showError("#open-error", err.message);
+  }
+}
+
+// --------------------------------------------------------------------------- frames
+
+const FV = { wanted: 0, loading: false, url: null };
+
+function showFrame(n) {
+  if (!S.upload) return;
+  n = clamp(Math.round(n), 0, S.upload.frames - 1);
+  if (S.poly.length) cancelPolygon();
+  S.frame = n;
+  $("#frame-slider").value = String(n);
+  $("#frame-number").value = String(n);
+  $("#frame-time").textContent = fmtTime(timeOf(n));
+  renderMask();
+  renderKeyframes();
+  drawTimeline();
+  updateHint();
+  FV.wanted = n;
+  pumpFrames();
+}
+
+/** Fetch the wanted frame; while one loads, later requests collapse into the newest. */
+async function pumpFrames() {
+  if (FV.loading) return;
+  FV.loading = true;
+  const busy = setTimeout(() => ($("#frame-busy").hidden = false), 200);
+  try {
+    for (;;) {
+      const n = FV.wanted;
+      const id = S.upload.id;
+      try {
+        const res = await api(`/v1/uploads/${id}/frames/${n}.jpg?max=${FRAME_MAX_SIDE}`);
+        const url = URL.createObjectURL(await res.blob());
+        const img = $("#frame-img");
+        img.src = url;
+        await img.decode().catch(() => {});
+        if (FV.url) URL.revokeObjectURL(FV.url);
+        FV.url = url;
+        img.alt = `Frame ${n} of ${S.upload.name}`;
+        img.dataset.frame = String(n);
+      } catch (err) {
+        showError("#open-error", err.message);
+      }
+      if (FV.wanted === n && S.upload.id === id) break;
+    }
+  } finally {
+    clearTimeout(busy);
+    $("#frame-busy").hidden = true;
+    FV.loading = false;
+  }
+}
+
+// --------------------------------------------------------------------------- drawing
+
+const maskCtx = () => $("#mask-canvas").getContext("2d", { willReadFrequently: true });
+
+function renderMask() {
+  const ctx = maskCtx();
+  ctx.globalCompositeOperation = "source-over";
+  ctx.clearRect(0, 0, S.upload.width, S.upload.height);
+  const stored = S.masks.get(S.frame);
+  if (stored) ctx.drawImage(stored, 0, 0);
+  renderDraft();
+}
+
+function setTool(tool) {
+  if (S.poly.length) cancelPolygon();
+  S.tool = tool;
+  for (const b of $$(".tool")) b.setAttribute("aria-pressed", String(b.dataset.tool === tool));
+  updateHint();
+  renderDraft();
+}
+
+function setBrush(px) {
+  const input = $("#brush-size");
+  S.brush = clamp(Math.round(px), +input.min, +input.max);
+  input.value = String(S.brush);
+  $("#brush-size-out").textContent = `${S.brush} px`;
+  renderDraft();
+}
+
+function updateHint() {
+  if (!S.upload) return;
+  const here = S.filled.has(S.frame)
+    ? `Frame ${S.frame} has a mask.`
+    : S.filled.size
+      ? `Frame ${S.frame} has no mask; drawing here adds a correction keyframe.`
+      : `Draw the object on this frame (or scrub to a frame where it is clear).`;
+  const how = {
+    brush: "Brush: drag to paint.",
+    eraser: "Eraser: drag to rub out.",
+    polygon: "Polygon: click the corners; click the first one, double-click or press Enter to close (Alt: cut out). Esc cancels.",
+    box: "Box: drag a rectangle (hold Alt to cut out).",
+  }[S.tool];
+  $("#tool-hint").textContent = `${here} ${how}`;
+}
+
+function toVideo(e) {
+  const c = $("#draft-canvas");
+  const r = c.getBoundingClientRect();
+  return {
+    x: ((e.clientX - r.left) * c.width) / r.width,
+    y: ((e.clientY - r.top) * c.height) / r.height,
+  };
+}
+
+/** Video pixels per CSS pixel on the stage (for hit distances and line widths). */
+function stageScale() {
+  const c = $("#draft-canvas");
+  return c.width / Math.max(1, c.getBoundingClientRect().width);
+}
+
+function snapshot() {
+  const copy = newCanvas(S.upload.width, S.upload.height);
+  copy.getContext("2d").drawImage($("#mask-canvas"), 0, 0);
+  const stack = S.undo.get(S.frame) || [];
+  stack.push(copy);
+  if (stack.length > 20) stack.shift();
+  S.undo.set(S.frame, stack);
+}
+
+/** Keep the edited picture as this frame's mask and update what depends on it. */
+function commit() {
+  const { width: w, height: h } = S.upload;
+  const ctx = maskCtx();
+  ctx.globalCompositeOperation = "source-over";
+  const data = ctx.getImageData(0, 0, w, h).data;
+  let filled = false;
+  for (let i = 3; i < data.length; i += 4) {
+    if (data[i] >= 128) {
+      filled = true;
+      break;
+    }
+  }
+  if (filled) {
+    let stored = S.masks.get(S.frame);
+    if (!stored) {
+      stored = newCanvas(w, h);
+      S.masks.set(S.frame, stored);
+    }
+    const sctx = stored.getContext("2d");
+    sctx.clearRect(0, 0, w, h);
+    sctx.drawImage($("#mask-canvas"), 0, 0);
+    S.filled.add(S.frame);
+  } else {
+    S.masks.delete(S.frame);
+    S.filled.delete(S.frame);
+  }
+  renderKeyframes();
+  drawTimeline();
+  updateHint();
+  updateSummary();
+}
+
+function paintMode(ctx, erase) {
+  ctx.globalCompositeOperation = erase ? "destination-out" : "source-over";
+  ctx.fillStyle = MASK_COLOUR;
+  ctx.strokeStyle = MASK_COLOUR;
+}
+
+function startStroke(p) {
+  snapshot();
+  const ctx = maskCtx();
+  paintMode(ctx, S.tool === "eraser");
+  ctx.lineWidth = S.brush;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  ctx.beginPath();
+  ctx.arc(p.x, p.y, S.brush / 2, 0, Math.PI * 2);
+  ctx.fill();
+  S.stroke = p;
+}
+
+function continueStroke(p) {
+  const ctx = maskCtx();
+  ctx.beginPath();
+  ctx.moveTo(S.stroke.x, S.stroke.y);
+  ctx.lineTo(p.x, p.y);
+  ctx.stroke();
+  S.stroke = p;
+}
+
+function endStroke() {
+  S.stroke = null;
+  commit();
+}
+
+function fillShape(points, erase) {
+  snapshot();
+  const ctx = maskCtx();
+  paintMode(ctx, erase);
+  ctx.beginPath();
+  points.forEach((p, i) => (i ? ctx.lineTo(p.x, p.y) : ctx.moveTo(p.x, p.y)));
+  ctx.closePath();
+  ctx.fill();
+  commit();
+}
+
+function addPolygonPoint(p, e) {
+  const near = 10 * stageScale();
+  if (S.poly.length >= 3 && Math.hypot(p.x - S.poly[0].x, p.y - S.poly[0].y) <= near) {
+    closePolygon(e.altKey);
+    return;
+  }
+  const last = S.poly[S.poly.length - 1];
+  if (last && Math.hypot(p.x - last.x, p.y - last.y) < 3 * stageScale()) return; // double-click
+  S.poly.push(p);
+  renderDraft();
+}
+
+function closePolygon(erase) {
+  if (S.poly.length >= 3) fillShape(S.poly, erase);
+  S.poly = [];
+  renderDraft();
+}
+
+function cancelPolygon() {
+  S.poly = [];
+  renderDraft();
+}
+
+function finishBox(erase) {
+  const a = S.boxStart;
+  const b = S.boxEnd;
+  S.boxStart = S.boxEnd = null;
+  if (a && b && Math.abs(a.x - b.x) >= 2 && Math.abs(a.y - b.y) >= 2) {
+    fillShape(
+      [
+        { x: a.x, y: a.y },
+        { x: b.x, y: a.y },
+        { x: b.x, y: b.y },
+        { x: a.x, y: b.y },
+      ],
+      erase,
+    );
+  }
+  renderDraft();
+}
+
+function undo() {
+  const stack = S.undo.get(S.frame);
+  if (!stack || !stack.length) return;
+  const prev = stack.pop();
+  const ctx = maskCtx();
+  ctx.globalCompositeOperation = "source-over";
+  ctx.clearRect(0, 0, S.upload.width, S.upload.height);
+  ctx.drawImage(prev, 0, 0);
+  commit();
+}
+
+function clearFrame() {
+  if (!S.filled.has(S.frame)) return;
+  snapshot();
+  maskCtx().clearRect(0, 0, S.upload.width, S.upload.height);
+  commit();
+}
+
+/** The overlay of what is being drawn: polygon so far, box, brush outline. */
+function renderDraft() {
+  const c = $("#draft-canvas");
+  const ctx = c.getContext("2d");
+  ctx.clearRect(0, 0, c.width, c.height);
+  if (!S.upload) return;
+  const px = stageScale();
+  ctx.lineWidth = 1.5 * px;
+  ctx.strokeStyle = "#ffffff";
+  ctx.fillStyle = "rgba(255, 79, 176, 0.25)";
+  if (S.poly.length) {
+    ctx.beginPath();
+    S.poly.forEach((p, i) => (i ? ctx.lineTo(p.x, p.y) : ctx.moveTo(p.x, p.y)));
+    if (S.cursor) ctx.lineTo(S.cursor.x, S.cursor.y);
+    ctx.stroke();
+    ctx.fillStyle = "#ffffff";
+    for (const p of S.poly) ctx.fillRect(p.x - 2.5 * px, p.y - 2.5 * px, 5 * px, 5 * px);
+  }
+  if (S.boxStart && S.boxEnd) {
+    const x = Math.min(S.boxStart.x, S.boxEnd.x);
+    const y = Math.min(S.boxStart.y, S.boxEnd.y);
+    const w = Math.abs(S.boxEnd.x - S.boxStart.x);
+    const h = Math.abs(S.boxEnd.y - S.boxStart.y);
+    ctx.fillRect(x, y, w, h);
+    ctx.setLineDash([6 * px, 4 * px]);
+    ctx.strokeRect(x, y, w, h);
+    ctx.setLineDash([]);
+  }
+  if (S.cursor && (S.tool === "brush" || S.tool === "eraser")) {
+    ctx.beginPath();
+    ctx.arc(S.cursor.x, S.cursor.y, S.brush / 2, 0, Math.PI * 2);
+    ctx.strokeStyle = S.tool === "eraser" ? "#4fd2ff" : "#ffffff";
+    ctx.stroke();
+  }
+}
+
+function bindDrawing() {
+  const c = $("#draft-canvas");
+  c.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0 || !S.upload) return;
+    e.preventDefault();
+    c.focus({ preventScroll: true });
+    const p = toVideo(e);
+    S.cursor = p;
+    if (S.tool === "brush" || S.tool === "eraser") {
+      c.setPointerCapture(e.pointerId);
+      startStroke(p);
+    } else if (S.tool === "polygon") {
+      addPolygonPoint(p, e);
+    } else if (S.tool === "box") {
+      c.setPointerCapture(e.pointerId);
+      S.boxStart = S.boxEnd = p;
+    }
+    renderDraft();
+  });
+  c.addEventListener("pointermove", (e) => {
+    if (!S.upload) return;
+    const p = toVideo(e);
+    S.cursor = p;
+    if (S.stroke) continueStroke(p);
+    if (S.boxStart) S.boxEnd = p;
+    renderDraft();
+  });
+  const up = (e) => {
+    if (S.stroke) endStroke();
+    if (S.boxStart) finishBox(e.altKey);
+  };
+  c.addEventListener("pointerup", up);
+  c.addEventListener("pointercancel", up);
+  c.addEventListener("pointerleave", () => {
+    S.cursor = null;
+    renderDraft();
+  });
+  c.addEventListener("dblclick", (e) => {
+    if (S.tool === "polygon") closePolygon(e.altKey);
+  });
+}
+
+async function maskPng(n) {
+  const { width: w, height: h } = S.upload;
+  const src = S.masks.get(n).getContext("2d").getImageData(0, 0, w, h).data;
+  const out = newCanvas(w, h);
+  const ctx = out.getContext("2d");
+  const img = ctx.createImageData(w, h);
+  const d = img.data;
+  for (let i = 0; i < src.length; i += 4) {
+    const v = src[i + 3] >= 128 ? 255 : 0;
+    d[i] = d[i + 1] = d[i + 2] = v;
+    d[i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+  return new Promise((resolve) => out.toBlob(resolve, "image/png"));
+}
+
+function renderKeyframes() {
+  const ul = $("#keyframe-list");
+  if (!S.upload) return;
+  const frames = [...S.filled].sort((a, b) => a - b);
+  if (!frames.length) {
+    ul.replaceChildren(el("li", { class: "empty" }, "none yet: draw on a frame"));
+    return;
+  }
+  ul.replaceChildren(
+    ...frames.map((n) =>
+      el(
+        "li",
+        { class: `chip${n === S.frame ? " current" : ""}` },
+        el(
+          "button",
+          {
+            type: "button",
+            "aria-label": `Go to keyframe ${n}`,
+            "aria-current": n === S.frame ? "true" : "false",
+            onclick: () => showFrame(n),
+          },
+          `Frame ${n}`,
+        ),
+        el(
+          "button",
+          {
+            type: "button",
+            class: "x",
+            "aria-label": `Remove the mask on frame ${n}`,
+            title: "Remove this keyframe",
+            onclick: () => removeKeyframe(n),
+          },
+          "×",
+        ),
+      ),
+    ),
+  );
+}
+
+function removeKeyframe(n) {
+  S.masks.delete(n);
+  S.filled.delete(n);
+  S.undo.delete(n);
+  if (n === S.frame) renderMask();
+  renderKeyframes();
+  drawTimeline();
+  updateHint();
+  updateSummary();
+}
+
+// --------------------------------------------------------------------------- timeline
+
+function drawWaveform(ctx, peaks, x0, w, h, duration, colour) {
+  if (!peaks || !peaks.max.length) return;
+  let top = 0;
+  for (let i = 0; i < peaks.max.length; i++) top = Math.max(top, peaks.max[i], -peaks.min[i]);
+  const gain = top > 0 ? 0.92 / top : 1;
+  const mid = h / 2;
+  ctx.fillStyle = colour;
+  for (let x = 0; x < w; x++) {
+    const t0 = (x / w) * duration;
+    const t1 = ((x + 1) / w) * duration;
+    const i0 = Math.floor(t0 * peaks.rate);
+    const i1 = Math.max(i0 + 1, Math.ceil(t1 * peaks.rate));
+    let lo = 0;
+    let hi = 0;
+    for (let i = i0; i < i1 && i < peaks.max.length; i++) {
+      hi = Math.max(hi, peaks.max[i]);
+      lo = Math.min(lo, peaks.min[i]);
+    }
+    const y0 = mid - hi * gain * mid;
+    const y1 = mid - lo * gain * mid;
+    ctx.fillRect(x0 + x, y0, 1, Math.max(1, y1 - y0));
+  }
+}
+
+function niceStep(duration, width) {
+  const target = duration / Math.max(1, width / 90);
+  for (const s of [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]) {
+    if (s >= target) return s;
+  }
+  return 7200;
+}
+
+function drawTimeline() {
+  const canvas = $("#timeline");
+  if (!S.upload || canvas.offsetParent === null) return;
+  const { ctx, w, h } = fitCanvas(canvas);
+  const D = S.upload.duration || 1;
+  const xOf = (t) => (t / D) * w;
+  ctx.clearRect(0, 0, w, h);
+  for (const s of S.spans) {
+    ctx.fillStyle = s.sign === "+" ? "rgba(79, 208, 138, 0.22)" : "rgba(255, 138, 79, 0.22)";
+    ctx.fillRect(xOf(s.start), 0, xOf(s.end) - xOf(s.start), h);
+    ctx.fillStyle = s.sign === "+" ? "#4fd08a" : "#ff8a4f";
+    ctx.fillRect(xOf(s.start), 0, xOf(s.end) - xOf(s.start), 3);
+  }
+  if (S.spanDrag && S.spanDrag.moved) {
+    const a = Math.min(S.spanDrag.t0, S.spanDrag.t1);
+    const b = Math.max(S.spanDrag.t0, S.spanDrag.t1);
+    ctx.fillStyle = S.spanSign === "+" ? "rgba(79, 208, 138, 0.35)" : "rgba(255, 138, 79, 0.35)";
+    ctx.fillRect(xOf(a), 0, xOf(b) - xOf(a), h);
+  }
+  if (S.peaks) drawWaveform(ctx, S.peaks, 0, w, h, D, "#8e97ab");
+  else {
+    ctx.fillStyle = "#9aa1b2";
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.fillText("Reading the sound…", 10, h / 2 + 4);
+  }
+  ctx.fillStyle = "#6b7386";
+  ctx.font = "11px system-ui, sans-serif";
+  const step = niceStep(D, w);
+  for (let t = 0; t <= D + 1e-9; t += step) {
+    ctx.fillRect(xOf(t), h - 6, 1, 6);
+    ctx.fillText(`${+t.toFixed(1)}s`, xOf(t) + 3, h - 4);
+  }
+  ctx.fillStyle = MASK_COLOUR;
+  for (const n of S.filled) {
+    const x = xOf(timeOf(n));
+    ctx.beginPath();
+    ctx.moveTo(x - 5, 0);
+    ctx.lineTo(x + 5, 0);
+    ctx.lineTo(x, 8);
+    ctx.fill();
+  }
+  const x = xOf(timeOf(S.frame));
+  ctx.fillStyle = "#4fd2ff";
+  ctx.fillRect(x - 1, 0, 2, h);
+}
+
+function timelineTime(e) {
+  const r = $("#timeline").getBoundingClientRect();
+  return clamp(((e.clientX - r.left) / r.width) * S.upload.duration, 0, S.upload.duration);
+}
+
+function addSpan(sign, a, b) {
+  const start = +Math.max(0, Math.min(a, b)).toFixed(2);
+  const end = +Math.min(S.upload.duration, Math.max(a, b)).toFixed(2);
+  if (end - start < 0.04) return false;
+  S.spans.push({ sign, start, end });
+  S.spans.sort((x, y) => x.start - y.start);
+  renderSpans();
+  drawTimeline();
+  updateSummary();
+  return true;
+}
+
+function renderSpans() {
+  const ul = $("#span-list");
+  if (!S.spans.length) {
+    ul.replaceChildren(el("li", { class: "empty" }, "No spans: the whole clip is considered."));
+    return;
+  }
+  ul.replaceChildren(
+    ...S.spans.map((s, i) => {
+      const label = `${s.sign === "+" ? "+ sounding" : "− silent"} ${s.start.toFixed(2)}–${s.end.toFixed(2)} s`;
+      return el(
+        "li",
+        { class: `chip ${s.sign === "+" ? "plus" : "minus"}` },
+        el("button", { type: "button", onclick: () => showFrame(frameAt(s.start)) }, label),
+        el(
+          "button",
+          {
+            type: "button",
+            class: "x",
+            "aria-label": `Remove span ${label}`,
+            onclick: () => {
+              S.spans.splice(i, 1);
+              renderSpans();
+              drawTimeline();
+              updateSummary();
+            },
+          },
+          "×",
+        ),
+      );
+    }),
+  );
+}
+
+function setSpanSign(sign) {
+  S.spanSign = sign;
+  for (const b of $$(".span-sign")) b.setAttribute("aria-pressed", String(b.dataset.sign === sign));
+}
+
+function bindTimeline() {
+  const c = $("#timeline");
+  c.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0 || !S.upload) return;
+    c.setPointerCapture(e.pointerId);
+    c.focus({ preventScroll: true });
+    const t = timelineTime(e);
+    S.spanDrag = { t0: t, t1: t, x0: e.clientX, moved: false };
+  });
+  c.addEventListener("pointermove", (e) => {
+    if (!S.spanDrag) return;
+    S.spanDrag.t1 = timelineTime(e);
+    if (Math.abs(e.clientX - S.spanDrag.x0) > 4) S.spanDrag.moved = true;
+    drawTimeline();
+  });
+  const up = () => {
+    const d = S.spanDrag;
+    S.spanDrag = null;
+    if (!d) return;
+    if (d.moved) addSpan(S.spanSign, d.t0, d.t1);
+    else showFrame(frameAt(d.t0));
+    drawTimeline();
+  };
+  c.addEventListener("pointerup", up);
+  c.addEventListener("pointercancel", () => {
+    S.spanDrag = null;
+    drawTimeline();
+  });
+  c.addEventListener("keydown", (e) => {
+    if (!S.upload) return;
+    const fps = S.upload.fps;
+    const moves = { ArrowLeft: -1, ArrowRight: 1, PageUp: -Math.round(fps), PageDown: Math.round(fps) };
+    if (e.key in moves) showFrame(S.frame + moves[e.key] * (e.shiftKey ? 10 : 1));
+    else if (e.key === "Home") showFrame(0);
+    else if (e.key === "End") showFrame(S.upload.frames - 1);
+    else return;
+    e.preventDefault();
+  });
+}
+
+// --------------------------------------------------------------------------- submit
+
+function currentMode() {
+  return $$('input[name="mode"]').find((r) => r.checked).value;
+}
+
+function updateSummary() {
+  if (!S.upload) return;
+  const k = S.filled.size;
+  const sp = S.spans.length;
+  $("#submit-summary").textContent =
+    `${k} keyframe${k === 1 ? "" : "s"}` + (sp ? `, ${sp} span${sp === 1 ? "" : "s"}` : "") + ` on ${S.upload.name}.`;
+}
+
+async function submitJob(e) {
+  e.preventDefault();
+  showError("#submit-error", "");
+  if (!S.upload) return;
+  const frames = [...S.filled].sort((a, b) => a - b);
+  if (!frames.length) {
+    showError("#submit-error", "Draw the object first: paint over it on at least one frame.");
+    $("#draft-canvas").focus();
+    return;
+  }
+  const button = $("#submit");
+  button.disabled = true;
+  button.textContent = "Submitting…";
+  try {
+    const form = new FormData();
+    form.append("upload", S.upload.id);
+    for (const n of frames) form.append("mask", await maskPng(n), `mask-frame-${n}.png`);
+    const spec = {
+      mask_frames: frames,
+      mode: currentMode(),
+      separator: $("#separator").value,
+      tracker: $("#tracker").value,
+      text: $("#text-prompt").value.trim() || null,
+      spans: S.spans.map(spanText),
+      audio_stream: +($("#audio-stream").value || 0),
+    };
+    form.append("spec", JSON.stringify(spec));
+    const body = await getJSON("/v1/jobs", { method: "POST", body: form });
+    openJob(body.id);
+  } catch (err) {
+    showError("#submit-error", err.message);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Separate";
+  }
+}
+
+// --------------------------------------------------------------------------- jobs
+
+const FINISHED = ["succeeded", "failed", "cancelled"];
+
+function openJob(id) {
+  if (S.pollTimer) clearTimeout(S.pollTimer);
+  S.job = id;
+  S.jobDoc = null;
+  hideResults();
+  $("#job-panel").hidden = false;
+  $("#job-id").textContent = id;
+  showError("#job-error", "");
+  $("#job-warnings").replaceChildren();
+  $("#job-state").textContent = "…";
+  $("#job-state").className = "badge";
+  $("#job-stage").textContent = "";
+  history.replaceState(null, "", `#job=${id}`);
+  for (const b of $$("#jobs-list button")) b.setAttribute("aria-current", String(b.dataset.job === id));
+  pollJob(id);
+}
+
+async function pollJob(id) {
+  let doc;
+  try {
+    doc = await getJSON(`/v1/jobs/${id}`);
+  } catch (err) {
+    if (S.job !== id) return;
+    showError("#job-error", err.message);
+    if (err.status !== 404) S.pollTimer = setTimeout(() => pollJob(id), 3000);
+    return;
+  }
+  if (S.job !== id) return;
+  const before = S.jobDoc ? S.jobDoc.state : null;
+  S.jobDoc = doc;
+  renderJob(doc);
+  if (doc.state !== before || Date.now() - lastJobsRefresh > 3000) refreshJobs();
+  if (FINISHED.includes(doc.state)) {
+    if (doc.state === "succeeded") showResults(id);
+  } else {
+    S.pollTimer = setTimeout(() => pollJob(id), 700);
+  }
+}
+
+function renderJob(doc) {
+  const badge = $("#job-state");
+  badge.textContent = doc.state;
+  badge.className = `badge ${doc.state}`;
+  let stage = "";
+  if (doc.state === "queued") stage = "waiting for a worker";
+  else if (doc.state === "running") stage = doc.stage ? `stage: ${doc.stage}` : "starting";
+  else if (doc.backend) stage = `separator: ${doc.backend}`;
+  $("#job-stage").textContent = stage;
+  $("#job-progress").value = doc.progress;
+  $("#job-percent").textContent = `${Math.round(doc.progress * 100)}%`;
+  showError("#job-error", doc.error || "");
+  $("#job-warnings").replaceChildren(...(doc.warnings || []).map((w) => el("li", {}, w)));
+  $("#cancel-job").hidden = FINISHED.includes(doc.state);
+  $("#reopen-video").hidden = false;
+}
+
+async function cancelJob() {
+  const id = S.job;
+  if (!id) return;
+  $("#cancel-job").disabled = true;
+  try {
+    const doc = await getJSON(`/v1/jobs/${id}`, { method: "DELETE" });
+    if (S.job === id) {
+      if (S.pollTimer) clearTimeout(S.pollTimer);
+      S.jobDoc = doc;
+      renderJob(doc);
+      refreshJobs();
+    }
+  } catch (err) {
+    showError("#job-error", err.message);
+  } finally {
+    $("#cancel-job").disabled = false;
+  }
+}
+
+// --------------------------------------------------------------------------- results
+
+const OUTPUT_NOTES = {
+  "target.wav": "the object's sound (WAV)",
+  "residual.wav": "everything else (WAV)",
+  "masks.npz": "the tracked mask per frame",
+  "preview.mp4": "picture with the tracked mask",
+  "job.json": "parameters, timings, versions",
+};
+
+function outputNote(name) {
+  if (OUTPUT_NOTES[name]) return OUTPUT_NOTES[name];
+  if (name.startsWith("isolated.")) return "the video with only the object's sound";
+  if (name.startsWith("removed.")) return "the video without the object's sound";
+  return "";
+}
+
+function hideResults() {
+  $("#results").hidden = true;
+  S.results = null;
+  const v = $("#preview-video");
+  v.pause();
+  for (const a of [$("#audio-target"), $("#audio-residual")]) a.pause();
+}
+
+async function showResults(id) {
+  let links;
+  try {
+    links = (await getJSON(`/v1/jobs/${id}/links`)).outputs;
+  } catch (err) {
+    showError("#job-error", err.message);
+    return;
+  }
+  if (S.job !== id) return;
+  S.results = { id, peaks: {} };
+  const video = $("#preview-video");
+  video.src = links["preview.mp4"] || "";
+  $("#audio-target").src = links["target.wav"] || "";
+  $("#audio-residual").src = links["residual.wav"] || "";
+  applyAB();
+  $("#downloads").replaceChildren(
+    ...Object.entries(links).map(([name, url]) =>
+      el(
+        "li",
+        {},
+        el(
+          "a",
+          { href: url, download: name, "data-output": name },
+          el("strong", {}, name),
+          el("span", { class: "what" }, outputNote(name)),
+        ),
+      ),
+    ),
+  );
+  $("#results").hidden = false;
+  reveal($("#results-h"));
+  drawWaves();
+  for (const name of ["target", "residual"]) {
+    getJSON(`/v1/jobs/${id}/peaks/${name}.wav`)
+      .then((p) => {
+        if (S.results && S.results.id === id) {
+          S.results.peaks[name] = p;
+          drawWaves();
+        }
+      })
+      .catch((err) => showError("#job-error", err.message));
+  }
+}
+
+function resultDuration() {
+  const v = $("#preview-video");
+  if (isFinite(v.duration) && v.duration > 0) return v.duration;
+  const p = S.results && (S.results.peaks.target || S.results.peaks.residual);
+  return p ? p.duration : 1;
+}
+
+function drawWaves() {
+  if (!S.results) return;
+  const t = $("#preview-video").currentTime || 0;
+  for (const name of ["target", "residual"]) {
+    const canvas = $(`#wave-${name}`);
+    if (canvas.offsetParent === null) continue;
+    const { ctx, w, h } = fitCanvas(canvas);
+    ctx.clearRect(0, 0, w, h);
+    const D = resultDuration();
+    const active = S.ab === name;
+    drawWaveform(ctx, S.results.peaks[name], 0, w, h, D, active ? (name === "target" ? MASK_COLOUR : "#4fd2ff") : "#5c6374");
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect((t / D) * w - 1, 0, 2, h);
+  }
+}
+
+function applyAB() {
+  $("#audio-target").muted = S.ab !== "target";
+  $("#audio-residual").muted = S.ab !== "residual";
+  for (const r of $$('input[name="ab"]')) r.checked = r.value === S.ab;
+  drawWaves();
+}
+
+function bindPlayers() {
+  const v = $("#preview-video");
+  const audios = () => [$("#audio-target"), $("#audio-residual")];
+  const sync = (force) => {
+    for (const a of audios()) {
+      if (!a.src) continue;
+      if (force || Math.abs(a.currentTime - v.currentTime) > 0.08) a.currentTime = v.currentTime;
+    }
+  };
+  v.addEventListener("play", () => {
+    sync(true);
+    for (const a of audios()) if (a.src) a.play().catch(() => {});
+    requestAnimationFrame(function tick() {
+      drawWaves();
+      if (!v.paused) requestAnimationFrame(tick);
+    });
+  });
+  v.addEventListener("pause", () => audios().forEach((a) => a.pause()));
+  v.addEventListener("seeking", () => sync(true));
+  v.addEventListener("seeked", () => {
+    sync(true);
+    drawWaves();
+  });
+  v.addEventListener("timeupdate", () => sync(false));
+  v.addEventListener("ratechange", () => audios().forEach((a) => (a.playbackRate = v.playbackRate)));
+  v.addEventListener("loadedmetadata", drawWaves);
+  for (const r of $$('input[name="ab"]')) {
+    r.addEventListener("change", () => {
+      S.ab = r.value;
+      applyAB();
+    });
+  }
+  for (const name of ["target", "residual"]) {
+    $(`#wave-${name}`).addEventListener("click", (e) => {
+      const r = e.currentTarget.getBoundingClientRect();
+      v.currentTime = ((e.clientX - r.left) / r.width) * resultDuration();
+      S.ab = name;
+      applyAB();
+    });
+  }
+  $("#results").addEventListener("keydown", (e) => {
+    if (e.target.matches("input[type=text], input[type=number]")) return;
+    const key = e.key.toLowerCase();
+    if (key === "a" || key === "b") {
+      S.ab = key === "a" ? "target" : "residual";
+      applyAB();
+      e.preventDefault();
+      e.stopPropagation();
+    }
+  });
+}
+
+// --------------------------------------------------------------------------- wiring
+
+function bindOpen() {
+  $("#file-input").addEventListener("change", (e) => {
+    const f = e.target.files[0];
+    if (f) openFile(f);
+    e.target.value = "";
+  });
+  const drop = $("#drop");
+  drop.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    const f = e.dataTransfer.files[0];
+    if (f) openFile(f);
+  });
+  $("#media-open").addEventListener("click", () => {
+    const path = $("#media-select").value;
+    if (path) openMedia(path);
+  });
+}
+
+function bindEditor() {
+  for (const b of $$(".tool")) b.addEventListener("click", () => setTool(b.dataset.tool));
+  $("#brush-size").addEventListener("input", (e) => setBrush(+e.target.value));
+  $("#undo").addEventListener("click", undo);
+  $("#clear-frame").addEventListener("click", clearFrame);
+  $("#show-mask").addEventListener("change", (e) => $("#stage").classList.toggle("hide-mask", !e.target.checked));
+  $("#frame-slider").addEventListener("input", (e) => showFrame(+e.target.value));
+  $("#frame-number").addEventListener("change", (e) => showFrame(+e.target.value));
+  $("#prev-frame").addEventListener("click", () => showFrame(S.frame - 1));
+  $("#next-frame").addEventListener("click", () => showFrame(S.frame + 1));
+  for (const b of $$(".span-sign")) b.addEventListener("click", () => setSpanSign(b.dataset.sign));
+  $("#span-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const a = parseFloat($("#span-start").value);
+    const b = parseFloat($("#span-end").value);
+    if (!isFinite(a) || !isFinite(b) || !addSpan(S.spanSign, a, b)) {
+      showError("#submit-error", "A span needs a start and an end at least 0.04 s apart, inside the clip.");
+      return;
+    }
+    $("#span-start").value = $("#span-end").value = "";
+  });
+  $("#audio-stream").addEventListener("change", loadPeaks);
+  $("#draft-canvas").addEventListener("keydown", (e) => {
+    const moves = { ArrowLeft: -1, ArrowRight: 1 };
+    if (e.key in moves) {
+      showFrame(S.frame + moves[e.key] * (e.shiftKey ? 10 : 1));
+      e.preventDefault();
+    }
+  });
+  bindDrawing();
+  bindTimeline();
+}
+
+function bindShortcuts() {
+  document.addEventListener("keydown", (e) => {
+    if (!S.upload || $("#token-dialog").open) return;
+    const t = e.target;
+    if (t.matches && t.matches("input, select, textarea, video, audio")) return;
+    if (t.closest && t.closest("#results")) return;
+    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
+      undo();
+      e.preventDefault();
+      return;
+    }
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (S.poly.length && e.key === "Enter") closePolygon(false);
+    else if (S.poly.length && e.key === "Escape") cancelPolygon();
+    else if (S.poly.length && e.key === "Backspace") {
+      S.poly.pop();
+      renderDraft();
+    } else if (t.tagName === "BUTTON" && (e.key === "Enter" || e.key === " ")) return;
+    else {
+      const tool = { b: "brush", e: "eraser", p: "polygon", x: "box" }[e.key.toLowerCase()];
+      if (tool) setTool(tool);
+      else if (e.key === "[") setBrush(S.brush * 0.8);
+      else if (e.key === "]") setBrush(S.brush * 1.25 + 1);
+      else return;
+    }
+    e.preventDefault();
+  });
+}
+
+function bindToken() {
+  $("#token-button").addEventListener("click", async () => {
+    if (await askToken("")) {
+      refreshJobs();
+      loadMedia();
+    }
+  });
+  $("#token-forget").addEventListener("click", () => {
+    S.token = "";
+    localStorage.removeItem(TOKEN_KEY);
+    $("#token-input").value = "";
+    $("#token-dialog").close("");
+  });
+}
+
+async function restoreFromHash() {
+  const m = location.hash.match(/^#(job|upload)=([\w-]+)$/);
+  if (!m) return;
+  if (m[1] === "job") openJob(m[2]);
+  else openWith(() => getJSON(`/v1/uploads/${m[2]}`), "Reopening the video…");
+}
+
+async function init() {
+  bindOpen();
+  bindEditor();
+  bindShortcuts();
+  bindPlayers();
+  bindToken();
+  $("#job-form").addEventListener("submit", submitJob);
+  $("#cancel-job").addEventListener("click", cancelJob);
+  $("#reopen-video").addEventListener("click", () => S.job && openJobVideo(S.job));
+  $("#refresh-jobs").addEventListener("click", refreshJobs);
+  window.addEventListener("resize", () => {
+    drawTimeline();
+    drawWaves();
+  });
+  try {
+    await loadOptions();
+  } catch (err) {
+    showError("#open-error", `The server did not answer: ${err.message}`);
+    return;
+  }
+  if (S.options.auth && !S.token) await askToken("");
+  await refreshJobs();
+  loadMedia();
+  restoreFromHash();
+  setInterval(() => {
+    if (!document.hidden) refreshJobs();
+  }, 10000);
+  document.body.dataset.ready = "true";
+}
+
+document.addEventListener("DOMContentLoaded", init);
