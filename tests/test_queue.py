@@ -212,12 +212,12 @@ def test_cancel_in_the_middle_leaves_no_outputs(svc):
     wait_for(lambda: _job(svc, job_id)["state"] == "running", 120, "the job to run", 0.05)
     r = httpx.delete(f"{svc.server.url}/v1/jobs/{job_id}", headers=AUTH)
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
-    time.sleep(4)
+    time.sleep(7)  # the running stage stops at its next progress report (killed after 5 s)
     doc = _job(svc, job_id)
     assert doc["state"] == "cancelled" and doc["outputs"] == []
     folder = svc.root / "jobs" / job_id
     leftovers = sorted(p.name for p in folder.iterdir())
-    assert set(leftovers) <= {"spec.json", "job.json", "CANCELLED", "inputs"}, leftovers
+    assert set(leftovers) <= {"spec.json", "job.json", "CANCELLED", "STOPPED", "inputs"}, leftovers
     r = httpx.get(f"{svc.server.url}/v1/jobs/{job_id}/outputs/target.wav", headers=AUTH)
     assert r.status_code == 404
 

@@ -240,7 +240,9 @@ def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
         _ws(job_id)
         from worker import tasks
 
-        return (cancel_fn or tasks.cancel)(job_id, cfg.base)
+        if cancel_fn is not None:
+            return cancel_fn(job_id, cfg.base)
+        return tasks.cancel(job_id, cfg.base, wait=False)
 
     @api.get("/healthz")
     def healthz() -> JSONResponse:

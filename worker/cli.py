@@ -56,10 +56,28 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tracker",
-        choices=["flow", "copy"],
+        choices=["flow", "copy", "sam2"],
         default="flow",
-        help="how the mask follows the object (default flow: dense optical flow)",
+        help="how the mask follows the object: flow (default, optical flow, no weights), "
+        "sam2 (SAM 2 video model, needs --tracker-model), copy (no tracking)",
     )
+    p.add_argument(
+        "--tracker-model",
+        metavar="PATH",
+        default=None,
+        help="SAM 2 weights for --tracker sam2: a transformers folder or a Hub id in the "
+        "Hugging Face cache (or SONOMASK_TRACKER_MODEL)",
+    )
+    if p.prog.endswith(" track"):  # the matte exports of `sonomask track`
+        p.add_argument(
+            "--matte",
+            metavar="FILE",
+            help="grayscale matte video, white = object, same size, frame count and "
+            "timestamps as the source: .mkv FFV1 lossless, .mov ProRes 422 HQ, .mp4 H.264 "
+            "lossless (default: <out>_matte.mkv beside --out)",
+        )
+        p.add_argument("--no-matte", action="store_true", help="do not write the matte video")
+        p.add_argument("--png-dir", metavar="DIR", help="also write the matte as a PNG sequence")
 
 
 def _add_separation_options(p: argparse.ArgumentParser) -> None:
@@ -208,16 +226,23 @@ def cmd_separate(args: argparse.Namespace) -> int:
 def cmd_track(args: argparse.Namespace) -> int:
     from worker.progress import StageBars
     from worker.spec import JobSpec
-    from worker.tracking import track_to_file
+    from worker.tracking import default_matte_path, track_to_file
 
-    spec = JobSpec.build(**_spec_fields(args))
+    fields = _spec_fields(args)
+    fields.setdefault("tracker_model", args.tracker_model)
+    spec = JobSpec.build(**fields)
+    out = Path(args.out)
+    matte = None if args.no_matte else Path(args.matte) if args.matte else default_matte_path(out)
+    png_dir = Path(args.png_dir) if args.png_dir else None
+    preview = Path(args.preview) if args.preview else None
     with StageBars(enabled=not args.quiet) as bars:
         warnings = track_to_file(
-            spec, Path(args.out), Path(args.preview) if args.preview else None, progress=bars.update
+            spec, out, preview, progress=bars.update, matte=matte, png_dir=png_dir
         )
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"wrote {args.out}" + (f" and {args.preview}" if args.preview else ""))
+    written = [str(p) for p in (out, matte, png_dir, preview) if p is not None]
+    print(f"wrote {', '.join(written)}")
     return 0
 
 

@@ -22,6 +22,7 @@ from worker.workspace import Workspace
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 CANCEL_MARK = "CANCELLED"
+STOPPED_MARK = "STOPPED"  # the cancelled job's running stage saw the mark and cleaned up
 
 # Share of the whole job each stage takes, for one overall progress number.
 STAGE_WEIGHTS = {
@@ -70,6 +71,8 @@ def create_job(root: Path, spec: JobSpec, job_id: str) -> Workspace:
 def document(ws: Workspace) -> dict[str, Any]:
     """The job document the API and ``sonomask status --json`` return."""
     m = ws.manifest()
+    if is_cancelled(ws):  # sticky: a stage finishing after the cancel cannot undo it
+        m["state"] = "cancelled"
     return {
         "id": ws.job_id,
         "state": m.get("state", "queued"),
@@ -118,7 +121,7 @@ def progress_reporter(
 
 def remove_partial_outputs(ws: Workspace) -> None:
     """Delete every artifact but the job's description, so nothing looks finished."""
-    keep = {"spec.json", "job.json", CANCEL_MARK, "inputs"}
+    keep = {"spec.json", "job.json", CANCEL_MARK, STOPPED_MARK, "inputs"}
     for child in ws.path.iterdir():
         if child.name in keep:
             continue

@@ -163,6 +163,7 @@ def stage_track(ws: Workspace, report: StageProgress = _noop) -> None:
     wsize = (frames.shape[2], frames.shape[1])
     keyframes: dict[int, np.ndarray] = {}
     full_keyframes: dict[int, np.ndarray] = {}
+    boxes: dict[int, tuple[float, float, float, float]] = {}  # keyframes drawn as boxes
     for k in spec.keyframes:
         if k.time is not None:
             idx = int(np.clip(np.searchsorted(times, k.time + 1e-6, side="right") - 1, 0, n - 1))
@@ -179,15 +180,44 @@ def stage_track(ws: Workspace, report: StageProgress = _noop) -> None:
         full = _load_keyframe_mask(k, size)
         full_keyframes[idx] = full
         keyframes[idx] = vmasks.resize_masks(full[None], wsize)[0].astype(bool)
+        boxes.pop(idx, None)
+        if k.box is not None:
+            boxes[idx] = k.box
     prog = _stage_progress(report, "track")
     if spec.tracker == "copy":
         work, warnings = vpropagate.copy_first(frames, keyframes), []
+    elif spec.tracker == "sam2":
+        from vision import sam2_tracker
+
+        source = spec.tracker_model or os.environ.get("SONOMASK_TRACKER_MODEL")
+        if not source:
+            raise BadInput(
+                "--tracker sam2 needs SAM 2 weights: give --tracker-model (a folder saved by "
+                "transformers, or a Hub id such as facebook/sam2.1-hiera-tiny in the Hugging Face "
+                "cache) or set SONOMASK_TRACKER_MODEL"
+            )
+        try:
+            tracker = sam2_tracker.load(source, Settings.from_env().device or "auto")
+        except sam2_tracker.TrackerLoadError as exc:
+            raise BadInput(str(exc)) from None
+        # A box prompts SAM 2 as a box (it segments the object inside); its output on the
+        # keyframe is then the mask, not the rectangle.
+        prompts: dict[int, Any] = dict(keyframes)
+        sx, sy = wsize[0] / size[0], wsize[1] / size[1]
+        for idx, (x0, y0, x1, y1) in boxes.items():
+            prompts[idx] = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+            full_keyframes.pop(idx)
+        work, warnings = tracker.propagate(frames, prompts, progress=prog)
     else:
         work, warnings = vpropagate.propagate(frames, keyframes, progress=prog)
-    if not work.any(axis=(1, 2))[[i for i in range(n) if i not in keyframes]].any() and n > len(
-        keyframes
-    ):
-        warnings.append("the object was lost on every frame but the keyframe(s)")
+    others = [i for i in range(n) if i not in keyframes]
+    if others and not any(work[i].any() for i in others):
+        from vision.errors import MaskError
+
+        raise MaskError(
+            "the object was lost on every frame but the keyframe(s): the tracker could not "
+            "follow it. Check that the mask covers the object on its frame, or add keyframes"
+        )
     ws.write_npy("masks_work.npy", work.astype(np.uint8))
     write_full_masks(ws, "masks.npz", work, size, full_keyframes)
     ws.update_manifest(track_warnings=warnings)

@@ -85,7 +85,7 @@ class Keyframe(BaseModel):
 
 Mode = Literal["isolate", "remove", "both"]
 SeparatorName = Literal["auto", "sam-audio", "classical"]
-TrackerName = Literal["flow", "copy"]
+TrackerName = Literal["flow", "copy", "sam2"]
 
 
 class JobSpec(BaseModel):
@@ -105,6 +105,9 @@ class JobSpec(BaseModel):
     separator: SeparatorName = "auto"
     model: str | None = Field(default=None, description="SAM Audio checkpoint folder or repo id")
     tracker: TrackerName = "flow"
+    tracker_model: str | None = Field(
+        default=None, description="SAM 2 model folder or Hub id in the HF cache (tracker sam2)"
+    )
     audio_stream: int = Field(default=0, ge=0, description="index among the audio streams")
     reconstruct: Literal["masked", "generative"] = "masked"
     stem_format: Literal["pcm24", "float32"] = Field(

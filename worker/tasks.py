@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -70,6 +72,7 @@ def _run_stage_task(task: Any, job_id: str, name: str) -> str:
         run_stage(ws, name, fn, jobs.progress_reporter(ws))
     except JobCancelled:
         jobs.remove_partial_outputs(ws)
+        ws.file(jobs.STOPPED_MARK).touch()
         raise Ignore() from None
     except TransientError:
         raise
@@ -81,6 +84,10 @@ def _run_stage_task(task: Any, job_id: str, name: str) -> str:
         fail_manifest(ws, as_sonomask_error(exc))
         notify(ws)
         raise
+    if jobs.is_cancelled(ws):  # cancelled while the stage's last step ran
+        jobs.remove_partial_outputs(ws)
+        ws.file(jobs.STOPPED_MARK).touch()
+        raise Ignore()
     return job_id
 
 
@@ -126,8 +133,16 @@ def submit(spec: JobSpec, settings: Settings | None = None, job_id: str | None =
     return job_id
 
 
-def cancel(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Cancel a job: mark it, stop its running task, remove partial outputs."""
+def cancel(
+    job_id: str, settings: Settings | None = None, grace: float = 5.0, wait: bool = True
+) -> dict[str, Any]:
+    """Cancel a job: mark it, stop its running task, remove partial outputs.
+
+    The mark makes the state ``cancelled`` at once and stops the running stage at its next
+    progress report (it then cleans up after itself). A task that has not stopped after
+    ``grace`` seconds is killed and its leftovers removed. ``wait=False`` does that last part
+    in a background thread so an HTTP request returns at once.
+    """
     settings = settings or Settings.from_env()
     ws = jobs.job_workspace(settings.workspace, job_id)
     doc = jobs.document(ws)
@@ -137,9 +152,22 @@ def cancel(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
     ws.update_manifest(state="cancelled", finished=jobs.now(), error=None)
     task_id = ws.manifest().get("task_id")
     if task_id:
-        app.control.revoke(task_id, terminate=True, signal="SIGTERM")
-    jobs.remove_partial_outputs(ws)
-    notify(ws)
+        app.control.revoke(task_id)  # queued copies of it are dropped
+
+    def stop_and_clean() -> None:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and not ws.file(jobs.STOPPED_MARK).exists():
+            time.sleep(0.2)
+        if task_id and not ws.file(jobs.STOPPED_MARK).exists():
+            app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+            time.sleep(1.0)
+        jobs.remove_partial_outputs(ws)
+        notify(ws)
+
+    if wait or not task_id:
+        stop_and_clean()
+    else:
+        threading.Thread(target=stop_and_clean, daemon=True).start()
     return jobs.document(ws)
 
 
