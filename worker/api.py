@@ -28,6 +28,7 @@ from worker import jobs, media
 from worker.config import Settings
 from worker.errors import BadInput, SonomaskError, as_sonomask_error
 from worker.spec import JobSpec, first_error
+from worker.web import json_body
 
 CHUNK = 1 << 20
 
@@ -172,7 +173,7 @@ def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
             if ctype.startswith("multipart/form-data"):
                 fields = await _from_multipart(request, staging, cfg)
             elif ctype.startswith("application/json"):
-                fields = _from_json(await _json_body(request), cfg)
+                fields = _from_json(await json_body(request), cfg)
             else:
                 raise HTTPException(
                     415,
@@ -270,16 +271,6 @@ def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
 
     api.include_router(web_router(cfg, authorize))
     return api
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise HTTPException(400, "the JSON body must be an object")
-    return body
 
 
 def _under_root(rel: str, cfg: ApiSettings) -> str:

@@ -46,6 +46,7 @@ FORMAT_WHITELIST = ",".join(
     ]
 )
 INPUT_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": FORMAT_WHITELIST}
+FFMPEG_QUIET = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
 
 ProgressFn = Callable[[float, str], None]
 
@@ -345,12 +346,7 @@ def mixdown_for_model(source_wav: Path, out_wav: Path, rate: int) -> None:
         channels = f.channels
     gains = "+".join(f"{1.0 / channels:.10f}*c{i}" for i in range(channels))
     args = [
-        "ffmpeg",
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-y",
+        *FFMPEG_QUIET,
         "-i",
         str(source_wav),
         "-af",
@@ -608,7 +604,7 @@ def _remux(
     target = p.audio(n)
     offset = picture_start(p) - p.format_start
     info = audio_info(p, n)
-    args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    args = list(FFMPEG_QUIET)
     args += ["-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST]
     args += ["-i", f"file:{p.path.resolve()}"]
     if info.channel_layout:

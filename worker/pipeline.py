@@ -427,12 +427,7 @@ def stage_preview(ws: Workspace, report: StageProgress = _noop) -> None:
     fps = ws.read_json("probe.json")["frame_rate"]
     with ws.atomic("preview.mp4") as tmp:
         args = [
-            "ffmpeg",
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
+            *media.FFMPEG_QUIET,
             "-f",
             "rawvideo",
             "-pix_fmt",

@@ -429,7 +429,12 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
             "separators": separators,
             "default_separator": "auto",
             "auto_runs": "sam-audio" if model else "classical",
-            "trackers": list(get_args(TrackerName)),
+            # SAM 2 needs its weights, like SAM Audio: offered only when configured.
+            "trackers": [
+                t
+                for t in get_args(TrackerName)
+                if t != "sam2" or os.environ.get("SONOMASK_TRACKER_MODEL")
+            ],
             "default_tracker": "flow",
             "modes": list(get_args(Mode)),
             "default_mode": "both",
@@ -475,7 +480,7 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
         try:
             tmp.mkdir(parents=True)
             if ctype.startswith("application/json"):
-                video, source = _json_source(await _json(request), cfg, tmp)
+                video, source = _json_source(await json_body(request), cfg, tmp)
             elif ctype.startswith("multipart/form-data"):
                 video, source = await _multipart_source(request, tmp, cfg.max_upload), "upload"
             else:
@@ -589,7 +594,8 @@ def _static_file(name: str) -> FileResponse:
     return FileResponse(STATIC / name, headers=headers)
 
 
-async def _json(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong."""
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
