@@ -57,9 +57,12 @@ def main() -> None:
         root = Path(d)
         redis = Redis(root / "redis")
         redis.start()
-        env = {**os.environ, "SONOMASK_WORKSPACE": str(root / "jobs"),
-               "SONOMASK_BROKER_URL": f"{redis.url}/0",
-               "SONOMASK_RESULT_BACKEND": f"{redis.url}/1"}
+        env = {
+            **os.environ,
+            "SONOMASK_WORKSPACE": str(root / "jobs"),
+            "SONOMASK_BROKER_URL": f"{redis.url}/0",
+            "SONOMASK_RESULT_BACKEND": f"{redis.url}/1",
+        }
         worker = Worker(env, "cpu,gpu", "bench@load", root / "worker.log", concurrency=1)
         worker.wait_ready()
         server = Server(env, root / "api.log")
@@ -71,8 +74,12 @@ def main() -> None:
             ids = []
             for _ in range(args.jobs):
                 with video.open("rb") as v, (root / "mask.png").open("rb") as m:
-                    r = httpx.post(f"{server.url}/v1/jobs", files=[("video", v), ("mask", m)],
-                                   data={"spec": '{"mode": "isolate"}'}, timeout=60)
+                    r = httpx.post(
+                        f"{server.url}/v1/jobs",
+                        files=[("video", v), ("mask", m)],
+                        data={"spec": '{"mode": "isolate"}'},
+                        timeout=60,
+                    )
                 r.raise_for_status()
                 ids.append(r.json()["id"])
             lat = asyncio.run(hammer(server.url, ids, args.seconds, args.clients))
@@ -82,11 +89,15 @@ def main() -> None:
             worker.stop()
             redis.stop()
     arr = np.array(lat) * 1000
-    print(f"{len(arr)} status requests in {args.seconds:g} s from {args.clients} clients "
-          f"while {args.jobs} jobs ran (states at the end: {states})")
+    print(
+        f"{len(arr)} status requests in {args.seconds:g} s from {args.clients} clients "
+        f"while {args.jobs} jobs ran (states at the end: {states})"
+    )
     print(f"throughput: {len(arr) / args.seconds:.0f} requests/s")
-    print(f"latency: p50 {np.percentile(arr, 50):.1f} ms, p99 {np.percentile(arr, 99):.1f} ms, "
-          f"max {arr.max():.1f} ms")
+    print(
+        f"latency: p50 {np.percentile(arr, 50):.1f} ms, p99 {np.percentile(arr, 99):.1f} ms, "
+        f"max {arr.max():.1f} ms"
+    )
 
 
 if __name__ == "__main__":

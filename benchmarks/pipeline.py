@@ -31,11 +31,44 @@ from worker.spec import JobSpec  # noqa: E402
 
 def bare_ffmpeg(src: Path, tmp: Path) -> float:
     t0 = time.perf_counter()
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-map", "0:a:0", "-c:a",
-                    "pcm_f32le", str(tmp / "bare.wav")], check=True)
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-i", str(tmp / "bare.wav"),
-                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac",
-                    str(tmp / "bare.mp4")], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-map",
+            "0:a:0",
+            "-c:a",
+            "pcm_f32le",
+            str(tmp / "bare.wav"),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-i",
+            str(tmp / "bare.wav"),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            str(tmp / "bare.mp4"),
+        ],
+        check=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -52,11 +85,18 @@ def main() -> None:
         src = tmp / "clip.mp4"
         t0 = time.perf_counter()
         write_clip(scene, src, stereo=True, crf=23)
-        print(f"generated {args.seconds:g} s {w}x{h} clip in {time.perf_counter() - t0:.1f} s "
-              f"({src.stat().st_size / 1e6:.1f} MB)")
+        print(
+            f"generated {args.seconds:g} s {w}x{h} clip in {time.perf_counter() - t0:.1f} s "
+            f"({src.stat().st_size / 1e6:.1f} MB)"
+        )
         cv2.imwrite(str(tmp / "mask.png"), first_mask(scene, "a"))
-        spec = JobSpec.build(video=str(src), masks=[str(tmp / "mask.png")], mode=args.mode,
-                             out=str(tmp / "out"), separator="classical")
+        spec = JobSpec.build(
+            video=str(src),
+            masks=[str(tmp / "mask.png")],
+            mode=args.mode,
+            out=str(tmp / "out"),
+            separator="classical",
+        )
         settings = Settings.from_env()
         settings = Settings(**{**settings.__dict__, "workspace": tmp / "ws"})
         t0 = time.perf_counter()
@@ -71,8 +111,10 @@ def main() -> None:
     print(f"{'total':>10} {total:8.2f}")
     print(f"bare ffmpeg demux + remux: {bare:.2f} s")
     print(f"non-separation time: {non_sep:.2f} s = {non_sep / bare:.1f}x bare ffmpeg")
-    print(f"separation ({manifest['backend']}): {timings['separate']:.2f} s "
-          f"= {timings['separate'] / args.seconds:.3f} s per s of audio")
+    print(
+        f"separation ({manifest['backend']}): {timings['separate']:.2f} s "
+        f"= {timings['separate'] / args.seconds:.3f} s per s of audio"
+    )
 
 
 if __name__ == "__main__":

@@ -204,6 +204,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "mask_frames": args.mask_frame,
         "mask_times": args.mask_time,
         "tracker": args.tracker,
+        "tracker_model": getattr(args, "tracker_model", None),
     }
 
 

@@ -1,0 +1,239 @@
+"""Masks across frames with SAM 2, Meta's Segment Anything 2 video model (via transformers).
+
+For users who have the weights: ``--tracker sam2`` with ``--tracker-model`` (or
+``SONOMASK_TRACKER_MODEL``) naming a local folder saved by transformers
+(``Sam2VideoModel.save_pretrained``) or a Hub id already in the Hugging Face cache, e.g.
+``facebook/sam2.1-hiera-tiny``. Nothing is downloaded here: a worker must not fetch
+gigabytes in the middle of a job.
+
+The user's keyframe mask (or box) prompts the model on its keyframe. Frames are streamed
+through the model one at a time in the order it tracks them (forward from the first
+keyframe to the end, each later keyframe added as a correction when it is reached; then
+backward from the first keyframe to frame 0), and the session's state is pruned as it
+goes to what SAM 2's memory can still attend to (its last ``num_maskmem`` frames, its
+last ``max_object_pointers_in_encoder`` object pointers, the keyframes), so memory stays
+flat however long the clip is. The frames may be a ``numpy.memmap``: only the frame
+being tracked is read.
+
+Same contract as ``vision.propagate.propagate``: masks uint8 [F, h, w] (1 = object) at
+the frames' resolution, keyframe masks kept exactly, and warnings for frames where the
+object is absent (SAM 2 says so itself, through its object score).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vision.errors import MaskError
+from vision.propagate import ProgressCallback, _warnings
+
+Box = tuple[float, float, float, float]
+"""(x0, y0, x1, y1) in pixels of the frames given to the tracker."""
+
+Prompt = np.ndarray | Box
+"""A keyframe's prompt: a mask [h, w] (non-zero = object) or a box."""
+
+
+class TrackerLoadError(RuntimeError):
+    """The SAM 2 weights could not be found or loaded; the message says what to fix."""
+
+
+def load(model: str | os.PathLike[str], device: str = "auto") -> Sam2Tracker:
+    """Load SAM 2 from a local folder or a Hub id in the local Hugging Face cache.
+
+    ``device``: "auto" (CUDA when available), "cpu" or "cuda[:N]". Loaded models are
+    kept (one at a time), so a worker running many jobs loads the weights once.
+    """
+    return _load(str(model), device)
+
+
+@lru_cache(maxsize=1)
+def _load(source: str, device: str) -> Sam2Tracker:
+    import torch
+    from transformers import Sam2VideoModel, Sam2VideoProcessor
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = Path(source).expanduser()
+    kwargs: dict[str, Any] = {} if path.exists() else {"local_files_only": True}
+    where = str(path) if path.exists() else source
+    if path.exists() and not (path / "config.json").is_file():
+        raise TrackerLoadError(
+            f"{source} has no config.json; point --tracker-model at a folder saved by "
+            "transformers (Sam2VideoModel.save_pretrained) or a Hub id such as "
+            "facebook/sam2.1-hiera-tiny"
+        )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr belongs to the caller's progress display
+    try:
+        net = Sam2VideoModel.from_pretrained(where, **kwargs)
+        processor = Sam2VideoProcessor.from_pretrained(where, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        hint = (
+            ""
+            if path.exists()
+            else " (it is not a local folder, and not in the Hugging Face cache either: "
+            f"run `huggingface-cli download {source}` once, or give the folder)"
+        )
+        raise TrackerLoadError(f"could not load SAM 2 from {source}{hint}: {exc}") from None
+    finally:
+        hf_logging.enable_progress_bar()
+    return Sam2Tracker(net.to(device).eval(), processor, device)
+
+
+class Sam2Tracker:
+    """A loaded SAM 2 video model and its processor, ready to track keyframe prompts."""
+
+    def __init__(self, model: Any, processor: Any, device: str = "cpu") -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        cfg = model.config
+        # Outputs older than this many frames are never attended to again (module doc).
+        self.keep = max(int(cfg.num_maskmem), int(cfg.max_object_pointers_in_encoder)) + 1
+        self.peak_frames_held = 0  # largest number of frames the session held at once
+        self.peak_outputs_held = 0  # largest number of per-frame outputs it held
+
+    def propagate(
+        self,
+        frames: np.ndarray,
+        keyframes: Mapping[int, Prompt],
+        progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Track the keyframe prompt(s) through every frame.
+
+        frames: uint8 [F, h, w, 3] RGB (a memmap is fine). keyframes: frame index -> mask
+        [h, w] or box (x0, y0, x1, y1). Returns (masks uint8 [F, h, w], warnings).
+        """
+        keys = _validate(frames, keyframes)
+        n, h, w = frames.shape[:3]
+        masks = np.zeros((n, h, w), np.uint8)
+        order = sorted(keys)
+        first = order[0]
+        total = max(1, n - 1)
+        done = 0
+
+        def tick(msg: str) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None and (done % max(1, total // 100) == 0 or done == total):
+                progress(min(1.0, done / total), msg)
+
+        for t, m in self._stream(frames, keys, range(first, n), reverse=False):
+            masks[t] = m
+            if t != first:
+                tick(f"SAM 2 tracking forward from frame {first}")
+        if first > 0:
+            only_first = {first: keys[first]}
+            for t, m in self._stream(frames, only_first, range(first, -1, -1), reverse=True):
+                if t != first:
+                    masks[t] = m
+                    tick(f"SAM 2 tracking backward from frame {first}")
+        exact = {k: v for k, v in keys.items() if isinstance(v, np.ndarray)}
+        for k, m in exact.items():
+            masks[k] = m
+        if progress is not None and done != total:
+            progress(1.0, "tracking done")
+        ref_area = np.zeros(n)
+        areas = {k: float(masks[k].sum()) for k in order}
+        for t in range(n):
+            ref_area[t] = areas[min(order, key=lambda k: abs(k - t))]
+        return masks, _warnings(masks, {k: masks[k] != 0 for k in order}, ref_area)
+
+    def _stream(
+        self, frames: np.ndarray, prompts: Mapping[int, Prompt], order: range, reverse: bool
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Run the model over ``order`` one frame at a time; yield (t, mask uint8 [h, w])."""
+        import torch
+
+        h, w = frames.shape[1:3]
+        session = self.processor.init_video_session(
+            inference_device=self.device, dtype=torch.float32
+        )
+        with torch.inference_mode():
+            for t in order:
+                pixels = self.processor(images=np.array(frames[t]), return_tensors="pt")
+                prompt = prompts.get(t)
+                if isinstance(prompt, np.ndarray):
+                    self.processor.add_inputs_to_inference_session(
+                        session, frame_idx=t, obj_ids=1, input_masks=prompt
+                    )
+                elif prompt is not None:
+                    self.processor.add_inputs_to_inference_session(
+                        session,
+                        frame_idx=t,
+                        obj_ids=1,
+                        input_boxes=[[list(prompt)]],
+                        original_size=(h, w),
+                    )
+                out = self.model(
+                    inference_session=session,
+                    frame=pixels.pixel_values[0],
+                    frame_idx=t,
+                    reverse=reverse,
+                )
+                mask = self.processor.post_process_masks(
+                    [out.pred_masks], original_sizes=[[h, w]], binarize=True
+                )[0]
+                yield t, mask.reshape(-1, h, w)[0].cpu().numpy().astype(np.uint8)
+                self._prune(session, t)
+
+    def _prune(self, session: Any, t: int) -> None:
+        """Drop what SAM 2 will not attend to again: decoded frames, old per-frame outputs."""
+        frames = session.processed_frames or {}
+        self.peak_frames_held = max(self.peak_frames_held, len(frames))
+        for k in list(frames):
+            del frames[k]
+        held = 0
+        for per_obj in session.output_dict_per_obj.values():
+            outputs = per_obj["non_cond_frame_outputs"]
+            for k in [k for k in outputs if abs(k - t) >= self.keep]:
+                del outputs[k]
+            held += len(outputs)
+        for tracked in session.frames_tracked_per_obj.values():
+            for k in [k for k in tracked if abs(k - t) >= self.keep]:
+                del tracked[k]
+        self.peak_outputs_held = max(self.peak_outputs_held, held)
+
+
+def _validate(frames: np.ndarray, keyframes: Mapping[int, Prompt]) -> dict[int, Prompt]:
+    """Check shapes, indices and prompts; masks come back as bool [h, w], boxes as floats."""
+    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
+        shape = getattr(frames, "shape", None)
+        raise MaskError(f"frames must be a uint8 array [F, H, W, 3], got shape {shape}")
+    if frames.dtype != np.uint8:
+        raise MaskError(f"frames must be uint8, got {frames.dtype}")
+    n, h, w, _ = frames.shape
+    if n == 0:
+        raise MaskError("the clip has no frames to track the mask through")
+    if not keyframes:
+        raise MaskError("no keyframe mask given; draw the object on at least one frame")
+    out: dict[int, Prompt] = {}
+    for key in sorted(keyframes):
+        idx = int(key)
+        if idx != key or not 0 <= idx < n:
+            raise MaskError(f"keyframe {key} is outside the clip (frames 0..{n - 1})")
+        prompt = keyframes[key]
+        if isinstance(prompt, np.ndarray) and prompt.ndim == 2:
+            if prompt.shape != (h, w):
+                raise MaskError(
+                    f"keyframe {idx} mask is {prompt.shape[1]}x{prompt.shape[0]} but the "
+                    f"frames are {w}x{h}; resize the mask to the working resolution first"
+                )
+            mask = prompt != 0
+            if not mask.any():
+                raise MaskError(f"keyframe {idx} mask is empty; paint the object white")
+            out[idx] = mask
+        else:
+            box = tuple(float(v) for v in np.asarray(prompt, dtype=float).ravel())
+            if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+                raise MaskError(f"keyframe {idx} box {prompt} must be x0,y0,x1,y1 with an area")
+            out[idx] = box  # type: ignore[assignment]
+    return out
