@@ -191,3 +191,18 @@ def resize_masks(masks: np.ndarray, size: Size) -> np.ndarray:
                 frame = cv2.resize(src, (width, height), interpolation=cv2.INTER_NEAREST) > 0
         out[i] = frame
     return out[0] if single else out
+
+
+def check_clip(frames: np.ndarray, keyframes: object) -> tuple[int, int, int]:
+    """The (frames, height, width) of a clip a tracker can run on, or a MaskError saying why."""
+    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
+        shape = getattr(frames, "shape", None)
+        raise MaskError(f"frames must be a uint8 array [F, H, W, 3], got shape {shape}")
+    if frames.dtype != np.uint8:
+        raise MaskError(f"frames must be uint8, got {frames.dtype}")
+    n, h, w, _ = frames.shape
+    if n == 0:
+        raise MaskError("the clip has no frames to track the mask through")
+    if not keyframes:
+        raise MaskError("no keyframe mask given; draw the object on at least one frame")
+    return n, h, w

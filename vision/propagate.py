@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from vision.errors import MaskError
+from vision.masks import check_clip
 
 ProgressCallback = Callable[[float, str], None]
 """Called with (fraction done in [0, 1], short description)."""
@@ -98,16 +99,7 @@ _KERNEL5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
 def _validate(frames: np.ndarray, keyframes: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
     """Check shapes and indices; return keyframe masks as bool [h, w], sorted by index."""
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
-        shape = getattr(frames, "shape", None)
-        raise MaskError(f"frames must be a uint8 array [F, H, W, 3], got shape {shape}")
-    if frames.dtype != np.uint8:
-        raise MaskError(f"frames must be uint8, got {frames.dtype}")
-    n, h, w, _ = frames.shape
-    if n == 0:
-        raise MaskError("the clip has no frames to track the mask through")
-    if not keyframes:
-        raise MaskError("no keyframe mask given; draw the object on at least one frame")
+    n, h, w = check_clip(frames, keyframes)
     out: dict[int, np.ndarray] = {}
     for key in sorted(keyframes):
         idx = int(key)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from vision.errors import MaskError
+from vision.masks import check_clip
 from vision.propagate import ProgressCallback, _warnings
 
 Box = tuple[float, float, float, float]
@@ -205,16 +206,7 @@ class Sam2Tracker:
 
 def _validate(frames: np.ndarray, keyframes: Mapping[int, Prompt]) -> dict[int, Prompt]:
     """Check shapes, indices and prompts; masks come back as bool [h, w], boxes as floats."""
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
-        shape = getattr(frames, "shape", None)
-        raise MaskError(f"frames must be a uint8 array [F, H, W, 3], got shape {shape}")
-    if frames.dtype != np.uint8:
-        raise MaskError(f"frames must be uint8, got {frames.dtype}")
-    n, h, w, _ = frames.shape
-    if n == 0:
-        raise MaskError("the clip has no frames to track the mask through")
-    if not keyframes:
-        raise MaskError("no keyframe mask given; draw the object on at least one frame")
+    n, h, w = check_clip(frames, keyframes)
     out: dict[int, Prompt] = {}
     for key in sorted(keyframes):
         idx = int(key)

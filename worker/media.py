@@ -47,6 +47,16 @@ FORMAT_WHITELIST = ",".join(
 )
 INPUT_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": FORMAT_WHITELIST}
 FFMPEG_QUIET = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+FFPROBE_SAFE = [
+    "ffprobe",
+    "-v",
+    "error",
+    "-protocol_whitelist",
+    "file",
+    "-format_whitelist",
+    FORMAT_WHITELIST,
+]
+"""ffprobe on untrusted input: local files only, real media containers only."""
 
 ProgressFn = Callable[[float, str], None]
 
@@ -197,13 +207,7 @@ def probe(path: Path, require_audio: bool = True) -> Probe:
     path = Path(path)
     sniff(path)
     cmd = [
-        "ffprobe",
-        "-v",
-        "error",
-        "-protocol_whitelist",
-        "file",
-        "-format_whitelist",
-        FORMAT_WHITELIST,
+        *FFPROBE_SAFE,
         "-show_format",
         "-show_streams",
         "-of",

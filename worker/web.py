@@ -180,13 +180,7 @@ def _frame_pts(p: media.Probe) -> tuple[list[int], float]:
     num, den = (int(x) for x in tb.split("/"))
     res = subprocess.run(
         [
-            "ffprobe",
-            "-v",
-            "error",
-            "-protocol_whitelist",
-            "file",
-            "-format_whitelist",
-            media.FORMAT_WHITELIST,
+            *media.FFPROBE_SAFE,
             "-select_streams",
             str(v.index),
             "-show_entries",
