@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,23 @@ sys.path.insert(0, str(ROOT / "examples"))
 from scene import SR, first_mask, make_scene, write_clip  # noqa: E402
 
 SONOMASK = str(Path(sys.executable).parent / "sonomask")
+
+
+def _find_sam_audio_fixture() -> Path:
+    """Fixture A (reference SAM Audio outputs): $SONOMASK_SAM_AUDIO_FIXTURE, else the
+    ``shared/`` folder beside this checkout, else the workplace's /work/shared."""
+    name = Path("fixtures") / "sam_audio_reference_a"
+    candidates = [ROOT.parent / "shared" / name, Path("/work/shared") / name]
+    env = os.environ.get("SONOMASK_SAM_AUDIO_FIXTURE")
+    if env:
+        return Path(env)
+    for c in candidates:
+        if (c / "checkpoint.pt").is_file():
+            return c
+    return candidates[0]
+
+
+SAM_AUDIO_FIXTURE = _find_sam_audio_fixture()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
@@ -122,4 +140,4 @@ def mask_b(media_dir, scene) -> Path:
     return path
 
 
-__all__ = ["SR", "SONOMASK", "run_cli", "ffmpeg", "decode_audio"]
+__all__ = ["SR", "SONOMASK", "SAM_AUDIO_FIXTURE", "run_cli", "ffmpeg", "decode_audio"]

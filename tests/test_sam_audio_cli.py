@@ -4,13 +4,11 @@ the sound is meaningless, the plumbing is real)."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import cv2
 import pytest
 import soundfile as sf
-from conftest import ffmpeg, run_cli
+from conftest import SAM_AUDIO_FIXTURE, ffmpeg, run_cli
 from scene import first_mask, make_scene, write_clip
 
 from worker.config import Settings
@@ -18,12 +16,7 @@ from worker.media import stream_md5
 from worker.pipeline import choose_separator
 from worker.spec import JobSpec
 
-FIXTURE = Path(
-    os.environ.get(
-        "SONOMASK_SAM_AUDIO_FIXTURE",
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sam_audio_reference_a",
-    )
-)
+FIXTURE = SAM_AUDIO_FIXTURE
 pytestmark = pytest.mark.skipif(
     not (FIXTURE / "checkpoint.pt").is_file(), reason=f"SAM Audio fixture A not found at {FIXTURE}"
 )

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import SAM_AUDIO_FIXTURE
 
 from model.sam_audio.codec import (
     CodecCheckpointError,
@@ -24,7 +24,7 @@ from model.sam_audio.codec import (
     DACVAEConfig,
 )
 
-FIXTURE = Path("/work/shared/fixtures/sam_audio_reference_a")
+FIXTURE = SAM_AUDIO_FIXTURE
 PREFIX = "audio_codec."
 ATOL_ENCODE = 1e-5  # README: encoder outputs move by ~2e-7 across thread counts
 ATOL_DECODE = 1e-4  # README: waveforms ~1e-6; the brief's bound is 1e-4

@@ -9,23 +9,16 @@ encoder outputs are computed once per case.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import SAM_AUDIO_FIXTURE
 
 from model.sam_audio import SAMAudio, SAMAudioProcessor
 from model.sam_audio.backend import SamAudioSeparator, load_cached
 from model.separator import Prompt, Span
 
-FIXTURE = Path(
-    os.environ.get(
-        "SONOMASK_SAM_AUDIO_FIXTURE",
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sam_audio_reference_a",
-    )
-)
+FIXTURE = SAM_AUDIO_FIXTURE
 CASES = ["text", "span", "visual", "batch"]
 pytestmark = pytest.mark.skipif(
     not (FIXTURE / "expected.pt").is_file(), reason=f"SAM Audio fixture A not found at {FIXTURE}"

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SAM_AUDIO_FIXTURE
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -28,12 +28,7 @@ from model.sam_audio.model import odeint_final
 from model.sam_audio.text_encoder import T5TextEncoder
 from model.separator import Prompt, Span
 
-FIXTURE = Path(
-    os.environ.get(
-        "SONOMASK_SAM_AUDIO_FIXTURE",
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sam_audio_reference_a",
-    )
-)
+FIXTURE = SAM_AUDIO_FIXTURE
 needs_tokenizer = pytest.mark.skipif(
     not (FIXTURE / "t5" / "tokenizer.json").is_file(), reason="fixture A's T5 tokenizer not found"
 )

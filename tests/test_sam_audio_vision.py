@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SAM_AUDIO_FIXTURE
 
 from model.errors import ModelInputError, ModelLoadError
 from model.sam_audio.vision_encoder import (
@@ -27,7 +28,7 @@ from model.sam_audio.vision_encoder import (
     select_vision_state_dict,
 )
 
-FIXTURE = Path(os.environ.get("SAM_AUDIO_FIXTURE_A", "/work/shared/fixtures/sam_audio_reference_a"))
+FIXTURE = SAM_AUDIO_FIXTURE
 PE_REPO = Path(
     os.environ.get("PERCEPTION_MODELS_GIT", "/work/.mirror/facebookresearch+perception_models/repo")
 )
