@@ -113,3 +113,13 @@ def test_mask_that_is_not_an_image(tmp_path, scene_mp4):
 )
 def test_bad_options(tmp_path, scene_mp4, mask_a, args, expect):
     _check_refused(tmp_path, scene_mp4, mask_a, expect.lower(), *args)
+
+
+def test_video_longer_than_the_limit(tmp_path, scene_mp4, mask_a):
+    import os
+
+    env = {**os.environ, "SONOMASK_MAX_VIDEO_SECONDS": "2"}
+    out = tmp_path / "out"
+    res = run_cli("separate", str(scene_mp4), "--mask", str(mask_a), "--out", str(out), env=env)
+    assert res.returncode == 2 and "SONOMASK_MAX_VIDEO_SECONDS" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -68,6 +68,12 @@ def stage_probe(ws: Workspace, report: StageProgress = _noop) -> None:
     if info.sample_rate <= 0 or info.channels <= 0:
         raise BadInput(f"{p.path.name}: the audio stream has no sample rate or channel count")
     size = p.display_size
+    limit = Settings.from_env().max_video_seconds
+    if p.duration > limit:
+        raise BadInput(
+            f"{p.path.name} is {p.duration:.0f} s long; this service accepts up to {limit:.0f} s "
+            "(SONOMASK_MAX_VIDEO_SECONDS)"
+        )
     warnings = []
     if info.offset_seconds < -0.001:
         warnings.append(
