@@ -109,6 +109,18 @@ def decode_audio(
     return x, sr
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of small-tensor tests: on a shared 2-core machine two
+    contending OpenMP threads were measured several times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("media")

@@ -82,6 +82,21 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.2):
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def service_env(root: Path, redis: Redis, **extra: str) -> dict[str, str]:
+    """The environment every service process of one test shares: its own workspace and Redis
+    databases, the media root ``root/media``, no SAM Audio model, plus ``extra`` settings."""
+    env = {
+        **os.environ,
+        "SONOMASK_WORKSPACE": str(root / "jobs"),
+        "SONOMASK_BROKER_URL": f"{redis.url}/0",
+        "SONOMASK_RESULT_BACKEND": f"{redis.url}/1",
+        "SONOMASK_MEDIA_ROOT": str(root / "media"),
+        **extra,
+    }
+    env.pop("SONOMASK_MODEL", None)
+    return env
+
+
 class Worker:
     """A real `sonomask worker` (Celery prefork) process group."""
 

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from conftest import run_cli
 from scene import first_mask, make_scene, write_clip
-from service import Redis, Server, Worker, free_port, wait_for
+from service import Redis, Server, Worker, free_port, service_env, wait_for
 
 from worker.media import stream_md5
 
@@ -32,17 +32,13 @@ def svc(tmp_path_factory):
     redis.start()
     media_root = root / "media"
     media_root.mkdir()
-    env = {
-        **os.environ,
-        "SONOMASK_WORKSPACE": str(root / "jobs"),
-        "SONOMASK_BROKER_URL": f"{redis.url}/0",
-        "SONOMASK_RESULT_BACKEND": f"{redis.url}/1",
-        "SONOMASK_VISIBILITY_TIMEOUT": "8",
-        "SONOMASK_MEDIA_ROOT": str(media_root),
-        "SONOMASK_API_TOKEN": TOKEN,
-        "SONOMASK_MAX_UPLOAD_BYTES": str(3_000_000),
-    }
-    env.pop("SONOMASK_MODEL", None)
+    env = service_env(
+        root,
+        redis,
+        SONOMASK_VISIBILITY_TIMEOUT="8",
+        SONOMASK_API_TOKEN=TOKEN,
+        SONOMASK_MAX_UPLOAD_BYTES=str(3_000_000),
+    )
     logs = root / "logs"
     logs.mkdir()
 

@@ -26,13 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One torch thread: these tensors are small and the test machine is shared, where two
-    contending OpenMP threads were measured several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def single_thread(one_torch_thread):
+    """These tensors are small: one torch thread (see conftest.one_torch_thread)."""
 
 
 def maxerr(a: torch.Tensor, b: torch.Tensor) -> float:

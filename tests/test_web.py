@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 from scene import first_mask, make_scene, write_clip
-from service import Redis, Server, Worker
+from service import Redis, Server, Worker, service_env
 
 from worker import media
 from worker.spec import JobSpec
@@ -360,15 +360,7 @@ def live(tmp_path_factory):
     redis.start()
     media_root = root / "media"
     media_root.mkdir()
-    env = {
-        **os.environ,
-        "SONOMASK_WORKSPACE": str(root / "jobs"),
-        "SONOMASK_BROKER_URL": f"{redis.url}/0",
-        "SONOMASK_RESULT_BACKEND": f"{redis.url}/1",
-        "SONOMASK_MEDIA_ROOT": str(media_root),
-        "SONOMASK_API_TOKEN": TOKEN,
-    }
-    env.pop("SONOMASK_MODEL", None)
+    env = service_env(root, redis, SONOMASK_API_TOKEN=TOKEN)
     (root / "logs").mkdir()
     server = Server(env, root / "logs" / "api.log")
     worker = Worker(env, "cpu,gpu", "web@test", root / "logs" / "worker.log", concurrency=1)
