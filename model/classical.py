@@ -311,6 +311,9 @@ class ClassicalSeparator:
     """Weight-free separation by prompt-steered NMF (see the module docstring)."""
 
     name = "classical"
+    window_seconds = 60.0
+    """A long job is separated in windows this long (the worker cuts them; see model.windows)."""
+    overlap_seconds = 2.0
 
     def __init__(self, n_components: int = N_COMPONENTS, seed: int = SEED) -> None:
         self.n_components = n_components

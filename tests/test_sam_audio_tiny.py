@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 import model.sam_audio.backend as backend
 import model.sam_audio.model as sam_model
+import model.windows as windows
 from model.errors import ModelInputError, ModelLoadError
 from model.sam_audio import ConfigError, SAMAudio, SAMAudioConfig, SAMAudioProcessor
 from model.sam_audio.model import odeint_final
@@ -482,18 +483,17 @@ def test_processor_input_errors():
 
 
 def test_plan_windows_and_gains():
-    assert backend.plan_windows(1000, 2000, 200) == [(0, 1000)]
-    w = backend.plan_windows(10_000, 3000, 1000)
+    assert windows.plan_windows(1000, 2000, 200) == [(0, 1000)]
+    w = windows.plan_windows(10_000, 3000, 1000)
     assert w[0] == (0, 3000) and w[-1] == (7000, 10_000)
     assert all(e - s == 3000 for s, e in w)
     assert all(w[i + 1][0] < w[i][1] for i in range(len(w) - 1))  # overlapping, no gaps
-    gains = backend.window_gains(w)
-    power = np.zeros(10_000)
-    for (s, e), g in zip(w, gains, strict=True):
-        power[s:e] += g.astype(np.float64) ** 2
-    np.testing.assert_allclose(power, 1.0, atol=1e-6)  # equal-power crossfades
+    total = np.zeros(10_000)
+    for i, (s, e) in enumerate(w):
+        total[s:e] += windows.crossfade_gains(w, i).astype(np.float64)
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)  # the mixture comes back unchanged
     with pytest.raises(ModelInputError):
-        backend.plan_windows(100, 10, 10)
+        windows.plan_windows(100, 10, 10)
 
 
 def test_pick_frames_and_window_anchors():
@@ -505,8 +505,8 @@ def test_pick_frames_and_window_anchors():
     assert idx.tolist() == [38, 40]
     assert backend.pick_frames(times, np.array([5.0]), 5.0, 6.0) is None
     spans = [Span("+", 0.5, 1.5), Span("-", 3.0, 4.0)]
-    assert backend.window_anchors(spans, 1.0, 2.0) == [("+", 0.0, 0.5)]
-    assert backend.window_anchors(spans, 2.0, 3.0) is None
+    assert windows.clip_spans(spans, 1.0, 2.0) == [Span("+", 0.0, 0.5)]
+    assert windows.clip_spans(spans, 2.0, 3.0) == []
 
 
 @needs_tokenizer

@@ -266,11 +266,10 @@ def test_object_lost_on_every_frame_is_an_error(tmp_path, odd_clip, monkeypatch)
     clip, mask, _ = odd_clip
     monkeypatch.setenv("SONOMASK_WORKSPACE", str(tmp_path / "ws"))
 
-    def lost(frames, keys, progress=None):
-        masks = np.zeros(frames.shape[:3], np.uint8)
-        for k, m in keys.items():
-            masks[k] = m
-        return masks, []
+    def lost(frames, keys, progress=None, out=None):
+        for t in range(frames.shape[0]):  # a tracker that finds nothing but the keyframe
+            out[t] = keys[t] if t in keys else np.zeros(frames.shape[1:3], np.uint8)
+        return out, []
 
     monkeypatch.setattr(pipeline.vpropagate, "propagate", lost)
     spec = JobSpec.build(video=str(clip), masks=[str(mask)])

@@ -194,11 +194,14 @@ def resize_masks(masks: np.ndarray, size: Size) -> np.ndarray:
 
 
 def check_clip(frames: np.ndarray, keyframes: object) -> tuple[int, int, int]:
-    """The (frames, height, width) of a clip a tracker can run on, or a MaskError saying why."""
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
-        shape = getattr(frames, "shape", None)
+    """The (frames, height, width) of a clip a tracker can run on, or a MaskError saying why.
+
+    Any frame source with an ndarray's ``shape``, ``dtype`` and ``frames[t]`` will do (a
+    file read frame by frame for a long clip)."""
+    shape = getattr(frames, "shape", None)
+    if shape is None or len(shape) != 4 or shape[-1] != 3 or not hasattr(frames, "__getitem__"):
         raise MaskError(f"frames must be a uint8 array [F, H, W, 3], got shape {shape}")
-    if frames.dtype != np.uint8:
+    if getattr(frames, "dtype", None) != np.uint8:
         raise MaskError(f"frames must be uint8, got {frames.dtype}")
     n, h, w, _ = frames.shape
     if n == 0:

@@ -96,29 +96,55 @@ def motion_activity(frames: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, 
     """
     n, h, w = _check_frames(frames, "motion activity")
     m = _masks_at(masks, n, h, w, "motion activity")
-    obj = np.zeros(n, dtype=np.float32)
-    bg = np.zeros(n, dtype=np.float32)
-    if n < 2:
+    meter = MotionMeter(h, w)
+    for t in range(n):
+        meter.add(frames[t], m[t])
+    return meter.result()
+
+
+class MotionMeter:
+    """``motion_activity`` one frame at a time, for clips too long to hold: ``add`` each
+    frame with its mask (bool [h, w], at the frame's size) in order, then ``result``."""
+
+    def __init__(self, h: int, w: int) -> None:
+        self.size = (h, w)
+        self._kernel = _dilation_kernel(h, w)
+        self._obj: list[float] = []
+        self._bg: list[float] = []
+        self._prev: tuple[np.ndarray, np.ndarray, tuple[float, float, float]] | None = None
+
+    def add(self, frame: np.ndarray, mask: np.ndarray) -> None:
+        if frame.shape[:2] != self.size or mask.shape != self.size:
+            raise MaskError(
+                f"motion activity: frame {frame.shape[:2]} and mask {mask.shape} must both be "
+                f"{self.size}"
+            )
+        mask = mask != 0
+        cur = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+        cur = cur.astype(np.float32) / 255.0
+        stats = _mask_stats(mask)
+        if self._prev is None:
+            self._obj.append(0.0)
+            self._bg.append(0.0)
+        else:
+            prev, prev_mask, prev_stats = self._prev
+            diff = np.abs(cur - prev)
+            region = cv2.dilate((mask | prev_mask).astype(np.uint8), self._kernel) != 0
+            inside = int(region.sum())
+            outside = region.size - inside
+            total = float(diff.sum())
+            in_sum = float(diff[region].sum()) if inside else 0.0
+            self._obj.append(in_sum / inside + _shape_change(prev_stats, stats) if inside else 0.0)
+            self._bg.append((total - in_sum) / outside if outside else 0.0)
+        self._prev = (cur, mask, stats)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(object, background), float32 [frames added]; frame 0 takes frame 1's values."""
+        obj = np.asarray(self._obj, dtype=np.float32)
+        bg = np.asarray(self._bg, dtype=np.float32)
+        if len(obj) >= 2:
+            obj[0], bg[0] = obj[1], bg[1]
         return obj, bg
-    kernel = _dilation_kernel(h, w)
-    prev = cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    prev_stats = _mask_stats(m[0])
-    for t in range(1, n):
-        cur = cv2.cvtColor(frames[t], cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-        diff = np.abs(cur - prev)
-        region = cv2.dilate((m[t] | m[t - 1]).astype(np.uint8), kernel) != 0
-        inside = int(region.sum())
-        outside = region.size - inside
-        total = float(diff.sum())
-        in_sum = float(diff[region].sum()) if inside else 0.0
-        stats = _mask_stats(m[t])
-        if inside:
-            obj[t] = in_sum / inside + _shape_change(prev_stats, stats)
-        if outside:
-            bg[t] = (total - in_sum) / outside
-        prev, prev_stats = cur, stats
-    obj[0], bg[0] = obj[1], bg[1]
-    return obj, bg
 
 
 def _mask_stats(mask: np.ndarray) -> tuple[float, float, float]:

@@ -40,6 +40,8 @@ thresholded, so edges are smooth); keyframes keep the user's mask exactly.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 
 import cv2
@@ -935,10 +937,27 @@ def _touches_border(mask: np.ndarray) -> bool:
     return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
-def _warnings(masks: np.ndarray, keys: dict[int, np.ndarray], ref_area: np.ndarray) -> list[str]:
+class MaskSink:
+    """Where a tracker puts each frame's mask: an array, or any object taking ``out[t] = mask``
+    (a file written row by row for a long clip). Each frame's area and whether it touches
+    the border are kept as they are written, so the warnings need no second pass."""
+
+    def __init__(self, n: int, h: int, w: int, out: object | None = None) -> None:
+        self.masks = out if out is not None else np.zeros((n, h, w), dtype=np.uint8)
+        self.areas = np.zeros(n, dtype=np.int64)
+        self.border = np.zeros(n, dtype=bool)
+
+    def put(self, t: int, mask: np.ndarray) -> None:
+        mask = np.asarray(mask, dtype=np.uint8)
+        self.masks[t] = mask
+        self.areas[t] = int(np.count_nonzero(mask))
+        self.border[t] = _touches_border(mask)
+
+
+def _warnings(sink: MaskSink, keys: Mapping[int, object], ref_area: np.ndarray) -> list[str]:
     """Human-readable notes on frames where the object was lost or the mask drifted."""
-    n = masks.shape[0]
-    areas = masks.reshape(n, -1).sum(axis=1, dtype=np.int64)
+    areas, border = sink.areas, sink.border
+    n = len(areas)
     lost = [i for i in range(n) if areas[i] == 0]
     out: list[str] = []
     if lost and len(lost) == n - len(keys):
@@ -951,11 +970,7 @@ def _warnings(masks: np.ndarray, keys: dict[int, np.ndarray], ref_area: np.ndarr
         runs = _runs(lost)
         # A run that starts or ends next to a mask touching the frame border most likely
         # means the object went out of the picture rather than that tracking failed.
-        exited = any(
-            (a > 0 and _touches_border(masks[a - 1]))
-            or (b < n - 1 and _touches_border(masks[b + 1]))
-            for a, b in runs
-        )
+        exited = any((a > 0 and border[a - 1]) or (b < n - 1 and border[b + 1]) for a, b in runs)
         word = "frame" if len(lost) == 1 else "frames"
         hint = " (it left the frame)" if exited else ""
         out.append(f"object lost{hint} on {word} {_fmt_runs(runs)}")
@@ -965,7 +980,7 @@ def _warnings(masks: np.ndarray, keys: dict[int, np.ndarray], ref_area: np.ndarr
         if areas[i] > 0
         and (
             areas[i] > _AREA_DRIFT_FACTOR * ref_area[i]
-            or (areas[i] * _AREA_DRIFT_FACTOR < ref_area[i] and not _touches_border(masks[i]))
+            or (areas[i] * _AREA_DRIFT_FACTOR < ref_area[i] and not border[i])
         )
     ]
     if drift:
@@ -976,6 +991,42 @@ def _warnings(masks: np.ndarray, keys: dict[int, np.ndarray], ref_area: np.ndarr
     return out
 
 
+class _SoftSpill:
+    """Soft masks parked between a forward and a backward pass, on an anonymous temporary
+    file: two keyframes an hour apart must not hold an hour of masks in memory."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="sonomask-soft-")
+        self._index: dict[int, tuple[int, int, int, int, int]] = {}
+        self._end = 0
+
+    def put(self, t: int, soft: np.ndarray) -> None:
+        if not (soft > 0.5).any():
+            return
+        rows = np.nonzero(soft.any(axis=1))[0]
+        cols = np.nonzero(soft.any(axis=0))[0]
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        crop = np.clip(soft[y0:y1, x0:x1] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        os.pwrite(self._file.fileno(), crop.tobytes(), self._end)
+        self._index[t] = (y0, y1, x0, x1, self._end)
+        self._end += crop.size
+
+    def pop(self, t: int, shape: tuple[int, int]) -> np.ndarray | None:
+        """The soft mask parked for frame ``t`` (float32 ``shape``), or None if it was empty."""
+        entry = self._index.pop(t, None)
+        if entry is None:
+            return None
+        y0, y1, x0, x1, at = entry
+        data = os.pread(self._file.fileno(), (y1 - y0) * (x1 - x0), at)
+        soft = np.zeros(shape, dtype=np.float32)
+        crop = np.frombuffer(data, dtype=np.uint8).reshape(y1 - y0, x1 - x0)
+        soft[y0:y1, x0:x1] = crop.astype(np.float32) / 255.0
+        return soft
+
+    def close(self) -> None:
+        self._file.close()
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -983,12 +1034,16 @@ def propagate(
     frames: np.ndarray,
     keyframes: Mapping[int, np.ndarray],
     progress: ProgressCallback | None = None,
+    out: object | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Track keyframe mask(s) through every frame with dense optical flow.
 
-    frames: uint8 [F, h, w, 3] RGB (any size; the tracker works at <= 480 px internally).
-    keyframes: frame index -> mask [h, w] (non-zero = object). Returns (masks uint8
-    [F, h, w] 1 = object, warnings).
+    frames: uint8 [F, h, w, 3] RGB (any size; the tracker works at <= 480 px internally),
+    an array or anything with ``shape``/``dtype`` that returns a frame for ``frames[t]``.
+    keyframes: frame index -> mask [h, w] (non-zero = object). out: where the masks go
+    (default: a new array), anything taking ``out[t] = mask``; a long clip passes a file
+    written row by row, so memory does not grow with the clip's length. Returns (the
+    masks, uint8 [F, h, w] 1 = object, i.e. ``out``; warnings).
 
     Frames before the first keyframe are tracked backward from it, frames after the last
     forward from it; frames between two keyframes blend both soft masks by distance (or
@@ -1000,13 +1055,14 @@ def propagate(
     n = frames.shape[0]
     h, w = frames.shape[1:3]
     work = _Frames(frames)
-    masks = np.zeros((n, h, w), dtype=np.uint8)
+    sink = MaskSink(n, h, w, out)
     ref_area = np.zeros(n, dtype=np.float64)  # area of the keyframe each frame leans on
     order = list(keys)
     for k in order:
-        masks[k] = keys[k]
+        sink.put(k, keys[k])
+        ref_area[k] = keys[k].sum()
     if len(order) == n:  # every frame is a keyframe (or the clip is one frame)
-        return masks, []
+        return sink.masks, []
 
     total = order[0] + (n - 1 - order[-1])
     total += sum(2 * (b - a - 1) for a, b in zip(order, order[1:], strict=False))
@@ -1029,55 +1085,50 @@ def propagate(
 
     first, last = order[0], order[-1]
     for t, soft in chain(first, -1, -1, f"tracking backward from frame {first}"):
-        masks[t] = _clean(work.to_full(soft), float(keys[first].sum()))
+        sink.put(t, _clean(work.to_full(soft), float(keys[first].sum())))
         ref_area[t] = keys[first].sum()
-    for t, soft in chain(last, n, 1, f"tracking forward from frame {last}"):
-        masks[t] = _clean(work.to_full(soft), float(keys[last].sum()))
-        ref_area[t] = keys[last].sum()
     for a, b in zip(order, order[1:], strict=False):
         if b - a < 2:
             continue
-        # Forward soft masks, kept as uint8 crops of their non-zero box to bound memory.
-        fwd: dict[int, tuple[int, int, int, int, np.ndarray]] = {}
-        for t, soft in chain(a, b, 1, f"tracking frames {a}\u2013{b}"):
-            if (soft > 0.5).any():
-                rows = np.nonzero(soft.any(axis=1))[0]
-                cols = np.nonzero(soft.any(axis=0))[0]
-                y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-                crop = np.clip(soft[y0:y1, x0:x1] * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                fwd[t] = (y0, y1, x0, x1, crop)
-        area_a, area_b = keys[a].sum(), keys[b].sum()
-        for t, soft in chain(b, a, -1, f"tracking frames {a}\u2013{b}"):
-            wa = (b - t) / (b - a)  # weight of keyframe a: 1 next to a, 0 next to b
-            from_a = fwd.pop(t, None)
-            if from_a is None:  # the forward chain lost it: the backward one alone
-                blended = soft
-            else:
-                y0, y1, x0, x1, crop = from_a
-                soft_a = np.zeros_like(soft)
-                soft_a[y0:y1, x0:x1] = crop.astype(np.float32) / 255.0
-                blended = wa * soft_a + (1.0 - wa) * soft if (soft > 0.5).any() else soft_a
-            masks[t] = _clean(work.to_full(blended), float(max(area_a, area_b)))
-            ref_area[t] = wa * area_a + (1.0 - wa) * area_b
-    for k in order:
-        ref_area[k] = keys[k].sum()
+        fwd = _SoftSpill()
+        try:
+            for t, soft in chain(a, b, 1, f"tracking frames {a}\u2013{b}"):
+                fwd.put(t, soft)
+            area_a, area_b = keys[a].sum(), keys[b].sum()
+            for t, soft in chain(b, a, -1, f"tracking frames {a}\u2013{b}"):
+                wa = (b - t) / (b - a)  # weight of keyframe a: 1 next to a, 0 next to b
+                soft_a = fwd.pop(t, soft.shape)
+                if soft_a is None:  # the forward chain lost it: the backward one alone
+                    blended = soft
+                else:
+                    blended = wa * soft_a + (1.0 - wa) * soft if (soft > 0.5).any() else soft_a
+                sink.put(t, _clean(work.to_full(blended), float(max(area_a, area_b))))
+                ref_area[t] = wa * area_a + (1.0 - wa) * area_b
+        finally:
+            fwd.close()
+    for t, soft in chain(last, n, 1, f"tracking forward from frame {last}"):
+        sink.put(t, _clean(work.to_full(soft), float(keys[last].sum())))
+        ref_area[t] = keys[last].sum()
     if progress is not None and done != total:
         progress(1.0, "tracking done")
-    return masks, _warnings(masks, keys, ref_area)
+    return sink.masks, _warnings(sink, keys, ref_area)
 
 
-def copy_first(frames: np.ndarray, keyframes: Mapping[int, np.ndarray]) -> np.ndarray:
+def copy_first(
+    frames: np.ndarray, keyframes: Mapping[int, np.ndarray], out: object | None = None
+) -> np.ndarray:
     """Baseline "tracker": every frame gets its nearest keyframe's mask unchanged.
 
-    Returns uint8 [F, h, w] (1 = object), validated like ``propagate``. It is what no
-    tracking at all scores in tests and benchmarks, and a safe choice for shots where the
-    object does not move (ties go to the earlier keyframe).
+    Returns uint8 [F, h, w] (1 = object; ``out`` when given, as in ``propagate``),
+    validated like ``propagate``. It is what no tracking at all scores in tests and
+    benchmarks, and a safe choice for shots where the object does not move (ties go to the
+    earlier keyframe).
     """
     keys = _validate(frames, keyframes)
     n, h, w, _ = frames.shape
     order = np.array(list(keys))
-    nearest = order[np.argmin(np.abs(np.arange(n)[:, None] - order[None, :]), axis=1)]
-    masks = np.empty((n, h, w), dtype=np.uint8)
+    sink = MaskSink(n, h, w, out)
     for t in range(n):
-        masks[t] = keys[int(nearest[t])]
-    return masks
+        nearest = int(order[np.argmin(np.abs(order - t))])
+        sink.put(t, keys[nearest])
+    return sink.masks

@@ -32,7 +32,7 @@ import numpy as np
 
 from vision.errors import MaskError
 from vision.masks import check_clip
-from vision.propagate import ProgressCallback, _warnings
+from vision.propagate import MaskSink, ProgressCallback, _warnings
 
 Box = tuple[float, float, float, float]
 """(x0, y0, x1, y1) in pixels of the frames given to the tracker."""
@@ -107,15 +107,17 @@ class Sam2Tracker:
         frames: np.ndarray,
         keyframes: Mapping[int, Prompt],
         progress: ProgressCallback | None = None,
+        out: object | None = None,
     ) -> tuple[np.ndarray, list[str]]:
         """Track the keyframe prompt(s) through every frame.
 
-        frames: uint8 [F, h, w, 3] RGB (a memmap is fine). keyframes: frame index -> mask
-        [h, w] or box (x0, y0, x1, y1). Returns (masks uint8 [F, h, w], warnings).
+        frames: uint8 [F, h, w, 3] RGB (an array or a file read frame by frame). keyframes:
+        frame index -> mask [h, w] or box (x0, y0, x1, y1). out: where the masks go, as in
+        ``vision.propagate.propagate``. Returns (masks uint8 [F, h, w], warnings).
         """
         keys = _validate(frames, keyframes)
         n, h, w = frames.shape[:3]
-        masks = np.zeros((n, h, w), np.uint8)
+        sink = MaskSink(n, h, w, out)
         order = sorted(keys)
         first = order[0]
         total = max(1, n - 1)
@@ -127,26 +129,23 @@ class Sam2Tracker:
             if progress is not None and (done % max(1, total // 100) == 0 or done == total):
                 progress(min(1.0, done / total), msg)
 
+        exact = {k: v for k, v in keys.items() if isinstance(v, np.ndarray)}
         for t, m in self._stream(frames, keys, range(first, n), reverse=False):
-            masks[t] = m
+            sink.put(t, exact.get(t, m))
             if t != first:
                 tick(f"SAM 2 tracking forward from frame {first}")
         if first > 0:
             only_first = {first: keys[first]}
             for t, m in self._stream(frames, only_first, range(first, -1, -1), reverse=True):
                 if t != first:
-                    masks[t] = m
+                    sink.put(t, m)
                     tick(f"SAM 2 tracking backward from frame {first}")
-        exact = {k: v for k, v in keys.items() if isinstance(v, np.ndarray)}
-        for k, m in exact.items():
-            masks[k] = m
         if progress is not None and done != total:
             progress(1.0, "tracking done")
         ref_area = np.zeros(n)
-        areas = {k: float(masks[k].sum()) for k in order}
         for t in range(n):
-            ref_area[t] = areas[min(order, key=lambda k: abs(k - t))]
-        return masks, _warnings(masks, {k: masks[k] != 0 for k in order}, ref_area)
+            ref_area[t] = sink.areas[min(order, key=lambda k: abs(k - t))]
+        return sink.masks, _warnings(sink, order, ref_area)
 
     def _stream(
         self, frames: np.ndarray, prompts: Mapping[int, Prompt], order: range, reverse: bool

@@ -16,6 +16,7 @@ class Settings:
     broker_url: str
     result_backend: str
     max_video_seconds: float
+    window_seconds: float | None  # separation window; None = the backend's own
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -28,4 +29,7 @@ class Settings:
             broker_url=env.get("SONOMASK_BROKER_URL", "redis://127.0.0.1:6379/0"),
             result_backend=env.get("SONOMASK_RESULT_BACKEND", "redis://127.0.0.1:6379/1"),
             max_video_seconds=float(env.get("SONOMASK_MAX_VIDEO_SECONDS", 4 * 3600)),
+            window_seconds=float(env["SONOMASK_WINDOW_SECONDS"])
+            if env.get("SONOMASK_WINDOW_SECONDS")
+            else None,
         )

@@ -369,15 +369,6 @@ def mixdown_for_model(source_wav: Path, out_wav: Path, rate: int) -> None:
 # --------------------------------------------------------------------------- frames
 
 
-@dataclass
-class Frames:
-    """Decoded frames at working resolution, as a memory map, with their times in seconds."""
-
-    data: np.ndarray  # uint8 [F, h, w, 3]
-    times: np.ndarray  # float64 [F], seconds from frame 0
-    display_size: tuple[int, int]  # (W, H) of the source as shown
-
-
 def working_size(display: tuple[int, int], max_side: int = 480) -> tuple[int, int]:
     """Downscaled (w, h), even, keeping the aspect ratio; never upscaled."""
     w, h = display
@@ -432,11 +423,6 @@ def _video_index_among(p: Probe) -> str:
     """ffmpeg stream specifier of the main video stream (v:N among video streams)."""
     vids = [s for s in p.streams if s.kind == "video"]
     return f"v:{vids.index(p.video)}"
-
-
-def load_frames(raw: Path, count: int, size: tuple[int, int]) -> np.ndarray:
-    w, h = size
-    return np.memmap(raw, dtype=np.uint8, mode="r", shape=(count, h, w, 3))
 
 
 # --------------------------------------------------------------------------- remux

@@ -27,11 +27,13 @@ import numpy as np
 import soundfile as sf
 
 from model.separator import MODEL_SAMPLE_RATE, Prompt, Separation, Separator, Span
+from model.windows import crossfade_gains, plan_windows, window_prompt
 from vision import masks as vmasks
 from vision import prompt as vprompt
 from vision import propagate as vpropagate
 from vision.preview import draw_overlay
-from worker import media
+from worker import arrays, media
+from worker.arrays import RowFile
 from worker.config import Settings
 from worker.errors import BadInput, SonomaskError, as_sonomask_error
 from worker.spec import JobSpec
@@ -44,6 +46,11 @@ STEMS_MODEL = ("stems_target.npy", "stems_residual.npy")  # mono 48 kHz, from th
 RESTORE_BLOCK_SECONDS = 30.0
 RESTORE_MARGIN_SECONDS = 0.5
 FEATURE_RATE = 25.0  # SAM Audio's latent frame rate: 48 kHz / hop 1920.
+FEATURE_HOP = 1920
+WINDOW_SECONDS = 60.0  # separation window when the backend names none
+WINDOW_OVERLAP_SECONDS = 2.0
+WINDOWS_DIR = "windows"  # one finished file per separated window (resume point)
+WINDOWS_PLAN = "windows.json"
 MIN_AUDIO_FRACTION = 0.9  # below this share of the declared duration the file is truncated.
 
 
@@ -145,10 +152,11 @@ def decode_working_frames(
     ws.update_manifest(frames={"count": len(times), "working_size": list(wsize)})
 
 
-def _frames(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
+def _frames(ws: Workspace) -> tuple[RowFile, np.ndarray]:
+    """The working frames, read frame by frame from disk, and their times."""
     times = np.load(ws.file("frame_times.npy"))
-    wsize = tuple(ws.manifest()["frames"]["working_size"])
-    return media.load_frames(ws.file("frames.raw"), len(times), wsize), times
+    w, h = ws.manifest()["frames"]["working_size"]
+    return RowFile(ws.file("frames.raw"), (len(times), h, w, 3), np.uint8), times
 
 
 def _load_keyframe_mask(k: Any, size: tuple[int, int]) -> np.ndarray:
@@ -190,88 +198,152 @@ def stage_track(ws: Workspace, report: StageProgress = _noop) -> None:
         if k.box is not None:
             boxes[idx] = k.box
     prog = _stage_progress(report, "track")
-    if spec.tracker == "copy":
-        work, warnings = vpropagate.copy_first(frames, keyframes), []
-    elif spec.tracker == "sam2":
-        from vision import sam2_tracker
+    tracker_options: Any = None
+    if spec.tracker == "sam2":
+        tracker_options = _load_sam2(spec, keyframes, boxes, full_keyframes, wsize, size)
+    # Masks go straight to disk as they are made: memory stays flat however long the clip.
+    with ws.atomic("masks_work.npy") as work_tmp:
+        work = arrays.create_npy(work_tmp, (n, wsize[1], wsize[0]), np.uint8)
+        with work:
+            if spec.tracker == "copy":
+                vpropagate.copy_first(frames, keyframes, out=work)
+                warnings: list[str] = []
+            elif spec.tracker == "sam2":
+                tracker, prompts = tracker_options
+                _, warnings = tracker.propagate(frames, prompts, progress=prog, out=work)
+            else:
+                _, warnings = vpropagate.propagate(frames, keyframes, progress=prog, out=work)
+            with ws.atomic("masks.npz") as full_tmp:
+                found = write_full_masks(full_tmp, work, size, full_keyframes)
+                others = np.ones(n, dtype=bool)
+                others[list(keyframes)] = False
+                if others.any() and not found[others].any():
+                    from vision.errors import MaskError
 
-        source = spec.tracker_model or os.environ.get("SONOMASK_TRACKER_MODEL")
-        if not source:
-            raise BadInput(
-                "--tracker sam2 needs SAM 2 weights: give --tracker-model (a folder saved by "
-                "transformers, or a Hub id such as facebook/sam2.1-hiera-tiny in the Hugging Face "
-                "cache) or set SONOMASK_TRACKER_MODEL"
-            )
-        try:
-            tracker = sam2_tracker.load(source, Settings.from_env().device or "auto")
-        except sam2_tracker.TrackerLoadError as exc:
-            raise BadInput(str(exc)) from None
-        # A box prompts SAM 2 as a box (it segments the object inside); its output on the
-        # keyframe is then the mask, not the rectangle.
-        prompts: dict[int, Any] = dict(keyframes)
-        sx, sy = wsize[0] / size[0], wsize[1] / size[1]
-        for idx, (x0, y0, x1, y1) in boxes.items():
-            prompts[idx] = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-            full_keyframes.pop(idx)
-        work, warnings = tracker.propagate(frames, prompts, progress=prog)
-    else:
-        work, warnings = vpropagate.propagate(frames, keyframes, progress=prog)
-    others = [i for i in range(n) if i not in keyframes]
-    if others and not any(work[i].any() for i in others):
-        from vision.errors import MaskError
-
-        raise MaskError(
-            "the object was lost on every frame but the keyframe(s): the tracker could not "
-            "follow it. Check that the mask covers the object on its frame, or add keyframes"
-        )
-    ws.write_npy("masks_work.npy", work.astype(np.uint8))
-    write_full_masks(ws, "masks.npz", work, size, full_keyframes)
+                    raise MaskError(
+                        "the object was lost on every frame but the keyframe(s): the tracker "
+                        "could not follow it. Check that the mask covers the object on its "
+                        "frame, or add keyframes"
+                    )
     ws.update_manifest(track_warnings=warnings)
     report("track", 1.0, "tracked")
 
 
+def _load_sam2(
+    spec: JobSpec,
+    keyframes: dict[int, np.ndarray],
+    boxes: dict[int, tuple[float, float, float, float]],
+    full_keyframes: dict[int, np.ndarray],
+    wsize: tuple[int, int],
+    size: tuple[int, int],
+) -> tuple[Any, dict[int, Any]]:
+    """The SAM 2 tracker and its prompts (a box keyframe prompts it as a box)."""
+    from vision import sam2_tracker
+
+    source = spec.tracker_model or os.environ.get("SONOMASK_TRACKER_MODEL")
+    if not source:
+        raise BadInput(
+            "--tracker sam2 needs SAM 2 weights: give --tracker-model (a folder saved by "
+            "transformers, or a Hub id such as facebook/sam2.1-hiera-tiny in the Hugging Face "
+            "cache) or set SONOMASK_TRACKER_MODEL"
+        )
+    try:
+        tracker = sam2_tracker.load(source, Settings.from_env().device or "auto")
+    except sam2_tracker.TrackerLoadError as exc:
+        raise BadInput(str(exc)) from None
+    # A box prompts SAM 2 as a box (it segments the object inside); its output on the
+    # keyframe is then the mask, not the rectangle.
+    prompts: dict[int, Any] = dict(keyframes)
+    sx, sy = wsize[0] / size[0], wsize[1] / size[1]
+    for idx, (x0, y0, x1, y1) in boxes.items():
+        prompts[idx] = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        full_keyframes.pop(idx)
+    return tracker, prompts
+
+
+MASK_CHUNK = 256  # frames of masks read, resized or written at a time
+
+
 def write_full_masks(
-    ws: Workspace,
-    name: str,
-    work: np.ndarray,
+    path: Path,
+    work: RowFile | np.ndarray,
     size: tuple[int, int],
     exact: dict[int, np.ndarray],
-) -> None:
-    """Stream full-size masks into ``name`` (npz, key ``masks``) one frame at a time.
+) -> np.ndarray:
+    """Stream full-size masks into the npz ``path`` (key ``masks``), a chunk at a time.
 
     Full-resolution masks of a long clip do not fit comfortably in memory, so the .npy
     inside the zip is written incrementally; keyframes keep the user's exact mask.
+    Returns whether each frame's mask holds any object pixel.
     """
     w, h = size
     n = len(work)
+    found = np.zeros(n, dtype=bool)
     header = {"descr": "|u1", "fortran_order": False, "shape": (n, h, w)}
-    with ws.atomic(name) as tmp:
-        with zipfile.ZipFile(
-            tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1, allowZip64=True
-        ) as zf:
-            with zf.open("masks.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_1_0(f, header)
-                for i in range(n):
+    with zipfile.ZipFile(
+        path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1, allowZip64=True
+    ) as zf:
+        with zf.open("masks.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for lo in range(0, n, MASK_CHUNK):
+                chunk = np.asarray(work[lo : lo + MASK_CHUNK])
+                for i, small in enumerate(chunk, start=lo):
                     m = exact.get(i)
                     if m is None:
-                        m = vmasks.resize_masks(work[i : i + 1], size)[0]
-                    f.write(np.ascontiguousarray(m, dtype=np.uint8).tobytes())
+                        m = vmasks.resize_masks(small[None], size)[0]
+                    m = np.ascontiguousarray(m, dtype=np.uint8)
+                    found[i] = bool(m.any())
+                    f.write(m.tobytes())
+    return found
 
 
 def stage_prompt(ws: Workspace, report: StageProgress = _noop) -> None:
-    """Masked frames at the model's feature rate, and the object's motion over time."""
-    if ws.has("prompt_video.npy", "prompt_times.npy", "activity.npz"):
+    """The object's motion over time, and which frame the model sees at each feature step.
+
+    The masked frames themselves are built window by window in the separate stage from
+    the working frames and masks (``MaskedFrames``): a second copy of the whole clip on
+    disk would cost as much as the frames and buy nothing.
+    """
+    if ws.has("prompt_index.npy", "prompt_times.npy", "activity.npz"):
         return
     frames, times = _frames(ws)
-    masks = np.load(ws.file("masks_work.npy"), mmap_mode="r")
+    n = len(times)
     duration = sf.info(str(ws.file("audio_model.wav"))).duration
     t = np.arange(0.0, max(duration, 1.0 / FEATURE_RATE), 1.0 / FEATURE_RATE)
-    idx = np.clip(np.searchsorted(times, t + 1e-6, side="right") - 1, 0, len(times) - 1)
-    ws.write_npy("prompt_video.npy", vprompt.masked_video_for_model(frames[idx], masks[idx]))
+    idx = np.clip(np.searchsorted(times, t + 1e-6, side="right") - 1, 0, n - 1)
+    ws.write_npy("prompt_index.npy", idx.astype(np.int64))
     ws.write_npy("prompt_times.npy", t)
-    obj, bg = vprompt.motion_activity(frames, masks)
+    meter = vprompt.MotionMeter(*frames.shape[1:3])
+    with arrays.open_npy(ws.file("masks_work.npy")) as masks:
+        for lo in range(0, n, MASK_CHUNK):
+            chunk, mchunk = frames.read(lo, lo + MASK_CHUNK), masks.read(lo, lo + MASK_CHUNK)
+            for frame, mask in zip(chunk, mchunk, strict=True):
+                meter.add(frame, mask)
+            report("prompt", min(1.0, (lo + MASK_CHUNK) / n), "measuring the object's motion")
+    obj, bg = meter.result()
     ws.write_npz("activity.npz", object=obj, background=bg, times=times)
     report("prompt", 1.0, "prompt built")
+
+
+class MaskedFrames:
+    """The model's visual prompt for a whole clip, built only for the frames asked for.
+
+    ``self[a:b]`` gives uint8 [b - a, h, w, 3]: the working frames at the feature steps
+    ``a`` to ``b`` with the tracked object blacked out (``vision.prompt``); the windows of a
+    long clip each build their own few hundred frames and nothing more.
+    """
+
+    def __init__(self, frames: RowFile, masks: RowFile, index: np.ndarray) -> None:
+        self.frames, self.masks, self.index = frames, masks, np.asarray(index)
+        self.shape = (len(self.index), *frames.shape[1:])
+        self.dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        idx = self.index[key]
+        return vprompt.masked_video_for_model(self.frames[idx], self.masks[idx])
 
 
 def check_separator_config(spec: JobSpec, settings: Settings) -> None:
@@ -306,15 +378,19 @@ def choose_separator(spec: JobSpec, settings: Settings) -> Separator:
     return SamAudioSeparator(model_path, device=settings.device)
 
 
-def stage_separate(
-    ws: Workspace, report: StageProgress = _noop, settings: Settings | None = None
-) -> None:
-    if ws.has(*STEMS_MODEL):
-        return
+def separation_windows(separator: Separator, settings: Settings, n: int) -> list[tuple[int, int]]:
+    """Where the model audio is cut: the backend's window length (or
+    ``SONOMASK_WINDOW_SECONDS``) and overlap, on the model's feature grid."""
+    seconds = settings.window_seconds or getattr(separator, "window_seconds", WINDOW_SECONDS)
+    overlap_s = min(getattr(separator, "overlap_seconds", WINDOW_OVERLAP_SECONDS), seconds / 4)
+    window = max(FEATURE_HOP, round(seconds * MODEL_SAMPLE_RATE / FEATURE_HOP) * FEATURE_HOP)
+    overlap = min(round(overlap_s * MODEL_SAMPLE_RATE / FEATURE_HOP) * FEATURE_HOP, window // 2)
+    return plan_windows(n, window, overlap)
+
+
+def _job_prompt(ws: Workspace, separator: Separator) -> Prompt:
+    """The whole clip's prompt; video parts stay on disk until a window reads them."""
     spec = ws.spec
-    settings = settings or Settings.from_env()
-    separator = choose_separator(spec, settings)
-    audio, sr = sf.read(str(ws.file("audio_model.wav")), dtype="float32")
     prompt = Prompt(text=spec.text, spans=[Span(s.sign, s.start, s.end) for s in spec.spans])
     if separator.name == "classical":
         # The weight-free backend follows the object's motion, sampled at the frame times.
@@ -324,22 +400,137 @@ def stage_separate(
         prompt.video_times = act["times"]
     else:
         # SAM Audio sees the masked frames, sampled at its feature rate.
-        prompt.masked_video = np.load(ws.file("prompt_video.npy"), mmap_mode="r")
+        frames, _ = _frames(ws)
+        masks = arrays.open_npy(ws.file("masks_work.npy"))
+        prompt.masked_video = MaskedFrames(frames, masks, np.load(ws.file("prompt_index.npy")))
         prompt.video_times = np.load(ws.file("prompt_times.npy"))
-    result: Separation = separator.separate(audio, prompt, _stage_progress(report, "separate"))
-    _check_stems(result, len(audio))
-    # Two plain .npy files, so the restore stage can memory-map them block by block.
-    ws.write_npy(STEMS_MODEL[1], result.residual.astype(np.float32))
-    ws.write_npy(STEMS_MODEL[0], result.target.astype(np.float32))
-    ws.update_manifest(backend=result.backend, separate_warnings=result.warnings)
-    report("separate", 1.0, f"separated with {result.backend}")
+    return prompt
+
+
+def _has_evidence(prompt: Prompt) -> bool:
+    """Whether the weight-free backend has anything to go on in this prompt."""
+    video = prompt.video_times is not None and len(prompt.video_times) >= 2
+    return bool(prompt.spans) or video
+
+
+def stage_separate(
+    ws: Workspace, report: StageProgress = _noop, settings: Settings | None = None
+) -> None:
+    """Separate the model's mono copy window by window, then join the windows.
+
+    Each window's result is kept in ``windows/`` as it is made, so a job that crashed
+    (or whose worker was killed) resumes at the first window not yet done. The joined
+    stems are written row by row: memory holds one window whatever the clip's length.
+    """
+    if ws.has(*STEMS_MODEL):
+        return
+    settings = settings or Settings.from_env()
+    separator = choose_separator(ws.spec, settings)
+    with sf.SoundFile(str(ws.file("audio_model.wav"))) as audio:
+        n = audio.frames
+        plan = separation_windows(separator, settings, n)
+        plan_doc = {"backend": separator.name, "windows": [list(w) for w in plan]}
+        if ws.has(WINDOWS_PLAN) and ws.read_json(WINDOWS_PLAN) != plan_doc:
+            shutil.rmtree(ws.file(WINDOWS_DIR), ignore_errors=True)  # another backend's windows
+        ws.write_json(WINDOWS_PLAN, plan_doc)
+        done = [i for i in range(len(plan)) if ws.has(_window_file(i))]
+        if done:
+            report(
+                "separate",
+                len(done) / len(plan),
+                f"resuming: {len(done)} of {len(plan)} windows already separated",
+            )
+        ws.update_manifest(separate_windows={"count": len(plan), "resumed": len(done)})
+        prompt = _job_prompt(ws, separator)
+        whole_has_evidence = _has_evidence(prompt)
+        for i, (a, b) in enumerate(plan):
+            if i in done:
+                continue
+            audio.seek(a)
+            chunk = audio.read(b - a, dtype="float32")
+            if chunk.ndim == 2:
+                chunk = chunk[:, 0]
+            _separate_window(ws, separator, prompt, i, plan, chunk, whole_has_evidence, report)
+    _join_windows(ws, plan, n)
+    shutil.rmtree(ws.file(WINDOWS_DIR), ignore_errors=True)
+    report("separate", 1.0, f"separated with {ws.manifest().get('backend')}")
+
+
+def _window_file(i: int) -> str:
+    return f"{WINDOWS_DIR}/{i:05d}.npz"
+
+
+def _separate_window(
+    ws: Workspace,
+    separator: Separator,
+    prompt: Prompt,
+    i: int,
+    plan: list[tuple[int, int]],
+    chunk: np.ndarray,
+    whole_has_evidence: bool,
+    report: StageProgress,
+) -> None:
+    """Separate window ``i`` of ``plan`` and keep its result in ``windows/``."""
+    a, b = plan[i]
+    sr = MODEL_SAMPLE_RATE
+    where = f"window {i + 1}/{len(plan)}"
+    local = window_prompt(prompt, a / sr, b / sr)
+    warnings: list[str] = []
+    if separator.name == "classical" and whole_has_evidence and not _has_evidence(local):
+        # Nothing in this stretch says which sound is the object's (no picture, no span).
+        target, residual, backend = np.zeros_like(chunk), chunk, separator.name
+        warnings.append(
+            "no picture or span covers part of the audio; that part was left in the residual"
+        )
+    else:
+
+        def prog(f: float, m: str) -> None:
+            report("separate", (i + f) / len(plan), f"{where}: {m}")
+
+        result: Separation = separator.separate(chunk, local, prog)
+        _check_stems(result, len(chunk))
+        target, residual, backend = result.target, result.residual, result.backend
+        warnings += result.warnings
+    with ws.atomic(_window_file(i)) as tmp, tmp.open("wb") as f:
+        np.savez(
+            f,
+            target=np.asarray(target, dtype=np.float32),
+            residual=np.asarray(residual, dtype=np.float32),
+            backend=np.array(backend),
+            warnings=np.array(warnings, dtype=str),
+        )
+    report("separate", (i + 1) / len(plan), f"{where} separated")
 
 
 def _check_stems(result: Separation, n: int) -> None:
     for name in ("target", "residual"):
-        x = getattr(result, name)
+        x = np.asarray(getattr(result, name))
         if x.shape != (n,) or not np.isfinite(x).all():
             raise SonomaskError(f"the {result.backend} backend returned a bad {name} {x.shape}")
+
+
+def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
+    """Crossfade the windows' results into the two stems, one window in memory at a time."""
+    backends: set[str] = set()
+    warnings: dict[str, int] = {}
+    with ws.atomic(STEMS_MODEL[0]) as t_tmp, ws.atomic(STEMS_MODEL[1]) as r_tmp:
+        with (
+            arrays.create_npy(t_tmp, (n,), np.float32) as target,
+            arrays.create_npy(r_tmp, (n,), np.float32) as residual,
+        ):
+            for i, (a, b) in enumerate(plan):
+                with np.load(ws.file(_window_file(i))) as part:
+                    gain = crossfade_gains(plan, i)
+                    for stem, key in ((target, "target"), (residual, "residual")):
+                        acc = stem.read(a, b)  # what the previous window left in the overlap
+                        acc += gain * part[key]
+                        stem.write(a, acc)
+                    backends.add(str(part["backend"]))
+                    for w in part["warnings"].tolist():
+                        warnings[w] = warnings.get(w, 0) + 1
+    notes = [w if c == len(plan) or len(plan) == 1 else f"{w} ({c} of {len(plan)} windows)"
+             for w, c in warnings.items()]
+    ws.update_manifest(backend=" + ".join(sorted(backends)), separate_warnings=notes)
 
 
 def stage_restore(ws: Workspace, report: StageProgress = _noop) -> None:
@@ -355,8 +546,8 @@ def stage_restore(ws: Workspace, report: StageProgress = _noop) -> None:
     from model.remix import restore, stft_size
 
     spec = ws.spec
-    target48 = np.load(ws.file(STEMS_MODEL[0]), mmap_mode="r")
-    residual48 = np.load(ws.file(STEMS_MODEL[1]), mmap_mode="r")
+    target48 = arrays.open_npy(ws.file(STEMS_MODEL[0]))
+    residual48 = arrays.open_npy(ws.file(STEMS_MODEL[1]))
     subtype = "FLOAT" if spec.stem_format == "float32" else "PCM_24"
     with sf.SoundFile(str(ws.file("audio_source.wav"))) as src:
         sr, n, channels = src.samplerate, src.frames, src.channels
@@ -379,8 +570,8 @@ def stage_restore(ws: Workspace, report: StageProgress = _noop) -> None:
                     m_lo, m_hi = lo // unit * unit48, -(-hi // unit) * unit48
                     tgt, res = restore(
                         chunk,
-                        np.asarray(target48[m_lo:m_hi]),
-                        np.asarray(residual48[m_lo:m_hi]),
+                        target48.read(m_lo, m_hi),
+                        residual48.read(m_lo, m_hi),
                         sr,
                         method=spec.reconstruct,
                     )
@@ -428,7 +619,7 @@ def stage_preview(ws: Workspace, report: StageProgress = _noop) -> None:
     if ws.has("preview.mp4"):
         return
     frames, times = _frames(ws)
-    masks = np.load(ws.file("masks_work.npy"), mmap_mode="r")
+    masks = arrays.open_npy(ws.file("masks_work.npy"))
     h, w = frames.shape[1:3]
     fps = ws.read_json("probe.json")["frame_rate"]
     with ws.atomic("preview.mp4") as tmp:
@@ -481,9 +672,7 @@ def stage_preview(ws: Workspace, report: StageProgress = _noop) -> None:
         step = 64
         try:
             for s in range(0, len(times), step):
-                chunk = draw_overlay(
-                    np.asarray(frames[s : s + step]), np.asarray(masks[s : s + step])
-                )
+                chunk = draw_overlay(frames.read(s, s + step), masks.read(s, s + step))
                 proc.stdin.write(np.ascontiguousarray(chunk).tobytes())
                 report("preview", min(1.0, (s + step) / len(times)), "preview")
             proc.stdin.close()

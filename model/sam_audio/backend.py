@@ -1,8 +1,10 @@
 """The ``sam-audio`` separation backend: SAM Audio behind sonomask's ``Separator`` protocol.
 
-Long audio is cut into overlapping windows (default 30 s with 2 s overlap), each window is
-separated on its own with the same noise seed, and the windows are joined with equal-power
-(sin/cos) crossfades over the overlaps. Memory is bounded by one window. Prompts map as:
+Long audio is cut into overlapping windows (default 30 s with 2 s overlap, ``model.windows``),
+each window is separated on its own with the same noise seed, and the windows are joined with
+complementary raised-cosine crossfades over the overlaps. Memory is bounded by one window.
+(The worker windows a job's audio itself, at ``window_seconds``, so each call it makes is one
+window; this windowing serves direct Python use.) Prompts map as:
 
 * ``prompt.text`` -> the description (None -> "", which the model treats as no text);
 * ``prompt.spans`` -> span anchors, clipped to each window and shifted to its clock;
@@ -29,6 +31,7 @@ from model.errors import ModelInputError, ModelLoadError
 from model.sam_audio.model import DFLT_ODE_OPT, SAMAudio
 from model.sam_audio.processor import SAMAudioProcessor
 from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span
+from model.windows import clip_spans, crossfade_gains, plan_windows
 
 logger = logging.getLogger(__name__)
 
@@ -77,55 +80,6 @@ def clear_model_cache() -> None:
 # ---------------------------------------------------------------------------------------------
 # Windows and crossfades (pure numpy, no model)
 # ---------------------------------------------------------------------------------------------
-
-
-def plan_windows(num_samples: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) sample ranges covering ``num_samples``.
-
-    Windows are ``window`` long and step by ``window - overlap``; the last one is moved back to
-    end exactly at ``num_samples`` (so every window has the same length and the last overlap may
-    be longer). Audio no longer than one window is a single window.
-    """
-    if window <= 0 or not 0 <= overlap < window:
-        raise ModelInputError(f"need window > overlap >= 0 samples, got {window}, {overlap}")
-    if num_samples <= window:
-        return [(0, num_samples)]
-    step = window - overlap
-    starts = list(range(0, num_samples - window, step))
-    starts.append(num_samples - window)
-    return [(s, s + window) for s in starts]
-
-
-def window_gains(windows: list[tuple[int, int]]) -> list[np.ndarray]:
-    """Per-window gain curves: equal-power fade-in (sin) / fade-out (cos) over each overlap
-    with the neighbour, 1 elsewhere; the squared gains of two neighbours sum to 1."""
-    gains = []
-    for i, (s, e) in enumerate(windows):
-        g = np.ones(e - s, dtype=np.float64)
-        if i > 0:
-            ov = windows[i - 1][1] - s
-            if ov > 0:
-                x = (np.arange(ov) + 0.5) / ov
-                g[:ov] *= np.sin(0.5 * np.pi * x)
-        if i + 1 < len(windows):
-            ov = e - windows[i + 1][0]
-            if ov > 0:
-                x = (np.arange(ov) + 0.5) / ov
-                g[e - s - ov :] *= np.cos(0.5 * np.pi * x)
-        gains.append(g.astype(np.float32))
-    return gains
-
-
-def window_anchors(
-    spans: list[Span], start_s: float, end_s: float
-) -> list[tuple[str, float, float]] | None:
-    """Spans clipped to [start_s, end_s) on the window's clock; None when none overlap."""
-    out = []
-    for span in spans:
-        s, e = max(span.start, start_s), min(span.end, end_s)
-        if e > s:
-            out.append((span.sign, s - start_s, e - start_s))
-    return out or None
 
 
 def pick_frames(
@@ -276,7 +230,7 @@ class SamAudioSeparator:
         overlap = int(round(self.overlap_seconds * sr / hop)) * hop
         overlap = min(overlap, window - hop)
         windows = plan_windows(n, window, overlap)
-        gains = window_gains(windows)
+        gains = [crossfade_gains(windows, i) for i in range(len(windows))]
         target = np.zeros(n, dtype=np.float32)
         residual = np.zeros(n, dtype=np.float32)
         n_win = len(windows)
@@ -307,7 +261,7 @@ class SamAudioSeparator:
         sr, hop = model.sample_rate, model.hop_length
         n = len(chunk)
         start_s, end_s = start / sr, (start + n) / sr
-        anchors = window_anchors(prompt.spans, start_s, end_s)
+        anchors = [(sp.sign, sp.start, sp.end) for sp in clip_spans(prompt.spans, start_s, end_s)]
         videos = None
         if prompt.video is not None:
             frames = math.ceil(n / hop)

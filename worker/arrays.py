@@ -1,0 +1,171 @@
+"""Arrays on disk read and written by rows, so a long clip never sits whole in memory.
+
+A one-hour clip's working frames, masks and stems are gigabytes. Memory maps would
+keep every page a stage touched resident and counted against the process (RSS), so
+these files are accessed with positioned reads and writes (``os.pread`` /
+``os.pwrite``) of just the rows asked for: memory is bounded by the rows in hand,
+and the kernel's page cache, not the process, holds what was read recently.
+
+``RowFile`` works on any headerless row-major file (``frames.raw`` from ffmpeg) and on
+``.npy`` files (``open_npy`` / ``create_npy``), which stay readable by ``numpy.load``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_CHUNK_BYTES = 64 << 20  # a single pread/pwrite moves at most this much
+
+
+class RowFile:
+    """An array of ``shape`` (rows first) stored at ``offset`` in ``path``.
+
+    Indexing reads rows: ``f[i]``, ``f[a:b]`` (step 1), ``f[index_array]``; assigning
+    writes them (``writable=True``). It quacks enough like an ndarray (``shape``,
+    ``dtype``, ``ndim``, ``len``) for the trackers and prompt builders to take it.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        shape: tuple[int, ...],
+        dtype: Any,
+        offset: int = 0,
+        writable: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.offset = int(offset)
+        self.row_shape = self.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+        size = os.fstat(self._fd).st_size
+        if size < self.offset + self.shape[0] * self.row_bytes:
+            os.close(self._fd)
+            raise ValueError(
+                f"{self.path.name} holds {size} bytes, fewer than {self.shape} {self.dtype} needs"
+            )
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    # ------------------------------------------------------------------ rows
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo`` to ``hi`` (exclusive) as a new array."""
+        lo, hi = max(0, lo), min(self.shape[0], hi)
+        out = np.empty((max(0, hi - lo), *self.row_shape), dtype=self.dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        pos, done = self.offset + lo * self.row_bytes, 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done : done + _CHUNK_BYTES]], pos + done)
+            if got <= 0:
+                raise OSError(f"{self.path.name}: unexpected end of file")
+            done += got
+        return out
+
+    def write(self, lo: int, rows: np.ndarray) -> None:
+        """Store ``rows`` (shape ``[k, *row_shape]``) at rows ``lo`` to ``lo + k``."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape or not 0 <= lo <= self.shape[0] - len(rows):
+            raise ValueError(f"cannot write rows {rows.shape} at {lo} into {self.shape}")
+        data = memoryview(rows.reshape(-1).view(np.uint8))
+        pos, done = self.offset + lo * self.row_bytes, 0
+        while done < len(data):
+            done += os.pwrite(self._fd, data[done : done + _CHUNK_BYTES], pos + done)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(f"row {key} outside 0..{self.shape[0] - 1}")
+            return self.read(i, i + 1)[0]
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self.shape[0])
+            if step != 1:
+                return self[np.arange(lo, hi, step)]
+            return self.read(lo, hi)
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.nonzero(idx)[0]
+        idx = idx.astype(np.int64).reshape(-1)
+        out = np.empty((len(idx), *self.row_shape), dtype=self.dtype)
+        if len(idx) == 0:
+            return out
+        # Read each run of consecutive rows with one call (prompt indices repeat and ascend).
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        rows = np.empty((len(uniq), *self.row_shape), dtype=self.dtype)
+        breaks = np.nonzero(np.diff(uniq) != 1)[0] + 1
+        at = 0
+        for run in np.split(uniq, breaks):
+            rows[at : at + len(run)] = self.read(int(run[0]), int(run[-1]) + 1)
+            at += len(run)
+        out[:] = rows[inverse.reshape(-1)]
+        return out
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self.shape[0] if key < 0 else 0)
+            self.write(i, np.asarray(value, dtype=self.dtype)[None])
+            return
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self.shape[0])
+            if step == 1:
+                self.write(lo, np.broadcast_to(value, (hi - lo, *self.row_shape)))
+                return
+        raise TypeError("RowFile rows are written one index or one step-1 slice at a time")
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RowFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def open_npy(path: Path | str, writable: bool = False) -> RowFile:
+    """Row access to an existing ``.npy`` file (C order)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if fortran:
+        raise ValueError(f"{Path(path).name} is in Fortran order; rows cannot be read directly")
+    return RowFile(path, shape, dtype, offset, writable=writable)
+
+
+def create_npy(path: Path | str, shape: tuple[int, ...], dtype: Any) -> RowFile:
+    """A new ``.npy`` file of ``shape`` (zero-filled, sparse on disk), open for writing."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, header)
+        offset = f.tell()
+        f.truncate(offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    return RowFile(path, shape, dtype, offset, writable=True)
