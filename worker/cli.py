@@ -209,15 +209,28 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
-    from worker.pipeline import run_job
+    from worker.config import Settings
+    from worker.pipeline import resumable_job_id, run_job
     from worker.progress import StageBars
     from worker.spec import JobSpec
 
     fields = _spec_fields(args)
     out = args.out or f"{Path(args.video).stem}-sonomask"
     spec = JobSpec.build(**fields, **_separation_fields(args), out=str(Path(out).resolve()))
-    with StageBars(enabled=not args.quiet) as bars:
-        manifest = run_job(spec, progress=bars.update, keep_workspace=args.keep_work)
+    settings = Settings.from_env()
+    job_id = resumable_job_id(spec, settings)
+    try:
+        with StageBars(enabled=not args.quiet) as bars:
+            manifest = run_job(
+                spec, bars.update, settings, keep_workspace=args.keep_work, job_id=job_id
+            )
+    except BadInput:
+        raise
+    except SonomaskError as exc:
+        raise type(exc)(f"{exc}; the work done is kept, run the same command to resume") from exc
+    except KeyboardInterrupt:
+        print("sonomask: interrupted; run the same command to resume", file=sys.stderr)
+        return 1
     for w in manifest.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     print(f"{manifest['backend']}: wrote {', '.join(manifest['outputs'])} to {out}")

@@ -9,6 +9,7 @@ a stage whose outputs exist can be skipped.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from worker.errors import BadInput
 from worker.spec import JobSpec
 
 MANIFEST = "job.json"
@@ -112,6 +114,22 @@ class Workspace:
         data.update(fields)
         self.write_json(MANIFEST, data)
         return data
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the job for this process: two runs of the same job must not share its files."""
+        fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BadInput(
+                f"the same job is already running (work folder {self.path}); wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
