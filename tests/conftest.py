@@ -53,6 +53,20 @@ def ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 
 
+def probe_stream(path: Path, stream: str, entries: str) -> list[str]:
+    """ffprobe's values of ``entries`` (comma-separated stream fields) for one stream."""
+    out = subprocess.run(
+        [
+            *("ffprobe", "-v", "error", "-select_streams", stream),
+            *("-show_entries", f"stream={entries}", "-of", "csv=p=0", str(path)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.strip().split(",")
+
+
 def decode_audio(
     path: Path, stream: str = "a:0", rate: int | None = None
 ) -> tuple[np.ndarray, int]:
@@ -61,27 +75,7 @@ def decode_audio(
     Returns float32 [N, C] whose sample 0 is presentation time 0 of the file (a later
     start is padded with silence, as a player would).
     """
-    info = (
-        subprocess.run(
-            [
-                "ffprobe",
-                "-v",
-                "error",
-                "-select_streams",
-                stream,
-                "-show_entries",
-                "stream=sample_rate,channels,start_time",
-                "-of",
-                "csv=p=0",
-                str(path),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .split(",")
-    )
+    info = probe_stream(path, stream, "sample_rate,channels,start_time")
     sr, ch = int(info[0]), int(info[1])
     start = float(info[2]) if len(info) > 2 and info[2] not in ("", "N/A") else 0.0
     raw = subprocess.run(
@@ -152,4 +146,12 @@ def mask_b(media_dir, scene) -> Path:
     return path
 
 
-__all__ = ["SR", "SONOMASK", "SAM_AUDIO_FIXTURE", "run_cli", "ffmpeg", "decode_audio"]
+__all__ = [
+    "SR",
+    "SONOMASK",
+    "SAM_AUDIO_FIXTURE",
+    "run_cli",
+    "ffmpeg",
+    "decode_audio",
+    "probe_stream",
+]

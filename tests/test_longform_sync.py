@@ -12,13 +12,12 @@ the audio starts after or before the picture and when the picture has a variable
 from __future__ import annotations
 
 import os
-import subprocess
 
 import cv2
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SR, decode_audio, ffmpeg, run_cli
+from conftest import SR, decode_audio, ffmpeg, probe_stream, run_cli
 from scipy.signal import correlate
 
 DURATION = 150.0  # seconds of picture; the audio ends with it
@@ -70,27 +69,6 @@ CASES = {
     # The model's own output, joined across windows, becomes the stems (mono in each channel).
     "generative": (".mkv", "flac", 0.3, False, "generative"),
 }
-
-
-def _probe_stream(path, stream, entries):
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            stream,
-            "-show_entries",
-            f"stream={entries}",
-            "-of",
-            "csv=p=0",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return out.split(",")
 
 
 def _make_clip(tmp_path, ext, acodec, offset, vfr):
@@ -196,7 +174,7 @@ def _assert_in_sync(what, offs):
 def test_beeps_stay_in_sync_in_a_long_clip(tmp_path, case):
     ext, acodec, offset, vfr, method = CASES[case]
     src, onsets = _make_clip(tmp_path, ext, acodec, offset, vfr)
-    v0 = float(_probe_stream(src, "v:0", "start_time")[0])
+    v0 = float(probe_stream(src, "v:0", "start_time")[0])
     start = round(v0 * SR)  # the first frame on the file's own clock, in samples
     expected = round(DURATION * SR)  # stems run from the first frame to the audio's end
 
@@ -230,8 +208,8 @@ def test_beeps_stay_in_sync_in_a_long_clip(tmp_path, case):
 
     remuxed = {}
     for name, stem in ((f"isolated{ext}", t), (f"removed{ext}", r)):
-        codec = _probe_stream(out / name, "a:0", "codec_name")[0]
-        assert codec == _probe_stream(src, "a:0", "codec_name")[0], (name, codec)
+        codec = probe_stream(out / name, "a:0", "codec_name")[0]
+        assert codec == probe_stream(src, "a:0", "codec_name")[0], (name, codec)
         x, xsr = decode_audio(out / name)
         assert xsr == SR and x.shape[1] == 2
         remuxed[name] = x

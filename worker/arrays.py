@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -144,16 +144,22 @@ class RowFile:
             pass
 
 
+def read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy stream ``f``, left at the first data byte."""
+    version = np.lib.format.read_magic(f)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read_header(f)
+    return tuple(int(v) for v in shape), bool(fortran), dtype
+
+
 def open_npy(path: Path | str, writable: bool = False) -> RowFile:
     """Row access to an existing ``.npy`` file (C order)."""
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(f)
+        shape, fortran, dtype = read_npy_header(f)
         offset = f.tell()
     if fortran:
         raise ValueError(f"{Path(path).name} is in Fortran order; rows cannot be read directly")

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from worker import media
+from worker.arrays import read_npy_header
 from worker.config import Settings
 from worker.errors import BadInput, SonomaskError, as_sonomask_error
 from worker.pipeline import (
@@ -124,12 +125,7 @@ def iter_masks(npz: Path) -> Iterator[np.ndarray]:
     """The frames of ``masks.npz`` one at a time (uint8 [H, W]), without loading them all:
     the .npy inside the zip is read sequentially."""
     with zipfile.ZipFile(npz) as zf, zf.open("masks.npy") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        n, h, w = shape
+        (n, h, w), _, dtype = read_npy_header(f)
         for _ in range(n):
             buf = f.read(h * w * dtype.itemsize)
             yield np.frombuffer(buf, dtype=dtype).reshape(h, w)
@@ -137,14 +133,8 @@ def iter_masks(npz: Path) -> Iterator[np.ndarray]:
 
 def _npz_shape(npz: Path) -> tuple[int, int, int]:
     with zipfile.ZipFile(npz) as zf, zf.open("masks.npy") as f:
-        version = np.lib.format.read_magic(f)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, _, _ = read(f)
-    return tuple(int(v) for v in shape)  # type: ignore[return-value]
+        shape, _, _ = read_npy_header(f)
+    return shape  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- matte video
