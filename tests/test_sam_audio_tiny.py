@@ -220,18 +220,40 @@ def test_config_round_trip_and_fixture_config():
         (lambda d: d.update(bogus=1), "bogus"),
         (lambda d: d["transformer"].update(n_head=4), "transformer.n_head"),
         (lambda d: d["audio_codec"].update(extra=True), "audio_codec.extra"),
-        (lambda d: d.pop("num_anchors"), "num_anchors"),
-        (lambda d: d["text_encoder"].pop("pad_mode"), "text_encoder.pad_mode"),
-        (lambda d: d["vision_encoder"].pop("image_size"), "vision_encoder.image_size"),
         (lambda d: d["transformer"].update(dim=30), "transformer.dim"),
         (lambda d: d.update(in_channels=7), "in_channels"),
     ],
 )
 def test_config_errors_name_the_field(mutate, field):
+    """Unknown fields and impossible values fail, naming the field."""
     data = copy.deepcopy(TINY)
     mutate(data)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         SAMAudioConfig.from_dict(data)
+
+
+def test_missing_config_fields_take_the_reference_defaults():
+    """As in the reference (keyword defaults), a field config.json leaves out takes the
+    reference class's default, and the config says which ones were filled in."""
+    data = copy.deepcopy(TINY)
+    data.pop("num_anchors")
+    data["text_encoder"].pop("pad_mode")
+    data["vision_encoder"].pop("image_size")
+    data["transformer"].pop("max_positions")
+    cfg = SAMAudioConfig.from_dict(data)
+    assert cfg.num_anchors == 3 and cfg.text_encoder.pad_mode == "longest"
+    assert cfg.vision_encoder.image_size == 336 and cfg.transformer.max_positions == 10000
+    assert set(cfg.defaulted) == {
+        "num_anchors",
+        "text_encoder.pad_mode",
+        "vision_encoder.image_size",
+        "transformer.max_positions",
+    }
+    assert SAMAudioConfig.from_dict(copy.deepcopy(TINY)).defaulted == ()
+    # A section left out entirely is the reference's ``section or {}``: all defaults.
+    empty = copy.deepcopy(TINY)
+    empty["vision_encoder"] = None
+    assert SAMAudioConfig.from_dict(empty).vision_encoder.name == "PE-Core-L14-336"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,16 +1,20 @@
-"""SAM Audio configuration: a strict parser for the reference ``config.json``.
+"""SAM Audio configuration: a parser for the reference ``config.json``.
 
-The reference (``sam_audio/model/config.py``) builds plain classes from keyword arguments and
-silently fills in defaults. Here every field of the released layout must be present and no
-unknown field is accepted, so a typo or a checkpoint from a different model family fails at
-load time with the field's name instead of producing a silently different network.
+The reference (``sam_audio/model/config.py`` at facebookresearch/sam-audio 68b48d4) builds
+plain classes from keyword arguments: an unknown field is a TypeError there, a missing one
+takes the class's default. The same here: no unknown field is accepted (a typo or a
+checkpoint from another model family fails at load time, naming the field), and a missing
+field takes the reference default (``_REFERENCE_DEFAULTS``), so every config the reference
+runs builds the same network here. Which fields were filled in is kept in ``defaulted`` and
+logged when a model is loaded.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,26 +27,100 @@ class ConfigError(ModelLoadError):
 
 _C = TypeVar("_C")
 
+_REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {
+    # The keyword defaults of the reference classes (sam_audio/model/config.py).
+    "": {
+        "in_channels": 768,
+        "audio_codec": {},
+        "text_encoder": {},
+        "vision_encoder": {},
+        "transformer": {},
+        "num_anchors": 3,
+        "anchor_embedding_dim": 128,
+        "visual_ranker": None,
+        "text_ranker": None,
+        "span_predictor": "pe-a-frame-large",
+    },
+    "audio_codec": {  # DACVAEConfig
+        "encoder_dim": 64,
+        "encoder_rates": [2, 8, 10, 12],
+        "latent_dim": 1024,
+        "decoder_dim": 1536,
+        "decoder_rates": [12, 10, 8, 2],
+        "n_codebooks": 16,
+        "codebook_size": 1024,
+        "codebook_dim": 128,
+        "quantizer_dropout": False,
+        "sample_rate": 48_000,
+        "mean": 0.0,
+        "std": 1.0,
+    },
+    "text_encoder": {"name": "t5-base", "max_length": 512, "pad_mode": "longest", "dim": 768},
+    "vision_encoder": {  # PerceptionEncoderConfig
+        "dim": 1024,
+        "batch_size": 300,
+        "name": "PE-Core-L14-336",
+        "normalize_feature": True,
+        "interpolation_mode": "BICUBIC",
+        "image_size": 336,
+    },
+    "transformer": {
+        "dim": 2048,
+        "n_heads": 16,
+        "n_layers": 16,
+        "dropout": 0.1,
+        "norm_eps": 1.0e-05,
+        "qk_norm": True,
+        "fc_bias": False,
+        "ffn_exp": 4,
+        "ffn_dim_multiplier": 1,
+        "multiple_of": 64,
+        "non_linearity": "swiglu",
+        "use_rope": True,
+        "max_positions": 10000,
+        "frequency_embedding_dim": 256,
+        "timestep_non_linearity": "swiglu",
+        "t_block_non_linearity": "silu",
+        "t_block_bias": True,
+        "context_dim": 2048,
+        "context_non_linearity": "swiglu",
+        "context_embedder_dropout": 0.0,
+        "context_norm": False,
+        "out_channels": 256,
+        "in_channels": None,
+    },
+}
 
-def _parse_section(cls: type[_C], data: Any, where: str) -> _C:
-    """Build dataclass ``cls`` from ``data``; any missing or unknown key is an error naming it."""
+
+def _complete(data: Any, where: str, names: list[str], defaulted: list[str]) -> dict[str, Any]:
+    """``data`` with missing fields set to the reference defaults (noted in ``defaulted``);
+    an unknown field is an error naming it, as the reference's keyword arguments make it."""
+    if data is None and where:  # the reference's ``section or {}``
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config field '{where}' must be an object, got {type(data).__name__}")
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        what = f"config field '{where}'" if where else "config"
+        raise ConfigError(f"{what} must be an object, got {type(data).__name__}")
+    prefix = f"{where}." if where else ""
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
-            f"unknown config field '{where}.{unknown[0]}'"
+            f"unknown config field '{prefix}{unknown[0]}'"
             + (f" (and {len(unknown) - 1} more: {unknown[1:4]})" if len(unknown) > 1 else "")
-            + f"; known fields of '{where}': {names}"
+            + f"; known fields of '{where or 'config'}': {names}"
         )
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise ConfigError(
-            f"missing config field '{where}.{missing[0]}'"
-            + (f" (and {len(missing) - 1} more: {missing[1:4]})" if len(missing) > 1 else "")
-        )
-    return cls(**{n: data[n] for n in names})
+    defaults = _REFERENCE_DEFAULTS[where]
+    out = dict(data)
+    for n in names:
+        if n not in out:
+            out[n] = copy.deepcopy(defaults[n])
+            defaulted.append(f"{prefix}{n}")
+    return out
+
+
+def _parse_section(cls: type[_C], data: Any, where: str, defaulted: list[str]) -> _C:
+    """Build dataclass ``cls`` from ``data`` (see ``_complete``)."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return cls(**_complete(data, where, names, defaulted))
 
 
 def _check_int(value: Any, where: str, minimum: int = 1) -> None:
@@ -214,20 +292,15 @@ class SAMAudioConfig:
     visual_ranker: dict[str, Any] | None
     text_ranker: dict[str, Any] | None
     span_predictor: str | None
+    defaulted: tuple[str, ...] = field(default=(), compare=False)
+    """Fields config.json left out, filled with the reference defaults."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SAMAudioConfig:
-        """Parse the reference config dict strictly (missing/unknown fields raise ConfigError)."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-        unknown = [k for k in data if k not in _TOP_LEVEL]
-        if unknown:
-            raise ConfigError(
-                f"unknown config field '{unknown[0]}'; known top-level fields: {list(_TOP_LEVEL)}"
-            )
-        missing = [k for k in _TOP_LEVEL if k not in data]
-        if missing:
-            raise ConfigError(f"missing config field '{missing[0]}'")
+        """Parse the reference config dict (unknown fields raise ConfigError, missing ones take
+        the reference defaults and are listed in ``defaulted``)."""
+        defaulted: list[str] = []
+        data = _complete(data, "", list(_TOP_LEVEL), defaulted)
         for name in ("visual_ranker", "text_ranker"):
             ranker = data[name]
             if ranker is not None and (not isinstance(ranker, dict) or "kind" not in ranker):
@@ -236,17 +309,22 @@ class SAMAudioConfig:
             raise ConfigError("config field 'span_predictor' must be null or a string")
         cfg = cls(
             in_channels=data["in_channels"],
-            audio_codec=_parse_section(CodecConfig, data["audio_codec"], "audio_codec"),
-            text_encoder=_parse_section(TextEncoderConfig, data["text_encoder"], "text_encoder"),
-            vision_encoder=_parse_section(
-                VisionEncoderConfig, data["vision_encoder"], "vision_encoder"
+            audio_codec=_parse_section(CodecConfig, data["audio_codec"], "audio_codec", defaulted),
+            text_encoder=_parse_section(
+                TextEncoderConfig, data["text_encoder"], "text_encoder", defaulted
             ),
-            transformer=_parse_section(TransformerConfig, data["transformer"], "transformer"),
+            vision_encoder=_parse_section(
+                VisionEncoderConfig, data["vision_encoder"], "vision_encoder", defaulted
+            ),
+            transformer=_parse_section(
+                TransformerConfig, data["transformer"], "transformer", defaulted
+            ),
             num_anchors=data["num_anchors"],
             anchor_embedding_dim=data["anchor_embedding_dim"],
             visual_ranker=data["visual_ranker"],
             text_ranker=data["text_ranker"],
             span_predictor=data["span_predictor"],
+            defaulted=tuple(defaulted),
         )
         cfg.validate()
         return cfg

@@ -283,6 +283,12 @@ class SAMAudio(nn.Module):
             cache_dir=cache_dir,
         )
         config = SAMAudioConfig.from_json_file(folder / CONFIG_FILE)
+        if config.defaulted:
+            logger.warning(
+                "%s leaves out %s; using the reference defaults, as the reference does",
+                folder / CONFIG_FILE,
+                ", ".join(config.defaulted),
+            )
         for part in ("visual_ranker", "text_ranker", "span_predictor"):
             if getattr(config, part) is not None:
                 logger.info("config %s is set; this port does not run it (weights ignored)", part)
