@@ -65,3 +65,53 @@ def test_auto_picks_sam_audio_when_a_model_is_configured():
     without = Settings(**{**settings.__dict__, "model": None})
     assert choose_separator(spec, with_model).name == "sam-audio"
     assert choose_separator(spec, without).name == "classical"
+
+
+def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path):
+    """The worker cuts a job into windows itself (bounded memory, resumable); the result is
+    the SAM Audio backend's own windowed separation of the whole clip: same windows, same
+    frames, spans and noise per window, same crossfades."""
+    import numpy as np
+
+    from model.sam_audio.backend import SamAudioSeparator
+    from model.separator import Prompt, Span
+    from vision.prompt import masked_video_for_model
+    from worker import arrays, pipeline
+    from worker.workspace import Workspace
+
+    scene = make_scene(duration=2.5, width=160, height=96, fps=25.0)
+    clip = tmp_path / "clip.mp4"
+    write_clip(scene, clip, stereo=True, crf=23)
+    cv2.imwrite(str(tmp_path / "mask.png"), first_mask(scene, "a"))
+    spec = JobSpec.build(
+        video=str(clip),
+        masks=[str(tmp_path / "mask.png")],
+        separator="sam-audio",
+        model=str(FIXTURE),
+        text="a plucked string",
+        spans=["+0.33-1.27"],
+        out=str(tmp_path / "out"),
+    )
+    ws = Workspace.create(tmp_path / "ws", spec, "job")
+    for name, fn in pipeline.STAGES[:4]:  # probe, demux, track, prompt
+        pipeline.run_stage(ws, name, fn)
+    settings = Settings(**{**Settings.from_env().__dict__, "window_seconds": 1.0})
+    pipeline.stage_separate(ws, settings=settings)
+    assert ws.manifest()["separate_windows"]["count"] == 3
+    target = np.load(ws.file(pipeline.STEMS_MODEL[0]))
+    residual = np.load(ws.file(pipeline.STEMS_MODEL[1]))
+
+    audio, _ = sf.read(str(ws.file("audio_model.wav")), dtype="float32")
+    frames, _ = pipeline._frames(ws)
+    masks = arrays.open_npy(ws.file("masks_work.npy"))
+    idx = np.load(ws.file("prompt_index.npy"))
+    whole = Prompt(
+        text="a plucked string",
+        spans=[Span("+", 0.33, 1.27)],
+        masked_video=masked_video_for_model(frames[idx], masks[idx]),
+        video_times=np.load(ws.file("prompt_times.npy")),
+    )
+    sep = SamAudioSeparator(str(FIXTURE), device="cpu", window_seconds=1.0, overlap_seconds=0.25)
+    expect = sep.separate(audio, whole)
+    np.testing.assert_allclose(target, expect.target, atol=1e-6)
+    np.testing.assert_allclose(residual, expect.residual, atol=1e-6)
