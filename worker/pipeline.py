@@ -51,6 +51,7 @@ WINDOW_SECONDS = 60.0  # separation window when the backend names none
 WINDOW_OVERLAP_SECONDS = 2.0
 WINDOWS_DIR = "windows"  # one finished file per separated window (resume point)
 WINDOWS_PLAN = "windows.json"
+WORK_FORMAT = 2  # bump when a stage's files change meaning: old work folders are not resumed
 MIN_AUDIO_FRACTION = 0.9  # below this share of the declared duration the file is truncated.
 
 
@@ -837,13 +838,14 @@ def resumable_job_id(spec: JobSpec, settings: Settings) -> str:
     The CLI runs under it, so after a crash or an interruption the same command finds the
     work folder the last run left and carries on: finished stages are skipped and the
     separation restarts at its first unfinished window. An input file that changed (size
-    or modification time) or another model gives another id, hence a fresh start.
+    or modification time), another model or another layout of the work folder
+    (``WORK_FORMAT``) gives another id, hence a fresh start.
     """
     h = hashlib.sha256(spec.model_dump_json().encode())
     for f in spec.input_files():
         st = f.stat() if f.exists() else None
         h.update(f"{f.resolve()}|{st and st.st_size}|{st and st.st_mtime_ns}".encode())
-    h.update(f"{settings.model}|{settings.window_seconds}".encode())
+    h.update(f"{settings.model}|{settings.window_seconds}|{WORK_FORMAT}".encode())
     return f"cli-{h.hexdigest()[:16]}"
 
 
