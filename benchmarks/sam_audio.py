@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.sam_audio import SAMAudio, SAMAudioConfig  # noqa: E402
 from model.sam_audio import model as sam_model  # noqa: E402
+from model.sam_audio.config import REFERENCE_DEFAULTS  # noqa: E402
 from model.sam_audio.text_encoder import T5TextEncoder  # noqa: E402
 
 SIZES = {
@@ -48,78 +49,22 @@ SIZES = {
     "large": (2816, 22, 22),
 }
 
-CODEC = {
-    "encoder_dim": 64,
-    "encoder_rates": [2, 8, 10, 12],
-    "latent_dim": 1024,
-    "decoder_dim": 1536,
-    "decoder_rates": [12, 10, 8, 2],
-    "n_codebooks": 16,
-    "codebook_size": 1024,
-    "codebook_dim": 128,
-    "quantizer_dropout": False,
-    "sample_rate": 48000,
-    "mean": 0.0,
-    "std": 1.0,
-}
-
 
 def config_for(size: str, tiny_codec: bool) -> SAMAudioConfig:
+    """A released size: the reference defaults with that size's DiT width and depth."""
     dim, heads, layers = SIZES[size]
-    codec = copy.deepcopy(CODEC)
+    data = copy.deepcopy(REFERENCE_DEFAULTS[""])
+    for section in ("audio_codec", "text_encoder", "vision_encoder", "transformer"):
+        data[section] = copy.deepcopy(REFERENCE_DEFAULTS[section])
     if tiny_codec:  # for --skip-codec runs: nothing of the codec is timed, keep it cheap to build
-        codec.update(encoder_dim=8, latent_dim=32)
-    c = codec["codebook_dim"]
-    return SAMAudioConfig.from_dict(
-        {
-            "in_channels": 6 * c,
-            "audio_codec": codec,
-            "text_encoder": {
-                "name": "t5-base",
-                "max_length": 512,
-                "pad_mode": "longest",
-                "dim": 768,
-            },
-            "vision_encoder": {
-                "dim": 1024,
-                "batch_size": 300,
-                "name": "PE-Core-L14-336",
-                "normalize_feature": True,
-                "interpolation_mode": "BICUBIC",
-                "image_size": 336,
-            },
-            "transformer": {
-                "dim": dim,
-                "n_heads": heads,
-                "n_layers": layers,
-                "dropout": 0.1,
-                "norm_eps": 1e-05,
-                "qk_norm": True,
-                "fc_bias": False,
-                "ffn_exp": 4,
-                "ffn_dim_multiplier": 1,
-                "multiple_of": 64,
-                "non_linearity": "swiglu",
-                "use_rope": True,
-                "max_positions": 10000,
-                "frequency_embedding_dim": 256,
-                "timestep_non_linearity": "swiglu",
-                "t_block_non_linearity": "silu",
-                "t_block_bias": True,
-                "context_dim": dim,
-                "context_non_linearity": "swiglu",
-                "context_embedder_dropout": 0.0,
-                "context_norm": False,
-                "out_channels": 2 * c,
-                "in_channels": None,
-            },
-            "num_anchors": 3,
-            "anchor_embedding_dim": 128,
-            "visual_ranker": None,
-            "text_ranker": None,
-            "span_predictor": None,
-        }
+        data["audio_codec"].update(encoder_dim=8, latent_dim=32)
+    c = data["audio_codec"]["codebook_dim"]
+    data["in_channels"] = 6 * c
+    data["span_predictor"] = None
+    data["transformer"].update(
+        dim=dim, n_heads=heads, n_layers=layers, context_dim=dim, out_channels=2 * c
     )
+    return SAMAudioConfig.from_dict(data)
 
 
 class HashTokenizer:

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.errors import ModelInputError, ModelLoadError
+from model.sam_audio.config import REFERENCE_DEFAULTS
 
 __all__ = [
     "CodecCheckpointError",
@@ -77,6 +78,9 @@ class CodecCheckpointError(ModelLoadError):
 # --------------------------------------------------------------------------------------------
 
 
+_DEFAULTS = REFERENCE_DEFAULTS["audio_codec"]
+
+
 @dataclass(frozen=True)
 class DACVAEConfig:
     """Codec hyper-parameters (reference ``sam_audio.model.config.DACVAEConfig``, same defaults).
@@ -86,18 +90,18 @@ class DACVAEConfig:
     ``config.json`` section parses as-is.
     """
 
-    encoder_dim: int = 64
-    encoder_rates: tuple[int, ...] = (2, 8, 10, 12)
-    latent_dim: int = 1024
-    decoder_dim: int = 1536
-    decoder_rates: tuple[int, ...] = (12, 10, 8, 2)
-    n_codebooks: int = 16
-    codebook_size: int = 1024
-    codebook_dim: int = 128
-    quantizer_dropout: bool | float = False
-    sample_rate: int = 48_000
-    mean: float = 0.0
-    std: float = 1.0
+    encoder_dim: int = _DEFAULTS["encoder_dim"]
+    encoder_rates: tuple[int, ...] = tuple(_DEFAULTS["encoder_rates"])
+    latent_dim: int = _DEFAULTS["latent_dim"]
+    decoder_dim: int = _DEFAULTS["decoder_dim"]
+    decoder_rates: tuple[int, ...] = tuple(_DEFAULTS["decoder_rates"])
+    n_codebooks: int = _DEFAULTS["n_codebooks"]
+    codebook_size: int = _DEFAULTS["codebook_size"]
+    codebook_dim: int = _DEFAULTS["codebook_dim"]
+    quantizer_dropout: bool | float = _DEFAULTS["quantizer_dropout"]
+    sample_rate: int = _DEFAULTS["sample_rate"]
+    mean: float = _DEFAULTS["mean"]
+    std: float = _DEFAULTS["std"]
 
     def __post_init__(self) -> None:
         for name in ("encoder_rates", "decoder_rates"):

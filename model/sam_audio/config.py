@@ -4,7 +4,7 @@ The reference (``sam_audio/model/config.py`` at facebookresearch/sam-audio 68b48
 plain classes from keyword arguments: an unknown field is a TypeError there, a missing one
 takes the class's default. The same here: no unknown field is accepted (a typo or a
 checkpoint from another model family fails at load time, naming the field), and a missing
-field takes the reference default (``_REFERENCE_DEFAULTS``), so every config the reference
+field takes the reference default (``REFERENCE_DEFAULTS``), so every config the reference
 runs builds the same network here. Which fields were filled in is kept in ``defaulted`` and
 logged when a model is loaded.
 """
@@ -27,8 +27,9 @@ class ConfigError(ModelLoadError):
 
 _C = TypeVar("_C")
 
-_REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {
-    # The keyword defaults of the reference classes (sam_audio/model/config.py).
+REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {
+    # The keyword defaults of the reference classes (sam_audio/model/config.py), by section
+    # ("" = the top level). The one place sonomask spells them out.
     "": {
         "in_channels": 768,
         "audio_codec": {},
@@ -108,7 +109,7 @@ def _complete(data: Any, where: str, names: list[str], defaulted: list[str]) -> 
             + (f" (and {len(unknown) - 1} more: {unknown[1:4]})" if len(unknown) > 1 else "")
             + f"; known fields of '{where or 'config'}': {names}"
         )
-    defaults = _REFERENCE_DEFAULTS[where]
+    defaults = REFERENCE_DEFAULTS[where]
     out = dict(data)
     for n in names:
         if n not in out:

@@ -50,6 +50,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torchvision.transforms import InterpolationMode
 
 from model.errors import ModelInputError, ModelLoadError
+from model.sam_audio.config import REFERENCE_DEFAULTS
 
 __all__ = [
     "PE_CORE_VISION_ARCHS",
@@ -163,17 +164,6 @@ PE_CORE_VISION_ARCHS: dict[str, PEVisionArch] = {
 
 _INTERPOLATION_NAMES = tuple(m.name for m in InterpolationMode)
 
-# SAM Audio's PerceptionEncoderConfig defaults (sam_audio/model/config.py); used only when a
-# caller asks for them explicitly, so that a config missing a field fails loudly by default.
-_REFERENCE_DEFAULTS: dict[str, Any] = {
-    "dim": 1024,
-    "batch_size": 300,
-    "name": "PE-Core-L14-336",
-    "normalize_feature": True,
-    "interpolation_mode": "BICUBIC",
-    "image_size": 336,
-}
-
 
 @dataclass(frozen=True)
 class PerceptionEncoderConfig:
@@ -210,7 +200,9 @@ class PerceptionEncoderConfig:
                 f"vision_encoder config: unknown field(s) {', '.join(map(repr, unknown))}; "
                 f"expected {', '.join(fields)}"
             )
-        values = dict(_REFERENCE_DEFAULTS) if use_reference_defaults else {}
+        # SAM Audio's PerceptionEncoderConfig defaults; only when a caller asks for them, so
+        # that a config missing a field fails loudly by default.
+        values = dict(REFERENCE_DEFAULTS["vision_encoder"]) if use_reference_defaults else {}
         values.update(data)
         missing = [f for f in fields if f not in values]
         if missing:
