@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -63,6 +65,37 @@ class Redis:
             self.proc = None
 
 
+class RabbitVhost:
+    """A private virtual host on the machine's RabbitMQ (started by .ci/run), removed after."""
+
+    def __init__(self) -> None:
+        self.name = f"sonomask-test-{uuid.uuid4().hex[:8]}"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
+
+    def start(self) -> None:
+        _rabbitmqctl("add_vhost", self.name)
+        _rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+
+    def stop(self) -> None:
+        _rabbitmqctl("delete_vhost", self.name)
+
+
+def rabbitmq_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            pass
+    except OSError:
+        return False
+    return shutil.which("rabbitmqctl") is not None
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
 def _redis_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
@@ -82,18 +115,23 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.2):
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def service_env(root: Path, redis: Redis, **extra: str) -> dict[str, str]:
+def service_env(
+    root: Path, redis: Redis, broker: str | None = None, **extra: str
+) -> dict[str, str]:
     """The environment every service process of one test shares: its own workspace and Redis
-    databases, the media root ``root/media``, no SAM Audio model, plus ``extra`` settings."""
+    databases (the broker too unless ``broker`` names another, e.g. a RabbitMQ vhost), the
+    media root ``root/media``, no SAM Audio model, plus ``extra`` settings."""
     env = {
         **os.environ,
         "SONOMASK_WORKSPACE": str(root / "jobs"),
-        "SONOMASK_BROKER_URL": f"{redis.url}/0",
+        "SONOMASK_BROKER_URL": broker or f"{redis.url}/0",
         "SONOMASK_RESULT_BACKEND": f"{redis.url}/1",
         "SONOMASK_MEDIA_ROOT": str(root / "media"),
         **extra,
     }
-    env.pop("SONOMASK_MODEL", None)
+    for name in ("SONOMASK_MODEL", "SONOMASK_VISIBILITY_TIMEOUT", "SONOMASK_LEASE_SECONDS"):
+        if name not in extra:
+            env.pop(name, None)  # the defaults a user gets, unless a test says otherwise
     return env
 
 
@@ -135,6 +173,13 @@ class Worker:
 
     def _died(self) -> bool:
         return self.proc.poll() is not None
+
+    def pause(self) -> None:
+        """SIGSTOP the whole group: a worker that is alive but makes no progress."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the main process and its pool children."""

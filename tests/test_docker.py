@@ -12,7 +12,8 @@ DOCKER = Path(__file__).resolve().parent.parent / "docker"
 def test_compose_file_parses_and_wires_the_service():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "api", "cpu-worker", "gpu-worker", "flower"}
+    assert set(services) == {"redis", "rabbitmq", "api", "cpu-worker", "gpu-worker", "flower"}
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]  # started only when asked for
     assert "--appendonly" in services["redis"]["command"]
     assert (
         services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1]
@@ -21,7 +22,8 @@ def test_compose_file_parses_and_wires_the_service():
     for name in ("api", "cpu-worker", "gpu-worker", "flower"):
         s = services[name]
         assert "jobs:/data/jobs" in s["volumes"], name
-        assert s["environment"]["SONOMASK_BROKER_URL"].startswith("redis://redis:6379")
+        broker = s["environment"]["SONOMASK_BROKER_URL"]  # Redis unless the operator says
+        assert broker == "${SONOMASK_BROKER_URL:-redis://redis:6379/0}", broker
         assert s["environment"]["SONOMASK_WORKSPACE"] == "/data/jobs"
     assert services["cpu-worker"]["command"][:4] == ["sonomask", "worker", "--queues", "cpu"]
     assert services["gpu-worker"]["command"][:4] == ["sonomask", "worker", "--queues", "gpu"]
@@ -34,3 +36,17 @@ def test_images_install_with_the_ci_setup_script():
     assert text.count("./scripts/setup") == 2  # cpu and cuda targets
     ci = (DOCKER.parent / ".ci" / "run").read_text()
     assert "./scripts/setup" in ci
+
+
+def test_rabbitmq_lets_long_stages_finish():
+    """RabbitMQ cuts off an unacknowledged delivery after consumer_timeout (30 min by default);
+    late acknowledgement keeps a stage's message unacknowledged for the whole stage."""
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    mounts = compose["services"]["rabbitmq"]["volumes"]
+    assert "./rabbitmq.conf:/etc/rabbitmq/conf.d/90-sonomask.conf:ro" in mounts
+    lines = (DOCKER / "rabbitmq.conf").read_text().splitlines()
+    conf = dict(
+        (k.strip(), v.strip())
+        for k, v in (line.split("=", 1) for line in lines if "=" in line and line[0] != "#")
+    )
+    assert int(conf["consumer_timeout"]) >= 24 * 3600 * 1000

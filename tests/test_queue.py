@@ -35,10 +35,10 @@ def svc(tmp_path_factory):
     env = service_env(
         root,
         redis,
-        SONOMASK_VISIBILITY_TIMEOUT="8",
         SONOMASK_API_TOKEN=TOKEN,
         SONOMASK_MAX_UPLOAD_BYTES=str(3_000_000),
         SONOMASK_WINDOW_SECONDS="5",  # the 90 s clip separates in 24 windows
+        SONOMASK_WEBHOOK_ALLOW="127.0.0.1",  # the test's webhook listener is local
     )
     logs = root / "logs"
     logs.mkdir()
@@ -296,10 +296,16 @@ def test_bad_requests_get_clear_4xx(svc, tmp_path):
 
 
 def test_healthz_reports_broker_and_workers(svc):
-    r = httpx.get(f"{svc.server.url}/healthz", timeout=10)
+    r = httpx.get(f"{svc.server.url}/healthz", headers=AUTH, timeout=10)
     body = r.json()
     assert r.status_code == 200 and body["broker"] is True
     assert any("cpu" in qs for qs in body["workers"].values())
+    assert body["worker_count"] == len(body["workers"]) >= 2
+    # Without the token: reachability and a count, but no worker (host) names.
+    r = httpx.get(f"{svc.server.url}/healthz", timeout=10)
+    body = r.json()
+    assert r.status_code == 200 and body["broker"] is True and body["worker_count"] >= 2
+    assert "workers" not in body and "@test" not in r.text
 
 
 def test_cli_status_and_wait(svc):

@@ -67,10 +67,11 @@ def test_auto_picks_sam_audio_when_a_model_is_configured():
     assert choose_separator(spec, without).name == "classical"
 
 
-def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path):
+def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path, monkeypatch):
     """The worker cuts a job into windows itself (bounded memory, resumable); the result is
     the SAM Audio backend's own windowed separation of the whole clip: same windows, same
-    frames, spans and noise per window, same crossfades."""
+    frames, spans and noise per window, same crossfades. The stages run as a queued job's
+    do, so the model is named from the operator's list, not given as a path."""
     import numpy as np
 
     from model.sam_audio.backend import SamAudioSeparator
@@ -83,11 +84,12 @@ def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path):
     clip = tmp_path / "clip.mp4"
     write_clip(scene, clip, stereo=True, crf=23)
     cv2.imwrite(str(tmp_path / "mask.png"), first_mask(scene, "a"))
+    monkeypatch.setenv("SONOMASK_MODELS", f"fixture={FIXTURE}")
     spec = JobSpec.build(
         video=str(clip),
         masks=[str(tmp_path / "mask.png")],
         separator="sam-audio",
-        model=str(FIXTURE),
+        model="fixture",
         text="a plucked string",
         spans=["+0.33-1.27"],
         out=str(tmp_path / "out"),

@@ -6,31 +6,54 @@ other fields), or a JSON body with ``video_path`` / ``mask_paths`` under
 ``SONOMASK_MEDIA_ROOT`` plus the same fields; it answers ``202 {"id", "state", "url"}``.
 ``GET /v1/jobs/{id}`` answers ``{"id", "state", "stage", "progress", "error", "outputs",
 "created", "finished"}``. Bad requests get a 4xx with a message a person can act on.
+
+Nothing a client sends is trusted: paths go through ``worker.paths``, JSON through
+``worker.safejson``, models through ``pipeline.resolve_model``, webhooks through
+``worker.webhooks``; bodies are bounded in time and size (``worker.asgi``). Probing and
+file copies run in the thread pool, so one upload never stalls other requests.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
+import hmac
+import logging
 import os
 import shutil
+import threading
+import time
 import uuid
-from datetime import timedelta
+import weakref
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
+from kombu.exceptions import OperationalError
 from pydantic import BaseModel, Field, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.concurrency import run_in_threadpool
 
-from worker import jobs, media
+from worker import jobs, media, paths, safejson, staging, webhooks
+from worker.asgi import AllowOptions, BodyGuard, BodyTimeout, BodyTooLarge
 from worker.config import Settings
-from worker.errors import BadInput, SonomaskError, as_sonomask_error
-from worker.spec import JobSpec, first_error
+from worker.errors import BadInput, QueueUnavailable, SonomaskError, as_sonomask_error
+from worker.pipeline import NotOffered
+from worker.problems import errors, fix_openapi
+from worker.spec import MAX_KEYFRAMES, JobSpec, first_error
+from worker.uploads import from_multipart, openapi_submit
 from worker.web import json_body
 
-CHUNK = 1 << 20
+log = logging.getLogger("sonomask.api")
+BROKER_DOWN = "the job queue (broker) is unreachable; try again shortly"
+SPAN_SLACK = 0.05  # seconds a span may run past the clip's end (rounding on the page)
+STOPPING_SECONDS = 30.0  # a cancelled job's stage gets this long to stop before DELETE frees it
 
 
 class JobAccepted(BaseModel):
@@ -53,55 +76,19 @@ class JobDocument(BaseModel):
     bad_input: bool = False
 
 
-class Problem(BaseModel):
-    detail: str
-
-
-SPEC_EXAMPLE = {"mask_frames": [0], "mode": "both", "separator": "auto", "text": None, "spans": []}
-_OPENAPI_SUBMIT = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["video", "mask"],
-                    "properties": {
-                        "video": {"type": "string", "format": "binary"},
-                        "mask": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "mask PNGs (white = object), keyframe order",
-                        },
-                        "spec": {
-                            "type": "string",
-                            "description": "JSON JobSpec fields",
-                            "example": json.dumps(SPEC_EXAMPLE),
-                        },
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["video_path"],
-                    "properties": {
-                        "video_path": {"type": "string"},
-                        "mask_paths": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "example": {
-                    "video_path": "shoot/day1/take3.mov",
-                    "mask_paths": ["shoot/day1/take3_guitar.png"],
-                    **SPEC_EXAMPLE,
-                },
-            },
-        },
-    }
-}
+class Health(BaseModel):
+    ok: bool
+    broker: bool
+    worker_count: int = Field(ge=0)
+    workers: dict[str, list[str]] | None = Field(
+        default=None, description="worker name -> queues; only with a valid token"
+    )
+    error: str | None = None
 
 
 class ApiSettings:
+    """The API's settings (from ``SONOMASK_*``), read once when the app is built."""
+
     def __init__(self) -> None:
         env = os.environ
         self.base = Settings.from_env()
@@ -110,116 +97,220 @@ class ApiSettings:
         self.token = env.get("SONOMASK_API_TOKEN") or None
         self.max_upload = int(env.get("SONOMASK_MAX_UPLOAD_BYTES", 4 * 1024**3))
         self.job_ttl = timedelta(seconds=float(env.get("SONOMASK_JOB_TTL", 7 * 24 * 3600)))
+        self.body_timeout = float(env.get("SONOMASK_BODY_TIMEOUT", 30))
+        self.housekeeping = Housekeeping(self)
+        self.heavy = max(2, os.cpu_count() or 2)
+        self._limiters: weakref.WeakKeyDictionary[Any, anyio.CapacityLimiter] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking ``fn`` (probing, PIL, big copies) in a thread, at most ``heavy`` at
+        once and apart from the default pool, so a burst of uploads neither starves the CPU
+        the event loop needs nor the threads of the plain endpoints."""
+        loop = asyncio.get_running_loop()
+        limiter = self._limiters.get(loop)
+        if limiter is None:
+            limiter = self._limiters[loop] = anyio.CapacityLimiter(self.heavy)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+
+class Housekeeping:
+    """Expiry of old jobs and uploads: a directory scan, so at most once a minute and in a
+    background thread, never in a request's way."""
+
+    def __init__(self, cfg: ApiSettings, every: float = 60.0) -> None:
+        self.cfg, self.every, self.last = cfg, every, -every
+        self.busy = threading.Lock()
+
+    def kick(self) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every or not self.busy.acquire(blocking=False):
+            return
+        self.last = now
+        threading.Thread(target=self._run, daemon=True, name="sonomask-expiry").start()
+
+    def _run(self) -> None:
+        from worker.web import expire_uploads
+
+        try:
+            jobs.expire_jobs(self.cfg.base.workspace, self.cfg.job_ttl)
+            expire_uploads(self.cfg)
+        except Exception:  # noqa: BLE001 - housekeeping never fails a request
+            log.exception("expiring old jobs and uploads failed")
+        finally:
+            self.busy.release()
 
 
 def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
     """Build the app; ``submit_fn``/``cancel_fn`` default to the Celery ones."""
     cfg = ApiSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        gone = await run_in_threadpool(staging.sweep, cfg.base.workspace)
+        if gone:
+            log.warning("removed %d upload folder(s) left by a stopped server", len(gone))
+        yield
+
     api = FastAPI(
         title="sonomask",
         version="0.1.0",
         description="Isolate or remove the sound of an on-screen object in a video.",
+        lifespan=lifespan,
     )
+    _error_handlers(api)
+    authorized = _authorizer(cfg)
+
+    def authorize(request: Request) -> None:
+        if not authorized(request):
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer ...)")
+
+    _job_routes(api, cfg, authorize, submit_fn, cancel_fn)
+    _health_route(api, authorized)
+    from worker.web import router as web_router
+
+    api.include_router(web_router(cfg, authorize))
+    api.add_middleware(BodyGuard, timeout=cfg.body_timeout, max_bytes=cfg.max_upload + (1 << 20))
+    api.add_middleware(AllowOptions, routes=api.router.routes)
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = get_openapi(
+                title=api.title,
+                version=api.version,
+                description=api.description,
+                routes=api.routes,
+            )
+            api.openapi_schema = fix_openapi(schema)
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+    return api
+
+
+def _authorizer(cfg: ApiSettings) -> Callable[[Request], bool]:
+    expected = f"Bearer {cfg.token}".encode() if cfg.token else b""
+
+    def authorized(request: Request) -> bool:
+        """No token configured, or the right one (compared in constant time)."""
+        if cfg.token is None:
+            return True
+        header = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(header, expected)
+
+    return authorized
+
+
+def _error_handlers(api: FastAPI) -> None:
+    """Map each refusal to its status; every answer is ``{"detail": one line}``."""
+
+    def handle(status: int, detail: Callable[[Exception], str] = str, close: bool = False):
+        async def handler(request: Request, exc: Exception) -> JSONResponse:
+            headers = {"Connection": "close"} if close else None
+            return JSONResponse({"detail": detail(exc)}, status_code=status, headers=headers)
+
+        return handler
+
+    def validation(exc: Exception) -> str:
+        errs = exc.errors() if isinstance(exc, RequestValidationError) else []
+        err = errs[0] if errs else {}
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        return f"{loc}: {err.get('msg', 'invalid request')}"
+
+    table: list[tuple[type[Exception], Any]] = [
+        (RequestValidationError, handle(400, validation)),
+        (safejson.BadJSON, handle(400)),
+        (paths.PathInvalid, handle(400)),
+        (paths.PathRefused, handle(403)),
+        (webhooks.WebhookRefused, handle(400)),
+        (NotOffered, handle(400)),
+        (BadInput, handle(422)),
+        (BodyTimeout, handle(408, close=True)),
+        (BodyTooLarge, handle(413, close=True)),
+        (QueueUnavailable, handle(503, lambda e: BROKER_DOWN)),
+        (OperationalError, handle(503, lambda e: BROKER_DOWN)),
+        (SonomaskError, handle(500)),
+    ]
+    for cls, handler in table:
+        api.add_exception_handler(cls, handler)
+
+
+def _job_routes(
+    api: FastAPI, cfg: ApiSettings, authorize: Callable[..., None], submit_fn: Any, cancel_fn: Any
+) -> None:
+    auth = [Depends(authorize)]
 
     def submit(spec: JobSpec, job_id: str) -> str:
         from worker import tasks
 
         return (submit_fn or tasks.submit)(spec, cfg.base, job_id)
 
-    def authorize(request: Request) -> None:
-        if cfg.token is None:
-            return
-        header = request.headers.get("authorization", "")
-        if header != f"Bearer {cfg.token}":
-            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer ...)")
-
-    @api.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        return JSONResponse(
-            {"detail": f"{loc}: {err.get('msg', 'invalid request')}"}, status_code=400
-        )
-
-    @api.exception_handler(BadInput)
-    async def _bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @api.exception_handler(SonomaskError)
-    async def _internal(request: Request, exc: SonomaskError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=500)
-
     @api.post(
         "/v1/jobs",
         status_code=202,
         response_model=JobAccepted,
-        dependencies=[Depends(authorize)],
-        openapi_extra=_OPENAPI_SUBMIT,
-        responses={
-            400: {"model": Problem},
-            401: {"model": Problem},
-            403: {"model": Problem},
-            413: {"model": Problem},
-            422: {"model": Problem},
-        },
+        dependencies=auth,
+        openapi_extra=openapi_submit(),
+        responses=errors(400, 401, 403, 404, 408, 413, 415, 422, 503),
     )
     async def create_job(request: Request) -> JobAccepted:
         """Queue a job from uploads (multipart) or from files under the media root (JSON)."""
-        jobs.expire_jobs(cfg.base.workspace, cfg.job_ttl)
+        cfg.housekeeping.kick()
         job_id = uuid.uuid4().hex[:16]
-        staging = cfg.base.workspace / f".upload-{job_id}"
+        stage = staging.Staging(cfg.base.workspace / f".upload-{job_id}")
         ctype = request.headers.get("content-type", "")
         try:
             if ctype.startswith("multipart/form-data"):
-                fields = await _from_multipart(request, staging, cfg)
+                fields = await from_multipart(request, stage, cfg)
             elif ctype.startswith("application/json"):
-                fields = _from_json(await json_body(request), cfg)
+                fields = await run_in_threadpool(_from_json, await json_body(request), cfg)
             else:
                 raise HTTPException(
                     415,
                     "send multipart/form-data (video, mask, spec) or "
                     "application/json (video_path, mask_paths, ...)",
                 )
-            try:
-                spec = JobSpec(**fields)
-            except ValidationError as e:
-                raise HTTPException(400, first_error(e)) from None
-            _check_inputs(spec)
-            final = cfg.base.workspace / job_id / "inputs"
-            if staging.exists():
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging, final)
-                spec = _rebase(spec, staging, final)
-            submit(spec, job_id)
+            await cfg.offload(_queue, fields, stage, job_id, cfg, submit)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            stage.remove()
             raise
         return JobAccepted(id=job_id, state="queued", url=f"/v1/jobs/{job_id}")
 
-    @api.get("/v1/jobs", response_model=list[JobDocument], dependencies=[Depends(authorize)])
+    @api.get("/v1/jobs", response_model=list[JobDocument], dependencies=auth, responses=errors(401))
     def list_jobs(limit: int = 50) -> list[dict[str, Any]]:
         """The most recent jobs, newest first."""
         return jobs.list_jobs(cfg.base.workspace, limit=max(1, min(limit, 1000)))
 
-    def _ws(job_id: str):  # noqa: ANN202
+    _job_item_routes(api, cfg, auth, cancel_fn)
+
+
+def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn: Any) -> None:
+    """One job: its document, its outputs, cancelling or deleting it."""
+
+    def _ws(job_id: str) -> Any:
         try:
             return jobs.job_workspace(cfg.base.workspace, job_id)
         except KeyError:
-            raise HTTPException(404, f"no job {job_id!r}") from None
+            raise HTTPException(404, f"no job {job_id[:40]!r}") from None
 
     @api.get(
         "/v1/jobs/{job_id}",
         response_model=JobDocument,
-        dependencies=[Depends(authorize)],
-        responses={404: {"model": Problem}},
+        dependencies=auth,
+        responses=errors(401, 404),
     )
     def get_job(job_id: str) -> dict[str, Any]:
         return jobs.document(_ws(job_id))
 
     @api.get(
         "/v1/jobs/{job_id}/outputs/{name}",
-        dependencies=[Depends(authorize)],
-        responses={404: {"model": Problem}},
+        dependencies=auth,
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+            **errors(401, 404),
+        },
     )
     def get_output(job_id: str, name: str) -> FileResponse:
         """Download one output (the file names ``sonomask separate`` writes)."""
@@ -227,30 +318,42 @@ def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
         try:
             path = jobs.output_path(ws, name)
         except KeyError:
-            raise HTTPException(404, f"job {job_id} has no output {name!r} (yet)") from None
+            raise HTTPException(404, f"job {job_id} has no output {name[:80]!r} (yet)") from None
         return FileResponse(path, filename=name)
 
     @api.delete(
         "/v1/jobs/{job_id}",
         response_model=JobDocument,
-        dependencies=[Depends(authorize)],
-        responses={404: {"model": Problem}},
+        dependencies=auth,
+        responses=errors(401, 404, 409, 503),
     )
     def delete_job(job_id: str) -> dict[str, Any]:
-        """Cancel a queued or running job (partial outputs are removed)."""
-        _ws(job_id)
+        """Cancel a queued or running job (partial outputs are removed); a finished one
+        (succeeded, failed, cancelled) is deleted with all its files, then answers 404."""
+        ws = _ws(job_id)
+        doc = jobs.document(ws)
+        if doc["state"] in jobs.FINISHED:
+            _free(ws, doc, cfg.base.workspace)
+            return doc
         from worker import tasks
 
         if cancel_fn is not None:
             return cancel_fn(job_id, cfg.base)
         return tasks.cancel(job_id, cfg.base, wait=False)
 
-    @api.get("/healthz")
-    def healthz() -> JSONResponse:
-        """Broker and worker reachability."""
+
+def _health_route(api: FastAPI, authorized: Callable[[Request], bool]) -> None:
+    @api.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "the broker is unreachable"}},
+    )
+    def healthz(request: Request) -> JSONResponse:
+        """Broker and worker reachability; worker names only for a valid token."""
         from worker.app import app as celery_app
 
-        broker_ok, workers = False, {}
+        full = authorized(request)
+        broker_ok, workers, error = False, {}, None
         try:
             with celery_app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=2)
@@ -258,37 +361,17 @@ def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
             replies = celery_app.control.inspect(timeout=1.0).active_queues() or {}
             workers = {name: sorted(q["name"] for q in qs) for name, qs in replies.items()}
         except Exception as e:  # noqa: BLE001 - reported, not raised
-            return JSONResponse(
-                {"ok": False, "broker": broker_ok, "workers": workers, "error": str(e)},
-                status_code=503,
-            )
-        ok = broker_ok
-        return JSONResponse(
-            {"ok": ok, "broker": broker_ok, "workers": workers}, status_code=200 if ok else 503
-        )
-
-    from worker.web import router as web_router
-
-    api.include_router(web_router(cfg, authorize))
-    return api
-
-
-def _under_root(rel: str, cfg: ApiSettings) -> str:
-    if cfg.media_root is None:
-        raise HTTPException(
-            400,
-            "this server has no SONOMASK_MEDIA_ROOT; upload the files "
-            "as multipart/form-data instead",
-        )
-    path = (cfg.media_root / rel).resolve()
-    if not path.is_relative_to(cfg.media_root):
-        raise HTTPException(403, f"{rel!r} is outside the media root")
-    if not path.is_file():
-        raise HTTPException(404, f"{rel!r} does not exist under the media root")
-    return str(path)
+            error = str(e) if full else "the broker did not answer"
+        body: dict[str, Any] = {"ok": broker_ok, "broker": broker_ok, "worker_count": len(workers)}
+        if full:
+            body["workers"] = workers
+        if error:
+            body["error"] = error
+        return JSONResponse(body, status_code=200 if broker_ok else 503)
 
 
 def _from_json(body: dict[str, Any], cfg: ApiSettings) -> dict[str, Any]:
+    """JobSpec fields from the JSON form: every named file resolved under the media root."""
     fields = dict(body)
     if "video" in fields or "masks" in fields:
         raise HTTPException(
@@ -298,85 +381,128 @@ def _from_json(body: dict[str, Any], cfg: ApiSettings) -> dict[str, Any]:
         )
     if "video_path" not in fields:
         raise HTTPException(400, "video_path is required")
-    fields["video"] = _under_root(str(fields.pop("video_path")), cfg)
-    fields["masks"] = [_under_root(str(p), cfg) for p in fields.pop("mask_paths", []) or []]
+    root = cfg.media_root
+    fields["video"] = str(paths.media_file(fields.pop("video_path"), root, "video_path"))
+    mask_paths = fields.pop("mask_paths", None) or []
+    if not isinstance(mask_paths, list) or len(mask_paths) > MAX_KEYFRAMES:
+        raise HTTPException(400, f"mask_paths must be a list of at most {MAX_KEYFRAMES} file paths")
+    fields["masks"] = [
+        str(paths.media_file(p, root, f"mask_paths[{i}]")) for i, p in enumerate(mask_paths)
+    ]
+    keyframes = fields.get("keyframes")
+    if isinstance(keyframes, list) and len(keyframes) <= MAX_KEYFRAMES:
+        fields["keyframes"] = [
+            {**k, "mask": str(paths.media_file(k["mask"], root, f"keyframes[{i}].mask"))}
+            if isinstance(k, dict) and k.get("mask") is not None
+            else k
+            for i, k in enumerate(keyframes)
+        ]
     fields.pop("out", None)
     return fields
 
 
-async def _save_upload(upload: UploadFile, dest: Path, budget: list[int], max_bytes: int) -> None:
-    with dest.open("wb") as f:
-        while chunk := await upload.read(CHUNK):
-            budget[0] += len(chunk)
-            if budget[0] > max_bytes:
-                raise HTTPException(413, f"upload larger than the limit of {max_bytes} bytes")
-            f.write(chunk)
-
-
-async def _from_multipart(request: Request, staging: Path, cfg: ApiSettings) -> dict[str, Any]:
-    length = int(request.headers.get("content-length") or 0)
-    if length > cfg.max_upload + 1024 * 1024:
-        raise HTTPException(413, f"upload larger than the limit of {cfg.max_upload} bytes")
-    form = await request.form(max_files=64, max_fields=64)
+def _queue(
+    fields: dict[str, Any],
+    stage: staging.Staging,
+    job_id: str,
+    cfg: ApiSettings,
+    submit: Callable[[JobSpec, str], str],
+) -> None:
+    """Validate the spec and the media, move the uploads into the job, queue it (in a
+    worker thread: probing and PIL are blocking)."""
     try:
-        video = form.get("video")
-        masks = form.getlist("mask")
-        upload = form.get("upload")  # the web page's upload id instead of the video file
-        unknown = set(form.keys()) - {"video", "mask", "spec", "upload"}
-        if unknown:
-            raise HTTPException(
-                400, f"unknown form field(s) {sorted(unknown)}; send video, mask and spec"
-            )
-        if not isinstance(video, UploadFile) and not isinstance(upload, str):
-            raise HTTPException(400, "the 'video' file field is missing")
-        if any(not isinstance(m, UploadFile) for m in masks):
-            raise HTTPException(400, "each 'mask' field must be a file (PNG, white = object)")
-        raw_spec = form.get("spec") or "{}"
-        if not isinstance(raw_spec, str):
-            raw_spec = (await raw_spec.read()).decode()
+        spec = JobSpec(**fields)
+    except ValidationError as e:
+        raise HTTPException(400, first_error(e)) from None
+    _check_inputs(spec, cfg.base)
+    folder = cfg.base.workspace / job_id
+    if stage.created:
+        final = folder / "inputs"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage.path, final)
+        stage.release(moved_to=final)
+        spec = _rebase(spec, stage.path, final)
+    try:
+        submit(spec, job_id)
+    except (QueueUnavailable, OperationalError, ConnectionError, TimeoutError):
+        shutil.rmtree(folder, ignore_errors=True)
+        raise QueueUnavailable(BROKER_DOWN) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _free(ws: Any, doc: dict[str, Any], root: Path) -> None:
+    """Delete a finished job's folder (renamed first, so it is gone for readers at once)."""
+    if doc["state"] == "cancelled" and not ws.file(jobs.STOPPED_MARK).exists():
+        task = ws.manifest().get("task_id")
         try:
-            fields = json.loads(raw_spec)
-        except ValueError:
-            raise HTTPException(400, "the 'spec' field is not valid JSON") from None
-        if not isinstance(fields, dict):
-            raise HTTPException(400, "the 'spec' field must be a JSON object")
-        for key in ("video", "masks", "video_path", "mask_paths", "out"):
-            if key in fields:
-                raise HTTPException(400, f"'{key}' cannot be set in spec; upload the files")
-        staging.mkdir(parents=True, exist_ok=True)
-        budget = [0]
-        if isinstance(video, UploadFile):
-            suffix = Path(video.filename or "video").suffix.lower()[:8] or ".bin"
-            vpath = staging / f"video{suffix}"
-            await _save_upload(video, vpath, budget, cfg.max_upload)
-        else:
-            from worker.web import claim_upload
-
-            vpath = claim_upload(cfg, str(upload), staging)
-        mpaths = []
-        for i, m in enumerate(masks):
-            p = staging / f"mask{i}.png"
-            await _save_upload(m, p, budget, cfg.max_upload)
-            mpaths.append(str(p))
-        fields["video"] = str(vpath)
-        fields["masks"] = mpaths
-        return fields
-    finally:
-        await form.close()
+            age = (datetime.now(UTC) - datetime.fromisoformat(doc["finished"])).total_seconds()
+        except (TypeError, ValueError):
+            age = 0.0
+        if task and age < STOPPING_SECONDS:
+            raise HTTPException(
+                409, "the job is still stopping after its cancel; try again in a few seconds"
+            )
+    trash = root / f".deleted-{ws.job_id}-{uuid.uuid4().hex[:6]}"
+    try:
+        os.replace(ws.path, trash)
+    except FileNotFoundError:
+        raise HTTPException(404, f"no job {ws.job_id!r}") from None
+    shutil.rmtree(trash, ignore_errors=True)
 
 
-def _check_inputs(spec: JobSpec) -> None:
-    """Refuse bad media and masks now, with the pipeline's own messages, not after queueing."""
-    from worker.pipeline import _load_keyframe_mask, check_separator_config
+def _check_inputs(spec: JobSpec, settings: Settings | None = None) -> None:
+    """Refuse now, with the pipeline's own messages, what would only fail after queueing:
+    models the server does not offer, webhooks it may not call, bad media and masks,
+    times and frames outside the clip."""
+    from worker.pipeline import _load_keyframe_mask, check_separator_config, check_tracker_config
 
+    settings = settings or Settings.from_env()
+    check_separator_config(spec, settings)
+    check_tracker_config(spec, settings)
+    if spec.webhook:
+        webhooks.check(spec.webhook, settings.webhook_allow)
     try:
         p = media.probe(Path(spec.video))
         p.audio(spec.audio_stream)
+        _check_clip(spec, p, settings)
         for k in spec.keyframes:
             _load_keyframe_mask(k, p.display_size)
-        check_separator_config(spec, Settings.from_env())
     except Exception as exc:  # vision/model errors become BadInput with their message
         raise as_sonomask_error(exc) from exc
+
+
+def _check_clip(spec: JobSpec, p: media.Probe, settings: Settings) -> None:
+    """Length, spans, keyframe times and frames against the probed clip."""
+    dur = p.duration
+    if dur > settings.max_video_seconds:
+        raise BadInput(
+            f"{p.path.name} is {dur:.0f} s long; this server takes at most "
+            f"{settings.max_video_seconds:.0f} s (SONOMASK_MAX_VIDEO_SECONDS)"
+        )
+    if dur > 0:
+        for i, s in enumerate(spec.spans):
+            if s.start >= dur or s.end > dur + SPAN_SLACK:
+                raise BadInput(
+                    f"spans[{i}] {s} is outside the clip; spans must lie within 0-{dur:.2f} s"
+                )
+        for i, k in enumerate(spec.keyframes):
+            if k.time is not None and k.time > dur:
+                raise BadInput(
+                    f"keyframes[{i}].time (mask_times) {k.time:g} s is after the end of the "
+                    f"clip ({dur:.2f} s)"
+                )
+    if any(k.frame for k in spec.keyframes):
+        from worker.web import frame_count
+
+        count = frame_count(p)
+        for i, k in enumerate(spec.keyframes):
+            if k.frame is not None and k.frame >= count:
+                raise BadInput(
+                    f"keyframes[{i}].frame (mask_frames) {k.frame} does not exist; the video "
+                    f"has {count} frames (0-{count - 1})"
+                )
 
 
 def _rebase(spec: JobSpec, old: Path, new: Path) -> JobSpec:

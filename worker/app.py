@@ -4,8 +4,12 @@ Long GPU jobs, done right:
 - late acknowledgement + ``reject_on_worker_lost``: a stage whose worker dies (SIGKILL, OOM,
   machine loss) goes back to the queue and is redelivered;
 - prefetch of one, so a worker never sits on jobs another idle worker could run;
+- leases with a heartbeat (``worker/leases.py``): a stage whose worker died is queued again
+  by the reaper within seconds of its lease expiring (20 s), whatever the broker;
 - a broker visibility timeout longer than the longest stage (``SONOMASK_VISIBILITY_TIMEOUT``,
-  default 6 h), after which Redis hands an unacknowledged message to another worker;
+  default 6 h), after which Redis hands an unacknowledged message to another worker: the
+  last line of defence. RabbitMQ (``amqp://``) redelivers as soon as a worker's connection
+  drops; its ``consumer_timeout`` must exceed the longest stage (see the README);
 - retries with backoff only for transient faults (``TransientError``); bad input fails the
   job at once;
 - stages are idempotent (they skip when their outputs exist, write atomically), so a
@@ -14,8 +18,6 @@ Only the job id travels through the broker; artifacts stay in the shared workspa
 """
 
 from __future__ import annotations
-
-import os
 
 from celery import Celery
 
@@ -26,7 +28,7 @@ SEPARATE_TASK = "sonomask.stage.separate"
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    visibility = int(os.environ.get("SONOMASK_VISIBILITY_TIMEOUT", 6 * 3600))
+    visibility = settings.visibility_timeout
     app = Celery(
         "sonomask",
         broker=settings.broker_url,
@@ -45,7 +47,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_default_queue="cpu",
         task_routes={SEPARATE_TASK: {"queue": "gpu"}, "sonomask.*": {"queue": "cpu"}},
         task_track_started=True,
-        result_expires=int(os.environ.get("SONOMASK_JOB_TTL", 7 * 24 * 3600)),
+        result_expires=int(settings.job_ttl),
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

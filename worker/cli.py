@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--hostname", default=None, help="worker node name")
     wk.add_argument("--loglevel", default="INFO")
 
+    su = sub.add_parser(
+        "supervisor", help="requeue stages whose worker died (every worker also does this)"
+    )
+    su.add_argument("--interval", type=float, default=5.0, help="seconds between sweeps")
+
     sv = sub.add_parser("serve", help="run the HTTP API")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
@@ -404,6 +409,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import socket
 
+    from worker.config import Settings
+
+    # Workers run what clients queued: no Hugging Face Hub downloads unless the operator
+    # opts in (SONOMASK_ALLOW_DOWNLOADS=1). Set before anything imports huggingface_hub.
+    if not Settings.from_env().allow_downloads:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from worker.app import app
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -429,10 +441,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supervisor(args: argparse.Namespace) -> int:
+    import logging
+
+    from worker.tasks import reaper
+
+    if not (args.interval > 0 and args.interval < 3600):
+        raise BadInput("--interval must be between 0 and 3600 seconds")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    reaper(args.interval).run()
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("worker.api:app", host=args.host, port=args.port, log_level="info")
+    # Bounded everything: idle keep-alive connections close after 5 s, at most 512
+    # connections/requests at once (uvicorn answers 503 beyond), 16 KiB of headers; stalled
+    # bodies are cut by the app itself (SONOMASK_BODY_TIMEOUT, worker/asgi.py).
+    uvicorn.run(
+        "worker.api:app",
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        timeout_keep_alive=5,
+        limit_concurrency=512,
+        h11_max_incomplete_event_size=16 * 1024,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
     return 0
 
 
@@ -445,6 +482,7 @@ COMMANDS = {
     "wait": cmd_wait,
     "cancel": cmd_cancel,
     "worker": cmd_worker,
+    "supervisor": cmd_supervisor,
     "serve": cmd_serve,
 }
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -17,6 +18,17 @@ class Settings:
     result_backend: str
     max_video_seconds: float
     window_seconds: float | None  # separation window; None = the backend's own
+    # Crash recovery (worker/leases.py): where leases live, how long one lasts unrenewed.
+    lease_url: str = "redis://127.0.0.1:6379/0"
+    lease_seconds: float = 20.0
+    visibility_timeout: int = 6 * 3600  # the broker's own redelivery: the last line of defence
+    job_ttl: float = 7 * 24 * 3600
+    # What clients may choose (worker/pipeline.py resolve_model): operator-named models only.
+    models: dict[str, str] = field(default_factory=dict)  # SONOMASK_MODELS name -> path
+    tracker_model: str | None = None  # SONOMASK_TRACKER_MODEL, the default SAM 2 weights
+    tracker_models: dict[str, str] = field(default_factory=dict)  # SONOMASK_TRACKER_MODELS
+    webhook_allow: tuple[str, ...] = ()  # SONOMASK_WEBHOOK_ALLOW hosts, IPs, CIDRs
+    allow_downloads: bool = False  # SONOMASK_ALLOW_DOWNLOADS: workers may reach the HF Hub
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -32,4 +44,56 @@ class Settings:
             window_seconds=float(env["SONOMASK_WINDOW_SECONDS"])
             if env.get("SONOMASK_WINDOW_SECONDS")
             else None,
+            lease_url=env.get("SONOMASK_LEASE_URL") or _lease_url(env),
+            lease_seconds=_positive(env, "SONOMASK_LEASE_SECONDS", 20.0),
+            visibility_timeout=int(_positive(env, "SONOMASK_VISIBILITY_TIMEOUT", 6 * 3600)),
+            job_ttl=_positive(env, "SONOMASK_JOB_TTL", 7 * 24 * 3600),
+            models=_named(env, "SONOMASK_MODELS"),
+            tracker_model=env.get("SONOMASK_TRACKER_MODEL") or None,
+            tracker_models=_named(env, "SONOMASK_TRACKER_MODELS"),
+            webhook_allow=tuple(
+                h.strip() for h in env.get("SONOMASK_WEBHOOK_ALLOW", "").split(",") if h.strip()
+            ),
+            allow_downloads=env.get("SONOMASK_ALLOW_DOWNLOADS", "").strip().lower()
+            in ("1", "true", "yes"),
         )
+
+
+def _lease_url(env: os._Environ[str] | dict[str, str]) -> str:
+    """Leases live in Redis: the broker when it is Redis, else the (Redis) result backend."""
+    broker = env.get("SONOMASK_BROKER_URL", "redis://127.0.0.1:6379/0")
+    if broker.startswith(("redis://", "rediss://", "unix://")):
+        return broker
+    return env.get("SONOMASK_RESULT_BACKEND", "redis://127.0.0.1:6379/1")
+
+
+def _named(env: os._Environ[str] | dict[str, str], name: str) -> dict[str, str]:
+    """``base=/models/a,large=/models/b`` as {name: path}, or a one-line error naming ``name``."""
+    out: dict[str, str] = {}
+    for item in env.get(name, "").split(","):
+        if not item.strip():
+            continue
+        key, sep, path = (part.strip() for part in item.partition("="))
+        if not sep or not path or not _MODEL_NAME.fullmatch(key):
+            raise ValueError(
+                f"{name}: {item.strip()!r} is not NAME=PATH (NAME: letters, digits, . _ -)"
+            )
+        out[key] = path
+    return out
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _positive(env: os._Environ[str] | dict[str, str], name: str, default: float) -> float:
+    """A positive finite number from the environment, or a one-line error naming the variable."""
+    raw = env.get(name)
+    if not raw:
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
+    return value

@@ -6,6 +6,10 @@ Every bad-input failure becomes a ``BadInput``; the CLI exits 2 on it and the AP
 
 from __future__ import annotations
 
+import errno
+
+from pydantic import ValidationError
+
 from model.errors import ModelInputError, ModelLoadError
 from vision.errors import MaskError
 
@@ -28,6 +32,12 @@ class TransientError(SonomaskError):
     exit_code = 1
 
 
+class QueueUnavailable(SonomaskError):
+    """The broker cannot be reached: nothing was queued; the API answers 503."""
+
+    exit_code = 1
+
+
 class JobCancelled(SonomaskError):
     """The job was cancelled while it ran."""
 
@@ -40,4 +50,11 @@ def as_sonomask_error(exc: BaseException) -> SonomaskError:
         return exc
     if isinstance(exc, MaskError | ModelInputError | ModelLoadError):
         return BadInput(str(exc))
+    if isinstance(exc, ValidationError):  # a job description that no longer validates
+        err = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        return BadInput(f"the job's spec is invalid: {loc}: {err.get('msg', 'invalid value')}")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return SonomaskError(f"no space left on device{where}: free space in the work folder")
     return SonomaskError(f"internal error: {type(exc).__name__}: {exc}")

@@ -73,6 +73,8 @@ def document(ws: Workspace) -> dict[str, Any]:
     m = ws.manifest()
     if is_cancelled(ws):  # sticky: a stage finishing after the cancel cannot undo it
         m["state"] = "cancelled"
+    elif m.get("state") == "succeeded" and m.get("next_stage"):  # still publishing
+        m["state"] = "running"
     return {
         "id": ws.job_id,
         "state": m.get("state", "queued"),
@@ -164,7 +166,8 @@ def expire_jobs(root: Path, max_age: timedelta) -> list[str]:
 
 def output_path(ws: Workspace, name: str) -> Path:
     """The published output ``name`` of a succeeded job, or KeyError."""
-    if ws.manifest().get("state") != "succeeded" or name not in output_names(ws):
+    m = ws.manifest()
+    if m.get("state") != "succeeded" or m.get("next_stage") or name not in output_names(ws):
         raise KeyError(name)
     path = ws.path / "outputs" / name
     if not path.is_file():

@@ -247,6 +247,15 @@ def _last_line(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _ffmpeg_failed(what: str, stderr: str) -> SonomaskError:
+    """One line for a failed ffmpeg run; a full disk is named as such, not as a decode error."""
+    if "No space left on device" in stderr:
+        return SonomaskError(
+            f"no space left on device: ffmpeg could not {what}; free space in the work folder"
+        )
+    return SonomaskError(f"ffmpeg failed to {what}: {_last_line(stderr)}")
+
+
 # --------------------------------------------------------------------------- running ffmpeg
 
 
@@ -286,7 +295,7 @@ def run_ffmpeg_args(
     t.join()
     stderr = "".join(err_chunks)
     if rc != 0:
-        raise SonomaskError(f"ffmpeg failed to {what}: {_last_line(stderr)}")
+        raise _ffmpeg_failed(what, stderr)
     return stderr
 
 
@@ -408,11 +417,13 @@ def decode_frames(
             times.append(float(m.group(3)))
             if progress is not None and len(times) % 30 == 0:
                 progress(min(1.0, (times[-1] - v0) / total), "decode frames")
-        else:
+        elif "No space left on device" in line:
+            tail = [line]  # the cause, whatever ffmpeg prints after it
+        elif not any("No space left" in t for t in tail):
             tail = (tail + [line])[-5:]
     rc = proc.wait()
     if rc != 0:
-        raise SonomaskError(f"ffmpeg failed to decode frames: {_last_line(''.join(tail))}")
+        raise _ffmpeg_failed("decode frames", "".join(tail))
     if not times:
         raise BadInput(f"{p.path.name}: no video frame could be decoded; the file is damaged")
     t = np.asarray(times, dtype=np.float64)

@@ -8,6 +8,7 @@ when every stage succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -17,11 +18,12 @@ import shutil
 import subprocess
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
@@ -241,7 +243,8 @@ def _load_sam2(
     """The SAM 2 tracker and its prompts (a box keyframe prompts it as a box)."""
     from vision import sam2_tracker
 
-    source = spec.tracker_model or os.environ.get("SONOMASK_TRACKER_MODEL")
+    settings = Settings.from_env()
+    source = resolve_model(spec.tracker_model, settings, "tracker_model")
     if not source:
         raise BadInput(
             "--tracker sam2 needs SAM 2 weights: give --tracker-model (a folder saved by "
@@ -249,7 +252,7 @@ def _load_sam2(
             "cache) or set SONOMASK_TRACKER_MODEL"
         )
     try:
-        tracker = sam2_tracker.load(source, Settings.from_env().device or "auto")
+        tracker = sam2_tracker.load(source, settings.device or "auto")
     except sam2_tracker.TrackerLoadError as exc:
         raise BadInput(str(exc)) from None
     # A box prompts SAM 2 as a box (it segments the object inside); its output on the
@@ -347,9 +350,61 @@ class MaskedFrames:
         return vprompt.masked_video_for_model(self.frames[idx], self.masks[idx])
 
 
+_LOCAL_MODELS: ContextVar[bool] = ContextVar("sonomask_local_models", default=False)
+
+
+class NotOffered(BadInput):
+    """A job asked for a model the operator does not offer (HTTP 400)."""
+
+
+@contextlib.contextmanager
+def local_models() -> Iterator[None]:
+    """Let the jobs run inside this block name model folders and Hub ids directly.
+
+    Only for the local user's own in-process runs (``sonomask separate`` / ``track``):
+    queued and HTTP jobs come from clients, so they only ever pick from the operator's list.
+    """
+    token = _LOCAL_MODELS.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL_MODELS.reset(token)
+
+
+def resolve_model(
+    requested: str | None, settings: Settings, kind: Literal["model", "tracker_model"] = "model"
+) -> str | None:
+    """The weights a job may load: its ``model``/``tracker_model`` NAME from the operator's
+    list (``SONOMASK_MODELS`` / ``SONOMASK_TRACKER_MODELS``), else the default
+    (``SONOMASK_MODEL`` / ``SONOMASK_TRACKER_MODEL``). A path or Hub id is taken as is only
+    inside ``local_models()``; anywhere else it is refused, so no client can make a worker
+    open a server path or download a repository."""
+    if kind == "model":
+        names, default, var = settings.models, settings.model, "SONOMASK_MODELS"
+    else:
+        names, default = settings.tracker_models, settings.tracker_model
+        var = "SONOMASK_TRACKER_MODELS"
+    if requested is None:
+        return default
+    if requested in names:
+        return names[requested]
+    if _LOCAL_MODELS.get():
+        return requested
+    shown = requested if len(requested) <= 60 else requested[:57] + "..."
+    if names:
+        raise NotOffered(
+            f"{kind} {shown!r} is not one this server offers; choose one of: "
+            f"{', '.join(sorted(names))} (or leave {kind} out for the default)"
+        )
+    raise NotOffered(
+        f"{kind} {shown!r} is not one this server offers: it has no list of {kind}s "
+        f"({var}); leave {kind} out"
+    )
+
+
 def check_separator_config(spec: JobSpec, settings: Settings) -> None:
     """Fail before any decoding when SAM Audio is asked for without a usable model."""
-    model_path = spec.model or settings.model
+    model_path = resolve_model(spec.model, settings)
     if spec.separator == "sam-audio" and not model_path:
         raise BadInput("--separator sam-audio needs --model PATH (or SONOMASK_MODEL)")
     if model_path and spec.separator != "classical":
@@ -362,9 +417,19 @@ def check_separator_config(spec: JobSpec, settings: Settings) -> None:
             )
 
 
+def check_tracker_config(spec: JobSpec, settings: Settings) -> None:
+    """Fail before any decoding when the SAM 2 tracker is asked for without weights."""
+    source = resolve_model(spec.tracker_model, settings, "tracker_model")
+    if spec.tracker == "sam2" and not source:
+        raise BadInput(
+            "tracker sam2 needs SAM 2 weights and this server has none "
+            "(SONOMASK_TRACKER_MODEL / SONOMASK_TRACKER_MODELS); use tracker flow"
+        )
+
+
 def choose_separator(spec: JobSpec, settings: Settings) -> Separator:
     """``auto`` runs SAM Audio when a model is configured, otherwise the weight-free backend."""
-    model_path = spec.model or settings.model
+    model_path = resolve_model(spec.model, settings)
     name = spec.separator
     if name == "auto":
         name = "sam-audio" if model_path else "classical"
@@ -718,21 +783,30 @@ def publish(ws: Workspace, out_dir: Path) -> list[str]:
     """Copy finished outputs into ``out_dir``; each appears complete or not at all, job.json last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = output_names(ws)
-    for name in names:
-        src = ws.file(name)
-        tmp = out_dir / f".{name}.part"
-        try:
-            if name == "job.json":
-                tmp.write_text(src.read_text())
-            else:
-                try:
-                    os.link(src, tmp)
-                except OSError:
-                    shutil.copyfile(src, tmp)
-            os.replace(tmp, out_dir / name)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+    published: list[Path] = []
+    try:
+        for name in names:
+            src = ws.file(name)
+            tmp = out_dir / f".{name}.part"
+            try:
+                if name == "job.json":
+                    tmp.write_text(src.read_text())
+                else:
+                    try:
+                        os.link(src, tmp)
+                    except OSError:
+                        shutil.copyfile(src, tmp)
+                if ws.guard is not None:  # a queued job's lease: never publish over another worker
+                    ws.guard()
+                os.replace(tmp, out_dir / name)
+                published.append(out_dir / name)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+    except OSError:  # all or nothing: a disk that filled up halfway leaves no outputs
+        for path in published:
+            path.unlink(missing_ok=True)
+        raise
     return names
 
 
@@ -867,7 +941,7 @@ def run_job(
     out_dir = Path(spec.out or "sonomask-out")
     ws = Workspace.create(settings.workspace, spec, job_id)
     keep = keep_workspace
-    with ws.lock():
+    with ws.lock(), local_models():
         try:
             start_manifest(ws)
             for name, fn in STAGES:

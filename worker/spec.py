@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.errors import BadInput
+
+# Limits that keep one request from costing the server without bound (finite numbers only:
+# a NaN or infinite time would store as null and stall the job).
+MAX_TEXT = 1000  # characters of the text prompt
+MAX_SPANS = 256
+MAX_KEYFRAMES = 256
+MAX_PATH = 4096  # characters of a file path
+MAX_MODEL_NAME = 200
+MAX_URL = 2048
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+Seconds = Annotated[float, Field(ge=0)]
+FrameIndex = Annotated[int, Field(ge=0, le=10**9)]
+PathText = Annotated[str, Field(max_length=MAX_PATH)]
 
 _NUM = r"\d+(?:\.\d*)?|\.\d+"
 _SPAN_RE = re.compile(rf"^\s*([+-])\s*({_NUM})\s*(?:-|:|\.\.)\s*({_NUM})\s*$")
@@ -22,7 +35,7 @@ _SPAN_RE = re.compile(rf"^\s*([+-])\s*({_NUM})\s*(?:-|:|\.\.)\s*({_NUM})\s*$")
 class SpanSpec(BaseModel):
     """A time range in seconds (on the picture's clock) where the sound is present (+) or absent (-)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     sign: Literal["+", "-"]
     start: float = Field(ge=0)
@@ -37,10 +50,11 @@ class SpanSpec(BaseModel):
     @classmethod
     def parse(cls, text: str) -> SpanSpec:
         """Parse ``+1.2-3.4`` (present from 1.2 s to 3.4 s) or ``-0-2``."""
-        m = _SPAN_RE.match(text)
+        m = _SPAN_RE.match(text) if len(text) <= 100 else None
         if not m:
+            shown = text if len(text) <= 40 else text[:37] + "..."
             raise BadInput(
-                f"span {text!r} is not of the form +START-END or -START-END in seconds, e.g. +1.2-3.4"
+                f"span {shown!r} is not of the form +START-END or -START-END in seconds, e.g. +1.2-3.4"
             )
         try:
             return cls(sign=m.group(1), start=float(m.group(2)), end=float(m.group(3)))
@@ -54,17 +68,19 @@ class SpanSpec(BaseModel):
 class Keyframe(BaseModel):
     """The object drawn on one frame: a mask image (white = object) or a box, at a frame or a time."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    mask: str | None = None
+    mask: PathText | None = None
     box: tuple[float, float, float, float] | None = None
-    frame: int | None = Field(default=None, ge=0)
-    time: float | None = Field(default=None, ge=0)
+    frame: FrameIndex | None = None
+    time: Seconds | None = None
 
     @field_validator("box", mode="before")
     @classmethod
     def _parse_box(cls, v: Any) -> Any:
         if isinstance(v, str):
+            if len(v) > 200:
+                raise ValueError("box must be x0,y0,x1,y1 in pixels (four numbers)")
             parts = [p for p in re.split(r"[,\s]+", v.strip()) if p]
             if len(parts) != 4:
                 raise ValueError(f"box {v!r} must be x0,y0,x1,y1 in pixels")
@@ -91,24 +107,34 @@ TrackerName = Literal["flow", "copy", "sam2"]
 class JobSpec(BaseModel):
     """What to separate and how. Paths are local to the machine that runs the job."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    video: str
-    keyframes: list[Keyframe] = Field(default_factory=list)
-    masks: list[str] = Field(default_factory=list, description="mask images, in keyframe order")
-    boxes: list[str] = Field(default_factory=list, description="boxes x0,y0,x1,y1, after masks")
-    mask_frames: list[int] = Field(default_factory=list)
-    mask_times: list[float] = Field(default_factory=list)
-    text: str | None = None
-    spans: list[SpanSpec] = Field(default_factory=list)
+    video: PathText
+    keyframes: list[Keyframe] = Field(default_factory=list, max_length=MAX_KEYFRAMES)
+    masks: list[PathText] = Field(
+        default_factory=list, max_length=MAX_KEYFRAMES, description="mask images, keyframe order"
+    )
+    boxes: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=MAX_KEYFRAMES, description="boxes x0,y0,x1,y1"
+    )
+    mask_frames: list[FrameIndex] = Field(default_factory=list, max_length=MAX_KEYFRAMES)
+    mask_times: list[Seconds] = Field(default_factory=list, max_length=MAX_KEYFRAMES)
+    text: str | None = Field(default=None, max_length=MAX_TEXT)
+    spans: list[SpanSpec] = Field(default_factory=list, max_length=MAX_SPANS)
     mode: Mode = "both"
     separator: SeparatorName = "auto"
-    model: str | None = Field(default=None, description="SAM Audio checkpoint folder or repo id")
+    model: str | None = Field(
+        default=None,
+        max_length=MAX_MODEL_NAME,
+        description="SAM Audio model: over HTTP a name from the server's list (SONOMASK_MODELS)",
+    )
     tracker: TrackerName = "flow"
     tracker_model: str | None = Field(
-        default=None, description="SAM 2 model folder or Hub id in the HF cache (tracker sam2)"
+        default=None,
+        max_length=MAX_MODEL_NAME,
+        description="SAM 2 model: over HTTP a name from SONOMASK_TRACKER_MODELS (tracker sam2)",
     )
-    audio_stream: int = Field(default=0, ge=0, description="index among the audio streams")
+    audio_stream: int = Field(default=0, ge=0, le=1024, description="index among audio streams")
     reconstruct: Literal["masked", "generative"] = "masked"
     stem_format: Literal["pcm24", "float32"] = Field(
         default="pcm24", description="stems as 24-bit PCM or 32-bit float WAV"
@@ -117,7 +143,9 @@ class JobSpec(BaseModel):
         default=False, description="keep the original audio as an extra track in the videos"
     )
     out: str | None = None
-    webhook: str | None = Field(default=None, description="URL POSTed the job document at the end")
+    webhook: str | None = Field(
+        default=None, max_length=MAX_URL, description="URL POSTed the job document at the end"
+    )
 
     @field_validator("webhook")
     @classmethod
@@ -146,6 +174,8 @@ class JobSpec(BaseModel):
             sources: list[dict[str, Any]] = [{"mask": m} for m in self.masks]
             sources += [{"box": b} for b in self.boxes]
             n = len(sources)
+            if n > MAX_KEYFRAMES:
+                raise ValueError(f"{n} masks and boxes; at most {MAX_KEYFRAMES} keyframes")
             if self.mask_frames and self.mask_times:
                 raise ValueError("give mask_frames or mask_times, not both")
             where = self.mask_frames or self.mask_times

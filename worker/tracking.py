@@ -37,6 +37,7 @@ from worker.pipeline import (
     _load_keyframe_mask,
     _noop,
     decode_working_frames,
+    local_models,
     stage_preview,
     stage_track,
 )
@@ -93,7 +94,8 @@ def track_to_file(
         ws.write_json("probe.json", {"display_size": list(size), "frame_rate": p.frame_rate})
         decode_working_frames(ws, p, size, lambda f, m: progress("decode", f, m))
         try:
-            stage_track(ws, progress)
+            with local_models():  # the local user's own run: --tracker-model may be a path
+                stage_track(ws, progress)
         except SonomaskError:
             raise
         except Exception as exc:  # noqa: BLE001 - MaskError etc. -> BadInput, one line

@@ -47,16 +47,20 @@ import numpy as np
 import soundfile as sf
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from worker import jobs, media
+from worker import jobs, media, paths, safejson
 from worker.errors import BadInput, SonomaskError
+from worker.problems import errors
 from worker.spec import Mode, SeparatorName, TrackerName
+from worker.staging import Staging
 
 STATIC = Path(__file__).resolve().parent / "static"
 UPLOADS = ".uploads"
 CHUNK = 1 << 20
 LINK_TTL = 12 * 3600  # seconds a signed output URL stays valid
+MAX_JSON_BYTES = 1 << 20  # a JSON request body (paths and options only, never media)
 PEAKS_PER_SECOND = 100
 MAX_PEAKS = 20_000
 VIDEO_EXTS = {
@@ -86,6 +90,43 @@ _CSP = (
     "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'self'"
 )
+
+
+_OPENAPI_UPLOAD = {
+    "requestBody": {
+        "required": True,
+        "description": "the video as the raw body (file name in ?name=), as multipart field "
+        "'video', or JSON naming a file under the media root or an earlier job's video",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "video/*": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video"],
+                    "properties": {"video": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["path"],
+                            "properties": {"path": {"type": "string"}},
+                        },
+                        {
+                            "type": "object",
+                            "required": ["job"],
+                            "properties": {"job": {"type": "string"}},
+                        },
+                    ]
+                },
+                "example": {"path": "shoot/day1/take3.mov"},
+            },
+        },
+    }
+}
 
 
 # --------------------------------------------------------------------------- upload sessions
@@ -130,7 +171,7 @@ def claim_upload(cfg: Any, upload_id: str, staging: Path) -> Path:
     src = Path(meta["path"])
     if meta["source"] == "media":
         root = cfg.media_root
-        if root is None or not src.resolve().is_relative_to(root) or not src.is_file():
+        if root is None or not paths.inside(root, src) or not src.is_file():
             raise HTTPException(404, f"{meta['name']!r} is no longer under the media root")
         return src
     if not src.is_file():
@@ -144,7 +185,7 @@ def claim_upload(cfg: Any, upload_id: str, staging: Path) -> Path:
     return dest
 
 
-def _expire_uploads(cfg: Any) -> None:
+def expire_uploads(cfg: Any) -> None:
     """Drop upload sessions older than the job TTL (and half-written ones older than a day)."""
     root = uploads_root(cfg)
     if not root.is_dir():
@@ -208,6 +249,11 @@ def _frame_pts(p: media.Probe) -> tuple[list[int], float]:
     if not pts:
         raise BadInput(f"{p.path.name}: no video frame could be read; the file is damaged")
     return pts, num / den
+
+
+def frame_count(p: media.Probe) -> int:
+    """How many frames the pipeline will decode from ``p`` (read from packets: fast)."""
+    return len(_frame_pts(p)[0])
 
 
 def _create_session(cfg: Any, tmp: Path, upload_id: str, video: Path, source: str) -> dict:
@@ -415,30 +461,32 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
         return _static_file(name)
 
     @r.get("/v1/options", tags=web)
-    def options() -> dict[str, Any]:
-        """What the page may offer: separators (sam-audio only with a model), trackers, modes."""
-        model = cfg.base.model is not None
+    async def options() -> dict[str, Any]:
+        """What the page may offer: separators (sam-audio only with a model), trackers, modes,
+        and the model names a spec may choose (``model``, ``tracker_model``). Async and
+        free of I/O, so it answers at once however busy the thread pool is."""
+        base = cfg.base
+        model = base.model is not None or bool(base.models)
         separators = [s for s in get_args(SeparatorName) if s != "sam-audio" or model]
+        sam2 = base.tracker_model is not None or bool(base.tracker_models)
         return {
             "separators": separators,
             "default_separator": "auto",
-            "auto_runs": "sam-audio" if model else "classical",
+            "auto_runs": "sam-audio" if base.model is not None else "classical",
             # SAM 2 needs its weights, like SAM Audio: offered only when configured.
-            "trackers": [
-                t
-                for t in get_args(TrackerName)
-                if t != "sam2" or os.environ.get("SONOMASK_TRACKER_MODEL")
-            ],
+            "trackers": [t for t in get_args(TrackerName) if t != "sam2" or sam2],
             "default_tracker": "flow",
             "modes": list(get_args(Mode)),
             "default_mode": "both",
             "model": model,
+            "models": sorted(base.models),
+            "tracker_models": sorted(base.tracker_models),
             "auth": cfg.token is not None,
             "media_root": cfg.media_root is not None,
             "max_upload_bytes": cfg.max_upload,
         }
 
-    @r.get("/v1/media", tags=web, dependencies=auth)
+    @r.get("/v1/media", tags=web, dependencies=auth, responses=errors(401))
     def list_media(limit: int = 1000) -> dict[str, Any]:
         """Video files under SONOMASK_MEDIA_ROOT, paths relative to it (hidden folders skipped)."""
         root = cfg.media_root
@@ -452,8 +500,9 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
                 path = Path(folder) / name
                 if name.startswith(".") or path.suffix.lower() not in VIDEO_EXTS:
                     continue
-                real = path.resolve()
-                if not real.is_relative_to(root) or not real.is_file():
+                try:  # the same rule as a job's video_path (symlink loops included)
+                    real = paths.media_file(path.relative_to(root).as_posix(), root, "path")
+                except BadInput:
                     continue
                 if len(files) >= max(1, min(limit, 10_000)):
                     truncated = True
@@ -464,32 +513,49 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
                 break
         return {"configured": True, "files": files, "truncated": truncated}
 
-    @r.post("/v1/uploads", tags=web, status_code=201, dependencies=auth)
+    _upload_routes(r, cfg, auth)
+    _job_routes(r, cfg, auth)
+    return r
+
+
+def _upload_routes(r: APIRouter, cfg: Any, auth: list[Any]) -> None:
+    """Opening a video for drawing: the upload session, its frames and its waveform."""
+    web = ["web page"]
+
+    @r.post(
+        "/v1/uploads",
+        tags=web,
+        status_code=201,
+        dependencies=auth,
+        openapi_extra=_OPENAPI_UPLOAD,
+        responses=errors(400, 401, 403, 404, 408, 413, 422),
+    )
     async def create_upload(request: Request, name: str | None = None) -> dict[str, Any]:
         """Open a video for drawing: raw body (``?name=``), multipart ``video``, or JSON."""
-        _expire_uploads(cfg)
+        cfg.housekeeping.kick()
         upload_id = uuid.uuid4().hex[:16]
-        tmp = uploads_root(cfg) / f".tmp-{upload_id}"
+        stage = Staging(uploads_root(cfg) / f".tmp-{upload_id}")
+        tmp = stage.path
         ctype = request.headers.get("content-type", "")
         try:
-            tmp.mkdir(parents=True)
+            await run_in_threadpool(stage.create)
             if ctype.startswith("application/json"):
-                video, source = _json_source(await json_body(request), cfg, tmp)
+                body = await json_body(request)
+                video, source = await run_in_threadpool(_json_source, body, cfg, tmp)
             elif ctype.startswith("multipart/form-data"):
                 video, source = await _multipart_source(request, tmp, cfg.max_upload), "upload"
             else:
                 video = tmp / _safe_name(name)
                 await _save_stream(request, video, cfg.max_upload)
                 source = "upload"
-            from starlette.concurrency import run_in_threadpool
-
-            meta = await run_in_threadpool(_create_session, cfg, tmp, upload_id, video, source)
+            meta = await cfg.offload(_create_session, cfg, tmp, upload_id, video, source)
+            stage.release(moved_to=uploads_root(cfg) / upload_id)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            stage.remove()
             raise
         return _public(meta)
 
-    @r.get("/v1/uploads/{upload_id}", tags=web, dependencies=auth)
+    @r.get("/v1/uploads/{upload_id}", tags=web, dependencies=auth, responses=errors(401, 404))
     def get_upload(upload_id: str) -> dict[str, Any]:
         return _public(_meta(_session_dir(cfg, upload_id)))
 
@@ -498,7 +564,7 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
         tags=web,
         dependencies=auth,
         response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}}},
+        responses={200: {"content": {"image/jpeg": {}}}, **errors(401, 404, 422)},
     )
     def get_frame(upload_id: str, n: int, max: int = Query(1280, ge=16, le=8192)) -> Response:
         """Frame ``n`` (0-based, as ``mask_frames`` counts) as JPEG, longest side <= ``max``."""
@@ -511,7 +577,12 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
         headers = {"Cache-Control": "private, max-age=86400, immutable"}
         return Response(jpeg, media_type="image/jpeg", headers=headers)
 
-    @r.get("/v1/uploads/{upload_id}/peaks", tags=web, dependencies=auth)
+    @r.get(
+        "/v1/uploads/{upload_id}/peaks",
+        tags=web,
+        dependencies=auth,
+        responses=errors(401, 404, 422),
+    )
     def get_upload_peaks(upload_id: str, stream: int = Query(0, ge=0)) -> Response:
         """Waveform min/max per bucket (``rate`` buckets a second), sample 0 = frame 0."""
         folder = _session_dir(cfg, upload_id)
@@ -523,6 +594,11 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
             os.replace(part, cache)
         return Response(cache.read_bytes(), media_type="application/json")
 
+
+def _job_routes(r: APIRouter, cfg: Any, auth: list[Any]) -> None:
+    """A finished job's waveforms and links the page's players can use."""
+    web = ["web page"]
+
     def _output(job_id: str, name: str) -> Path:
         try:
             ws = jobs.job_workspace(cfg.base.workspace, job_id)
@@ -533,7 +609,12 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
         except KeyError:
             raise HTTPException(404, f"job {job_id} has no output {name!r} (yet)") from None
 
-    @r.get("/v1/jobs/{job_id}/peaks/{name}", tags=web, dependencies=auth)
+    @r.get(
+        "/v1/jobs/{job_id}/peaks/{name}",
+        tags=web,
+        dependencies=auth,
+        responses=errors(400, 401, 404),
+    )
     def get_job_peaks(job_id: str, name: str) -> dict[str, Any]:
         """Waveform peaks of a stem (``target.wav``, ``residual.wav``) of a finished job."""
         if not name.endswith(".wav"):
@@ -542,7 +623,7 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
             )
         return wav_peaks(_output(job_id, name))
 
-    @r.get("/v1/jobs/{job_id}/links", tags=web, dependencies=auth)
+    @r.get("/v1/jobs/{job_id}/links", tags=web, dependencies=auth, responses=errors(401, 404))
     def get_links(job_id: str) -> dict[str, Any]:
         """URLs for each output usable as a media ``src`` or a download without a header."""
         doc = get_job_document(job_id)
@@ -562,7 +643,15 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
         except KeyError:
             raise HTTPException(404, f"no job {job_id!r}") from None
 
-    @r.get("/v1/signed/{job_id}/{name}", tags=web)
+    @r.get(
+        "/v1/signed/{job_id}/{name}",
+        tags=web,
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+            **errors(403, 404),
+        },
+    )
     def get_signed(job_id: str, name: str, expires: int = 0, sig: str = "") -> FileResponse:
         """An output through a link from ``/links`` (the signature stands in for the token)."""
         if cfg.token is not None:
@@ -572,8 +661,6 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
             if expires < time.time():
                 raise HTTPException(403, "this link has expired; reopen the job to get a new one")
         return FileResponse(_output(job_id, name), filename=name)
-
-    return r
 
 
 def _static_file(name: str) -> FileResponse:
@@ -588,12 +675,15 @@ def _static_file(name: str) -> FileResponse:
     return FileResponse(STATIC / name, headers=headers)
 
 
-async def json_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong."""
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(400, "the request body is not valid JSON") from None
+async def json_body(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """The request body as a JSON object (finite numbers, bounded size and nesting, no NUL),
+    or a 4xx that says what is wrong."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise HTTPException(413, f"the JSON body is larger than {limit} bytes")
+    body = await run_in_threadpool(safejson.loads, bytes(raw))
     if not isinstance(body, dict):
         raise HTTPException(400, "the JSON body must be an object")
     return body
@@ -601,15 +691,13 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 def _json_source(body: dict[str, Any], cfg: Any, tmp: Path) -> tuple[Path, str]:
     """``{"path": rel}`` under the media root (used in place) or ``{"job": id}`` (linked)."""
-    if "path" in body and isinstance(body["path"], str):
-        from worker.api import _under_root
-
-        return Path(_under_root(body["path"], cfg)), "media"
+    if "path" in body:
+        return paths.media_file(body["path"], cfg.media_root, "path"), "media"
     if "job" in body and isinstance(body["job"], str):
         try:
             ws = jobs.job_workspace(cfg.base.workspace, body["job"])
         except KeyError:
-            raise HTTPException(404, f"no job {body['job']!r}") from None
+            raise HTTPException(404, f"no job {body['job'][:40]!r}") from None
         src = Path(ws.spec.video)
         if not src.is_file():
             raise HTTPException(404, f"the video of job {body['job']} is gone")

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class Workspace:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        # Called before any file becomes visible; a queued stage sets it to its lease check,
+        # so a worker that lost its stage to another can never publish over it.
+        self.guard: Callable[[], None] | None = None
 
     @classmethod
     def create(cls, root: Path, spec: JobSpec, job_id: str | None = None) -> Workspace:
@@ -75,6 +78,8 @@ class Workspace:
         try:
             yield tmp_path
             os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
+            if self.guard is not None:
+                self.guard()
             os.replace(tmp_path, final)
         finally:
             if tmp_path.exists():
