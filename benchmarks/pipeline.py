@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from scene import first_mask, make_scene, write_clip  # noqa: E402
 
-from worker.config import Settings  # noqa: E402
-from worker.pipeline import run_job  # noqa: E402
+from worker.jobs.runner import run_job  # noqa: E402
+from worker.settings import Settings  # noqa: E402
 from worker.spec import JobSpec  # noqa: E402
 
 

@@ -27,7 +27,7 @@ import pytest
 from scene import first_mask, make_scene, write_clip
 from service import Redis, Server, Worker, free_port, wait_for
 
-from worker import webhooks
+from worker.jobs import webhooks
 
 TOKEN = "hostile-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

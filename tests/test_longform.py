@@ -22,9 +22,12 @@ from conftest import ROOT, run_cli
 from model.separator import Separation
 from model.windows import crossfade_gains, plan_windows, window_prompt
 from vision.propagate import propagate
-from worker import arrays, pipeline
-from worker.config import Settings
+from worker import arrays, files
+from worker.jobs.runner import resumable_job_id
+from worker.settings import Settings
 from worker.spec import JobSpec
+from worker.stages import STAGES, run_stage
+from worker.stages import separate as separate_stage
 from worker.workspace import Workspace
 
 # ----------------------------------------------------------------------------- row files
@@ -141,8 +144,8 @@ class _Recording:
 def _prepared_workspace(tmp_path, scene_mp4, mask_a) -> Workspace:
     spec = JobSpec.build(video=str(scene_mp4), masks=[str(mask_a)], out=str(tmp_path / "out"))
     ws = Workspace.create(tmp_path / "ws", spec, "job")
-    for name, fn in pipeline.STAGES[:4]:  # probe, demux, track, prompt
-        pipeline.run_stage(ws, name, fn)
+    for name, fn in STAGES[:4]:  # probe, demux, track, prompt
+        run_stage(ws, name, fn, Settings.from_env())
     return ws
 
 
@@ -151,15 +154,15 @@ def test_windowed_separation_keeps_gain_and_sum(tmp_path, scene_mp4, mask_a, mon
     nor dip, and target + residual is the mixture."""
     ws = _prepared_workspace(tmp_path, scene_mp4, mask_a)
     sep = _Recording()
-    monkeypatch.setattr(pipeline, "choose_separator", lambda spec, settings: sep)
-    pipeline.stage_separate(ws, settings=Settings.from_env())
+    monkeypatch.setattr(separate_stage, "choose_separator", lambda spec, settings: sep)
+    separate_stage.run(ws, Settings.from_env())
     mix, _ = sf.read(str(ws.file("audio_model.wav")), dtype="float32")
-    target = np.load(ws.file(pipeline.STEMS_MODEL[0]))
-    residual = np.load(ws.file(pipeline.STEMS_MODEL[1]))
+    target = np.load(ws.file(files.STEMS_MODEL[0]))
+    residual = np.load(ws.file(files.STEMS_MODEL[1]))
     assert len(sep.calls) == ws.manifest()["separate_windows"]["count"] >= 6
     np.testing.assert_allclose(target, 0.7 * mix, atol=1e-6)
     np.testing.assert_allclose(target + residual, mix, atol=1e-6)
-    assert not ws.file(pipeline.WINDOWS_DIR).exists()  # window files go once joined
+    assert not ws.file(files.WINDOWS_DIR).exists()  # window files go once joined
 
 
 _CRASH_ON_THIRD_WINDOW = textwrap.dedent(
@@ -220,10 +223,10 @@ def test_cli_resumes_after_a_crash_at_the_window_it_stopped(tmp_path, scene_mp4,
 def test_a_second_run_of_a_running_job_is_refused(tmp_path, scene_mp4, mask_a):
     spec = JobSpec.build(video=str(scene_mp4), masks=[str(mask_a)], out=str(tmp_path / "o"))
     settings = Settings.from_env()
-    job_id = pipeline.resumable_job_id(spec, settings)
-    assert job_id == pipeline.resumable_job_id(spec, settings)  # same request, same job
+    job_id = resumable_job_id(spec, settings)
+    assert job_id == resumable_job_id(spec, settings)  # same request, same job
     other = JobSpec.build(video=str(scene_mp4), masks=[str(mask_a)], text="x", out=spec.out)
-    assert pipeline.resumable_job_id(other, settings) != job_id
+    assert resumable_job_id(other, settings) != job_id
     ws = Workspace.create(tmp_path / "ws", spec, job_id)
     from worker.errors import BadInput
 

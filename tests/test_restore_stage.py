@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 
 from model.remix import restore
-from worker import pipeline
+from worker.settings import Settings
 from worker.spec import JobSpec
+from worker.stages import restore as restore_stage
 from worker.workspace import Workspace
 
 
@@ -29,8 +30,8 @@ def test_blockwise_restore_matches_one_pass(tmp_path, monkeypatch, sr, channels)
     sf.write(ws.file("audio_source.wav"), source, sr, subtype="FLOAT")
     np.save(ws.file("stems_target.npy"), target48)
     np.save(ws.file("stems_residual.npy"), residual48)
-    monkeypatch.setattr(pipeline, "RESTORE_BLOCK_SECONDS", 2.0)  # several blocks
-    pipeline.stage_restore(ws)
+    monkeypatch.setattr(restore_stage, "RESTORE_BLOCK_SECONDS", 2.0)  # several blocks
+    restore_stage.run(ws, Settings.from_env())
     got_t, _ = sf.read(ws.file("target.wav"), dtype="float32", always_2d=True)
     got_r, _ = sf.read(ws.file("residual.wav"), dtype="float32", always_2d=True)
     want_t, _ = restore(source, target48, residual48, sr)

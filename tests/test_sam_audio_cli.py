@@ -11,10 +11,10 @@ import soundfile as sf
 from conftest import SAM_AUDIO_FIXTURE, ffmpeg, run_cli
 from scene import first_mask, make_scene, write_clip
 
-from worker.config import Settings
 from worker.media import stream_md5
-from worker.pipeline import choose_separator
+from worker.settings import Settings
 from worker.spec import JobSpec
+from worker.stages.models import choose_separator
 
 FIXTURE = SAM_AUDIO_FIXTURE
 pytestmark = pytest.mark.skipif(
@@ -77,7 +77,10 @@ def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path, monkeypat
     from model.sam_audio.backend import SamAudioSeparator
     from model.separator import Prompt, Span
     from vision.prompt import masked_video_for_model
-    from worker import arrays, pipeline
+    from worker import arrays, files
+    from worker.stages import STAGES, run_stage
+    from worker.stages import separate as separate_stage
+    from worker.stages.common import working_frames
     from worker.workspace import Workspace
 
     scene = make_scene(duration=2.5, width=160, height=96, fps=25.0)
@@ -95,16 +98,16 @@ def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path, monkeypat
         out=str(tmp_path / "out"),
     )
     ws = Workspace.create(tmp_path / "ws", spec, "job")
-    for name, fn in pipeline.STAGES[:4]:  # probe, demux, track, prompt
-        pipeline.run_stage(ws, name, fn)
+    for name, fn in STAGES[:4]:  # probe, demux, track, prompt
+        run_stage(ws, name, fn, Settings.from_env())
     settings = Settings(**{**Settings.from_env().__dict__, "window_seconds": 1.0})
-    pipeline.stage_separate(ws, settings=settings)
+    separate_stage.run(ws, settings)
     assert ws.manifest()["separate_windows"]["count"] == 3
-    target = np.load(ws.file(pipeline.STEMS_MODEL[0]))
-    residual = np.load(ws.file(pipeline.STEMS_MODEL[1]))
+    target = np.load(ws.file(files.STEMS_MODEL[0]))
+    residual = np.load(ws.file(files.STEMS_MODEL[1]))
 
     audio, _ = sf.read(str(ws.file("audio_model.wav")), dtype="float32")
-    frames, _ = pipeline._frames(ws)
+    frames, _ = working_frames(ws)
     masks = arrays.open_npy(ws.file("masks_work.npy"))
     idx = np.load(ws.file("prompt_index.npy"))
     whole = Prompt(

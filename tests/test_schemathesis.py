@@ -29,7 +29,7 @@ from schemathesis.checks import (
 )
 from service import Redis
 
-from worker import jobs
+from worker.jobs import store as jobs
 
 pytestmark = pytest.mark.slow
 CHECKS = [
@@ -62,7 +62,7 @@ def app(tmp_path_factory):
     os.environ.update(env)
     os.environ.pop("SONOMASK_API_TOKEN", None)
     os.environ.pop("SONOMASK_MODEL", None)
-    from worker.api import create_app
+    from worker.http.api import create_app
 
     def fake_submit(spec, cfg, job_id: str) -> str:
         jobs.create_job(cfg.workspace, spec, job_id)

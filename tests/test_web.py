@@ -109,12 +109,12 @@ def _client(monkeypatch, tmp_path: Path, media_root: Path, token: str | None = N
         monkeypatch.setenv("SONOMASK_API_TOKEN", token)
     else:
         monkeypatch.delenv("SONOMASK_API_TOKEN", raising=False)
-    from worker.api import create_app
+    from worker.http.api import create_app
 
     submitted: list[tuple[JobSpec, str]] = []
 
     def fake_submit(spec: JobSpec, settings, job_id: str) -> str:
-        from worker import jobs
+        from worker.jobs import store as jobs
 
         jobs.create_job(settings.workspace, spec, job_id)
         submitted.append((spec, job_id))
@@ -166,7 +166,7 @@ def test_options_offer_sam_audio_only_with_a_model(monkeypatch, tmp_path, clips)
     assert o["trackers"] == ["flow", "copy"] and o["modes"] == ["isolate", "remove", "both"]
     assert o["auth"] is True and o["media_root"] is True
     monkeypatch.setenv("SONOMASK_MODEL", str(tmp_path))
-    from worker.api import create_app
+    from worker.http.api import create_app
 
     o = TestClient(create_app()).get("/v1/options").json()
     assert "sam-audio" in o["separators"] and o["auto_runs"] == "sam-audio" and o["model"]
@@ -282,7 +282,7 @@ def test_submit_refers_to_the_upload(monkeypatch, tmp_path, clips):
 
 def _finished_job(root: Path, video: Path) -> str:
     """A succeeded job written straight into the workspace (no worker needed)."""
-    from worker import jobs
+    from worker.jobs import store as jobs
 
     spec = JobSpec(video=str(video), boxes=["1,1,20,20"])
     ws = jobs.create_job(root, spec, "feedc0de00000001")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import BadInput, SonomaskError
+from worker.settings import Settings, go_offline
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 _SPAN_ARG = re.compile(r"^-\s*[\d.]+\s*(-|:|\.\.)\s*[\d.]+$")
@@ -214,15 +215,14 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
-    from worker.config import Settings
-    from worker.pipeline import resumable_job_id, run_job
+    from worker.jobs.runner import resumable_job_id, run_job
     from worker.progress import StageBars
     from worker.spec import JobSpec
 
     fields = _spec_fields(args)
     out = args.out or f"{Path(args.video).stem}-sonomask"
     spec = JobSpec.build(**fields, **_separation_fields(args), out=str(Path(out).resolve()))
-    settings = Settings.from_env()
+    settings = args.settings
     job_id = resumable_job_id(spec, settings)
     try:
         with StageBars(enabled=not args.quiet) as bars:
@@ -243,9 +243,9 @@ def cmd_separate(args: argparse.Namespace) -> int:
 
 
 def cmd_track(args: argparse.Namespace) -> int:
+    from worker.jobs.matte import default_matte_path, track_to_file
     from worker.progress import StageBars
     from worker.spec import JobSpec
-    from worker.tracking import default_matte_path, track_to_file
 
     fields = _spec_fields(args)
     fields.setdefault("tracker_model", args.tracker_model)
@@ -286,6 +286,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ]
         + (["--quiet"] if args.quiet else [])
     )
+    ns.settings = args.settings
     return cmd_separate(ns)
 
 
@@ -308,14 +309,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     import shutil
     import uuid
 
-    from worker.api import _check_inputs
-    from worker.config import Settings
+    from worker.jobs.intake import check_inputs
+    from worker.jobs.tasks import submit
     from worker.spec import JobSpec
-    from worker.tasks import submit
 
-    settings = Settings.from_env()
+    settings = args.settings
     spec = JobSpec.build(**_spec_fields(args), **_separation_fields(args), webhook=args.webhook)
-    _check_inputs(spec)
+    check_inputs(spec, settings)
     job_id = uuid.uuid4().hex[:16]
     inputs = settings.workspace / job_id / "inputs"
     inputs.mkdir(parents=True)
@@ -333,20 +333,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job(job_id: str):  # noqa: ANN202
-    from worker import jobs
-    from worker.config import Settings
+def _job(job_id: str, settings: Settings):  # noqa: ANN202
+    from worker.jobs import store
 
     try:
-        return jobs.job_workspace(Settings.from_env().workspace, job_id)
+        return store.job_workspace(settings.workspace, job_id)
     except KeyError:
-        raise BadInput(f"no job {job_id!r} in {Settings.from_env().workspace}") from None
+        raise BadInput(f"no job {job_id!r} in {settings.workspace}") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from worker import jobs
+    from worker.jobs import store
 
-    doc = jobs.document(_job(args.id))
+    doc = store.document(_job(args.id, args.settings))
     if args.json:
         print_json(doc)
     else:
@@ -365,9 +364,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from worker import jobs
+    from worker.jobs import store
 
-    ws = _job(args.id)
+    ws = _job(args.id, args.settings)
     deadline = time.monotonic() + args.timeout if args.timeout else None
     with Progress(
         transient=True,
@@ -376,9 +375,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
     ) as bar:
         task = bar.add_task("queued", total=1.0)
         while True:
-            doc = jobs.document(ws)
+            doc = store.document(ws)
             bar.update(task, completed=doc["progress"], description=doc["stage"] or doc["state"])
-            if doc["state"] in jobs.FINISHED:
+            if doc["state"] in store.FINISHED:
                 break
             if deadline and time.monotonic() > deadline:
                 print(
@@ -398,9 +397,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from worker.tasks import cancel
+    from worker.jobs.tasks import cancel
 
-    _job(args.id)
+    _job(args.id, args.settings)
     doc = cancel(args.id)
     print(f"{args.id}: {doc['state']}")
     return 0
@@ -409,14 +408,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import socket
 
-    from worker.config import Settings
-
     # Workers run what clients queued: no Hugging Face Hub downloads unless the operator
     # opts in (SONOMASK_ALLOW_DOWNLOADS=1). Set before anything imports huggingface_hub.
-    if not Settings.from_env().allow_downloads:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    from worker.app import app
+    go_offline(args.settings)
+    from worker.jobs.queue import app
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     bad = set(queues) - {"cpu", "gpu"}
@@ -444,7 +439,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_supervisor(args: argparse.Namespace) -> int:
     import logging
 
-    from worker.tasks import reaper
+    from worker.jobs.tasks import reaper
 
     if not (args.interval > 0 and args.interval < 3600):
         raise BadInput("--interval must be between 0 and 3600 seconds")
@@ -460,7 +455,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # connections/requests at once (uvicorn answers 503 beyond), 16 KiB of headers; stalled
     # bodies are cut by the app itself (SONOMASK_BODY_TIMEOUT, worker/asgi.py).
     uvicorn.run(
-        "worker.api:app",
+        "worker.http.api:app",
         host=args.host,
         port=args.port,
         log_level="info",
@@ -491,6 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = _fix_span_args(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
+        try:  # the one Settings of this process, passed down from here
+            args.settings = Settings.from_env()
+        except ValueError as e:
+            raise BadInput(str(e)) from None
         return COMMANDS[args.command](args)
     except BadInput as e:
         print(f"sonomask: error: {e}", file=sys.stderr)
@@ -502,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sonomask: interrupted", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - one line for people, the trace on request
-        if os.environ.get("SONOMASK_DEBUG"):
+        if getattr(args, "settings", None) is not None and args.settings.debug:
             raise
         print(
             f"sonomask: internal error: {type(e).__name__}: {e} "

@@ -15,6 +15,7 @@ audio before the first frame is trimmed (with a warning).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -699,3 +700,158 @@ def remove_quietly(*paths: Path) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+# --------------------------------------------------------------------------- single frames
+
+
+_SHOWINFO_RE = re.compile(r"\bn:\s*\d+\s+pts:\s*(-?\d+)\s+pts_time:")
+
+
+_TB_RE = re.compile(r"time_base:\s*(\d+)/(\d+)")
+
+
+def frame_pts(p: Probe) -> tuple[list[int], float]:
+    """Presentation timestamps (stream ticks, sorted) of every frame, and the tick length.
+
+    Read from packets (no decoding, fast on long files); packets the demuxer marks as
+    discarded (``D``: before an edit list's start) are not frames the pipeline decodes.
+    """
+    v = p.video
+    tb = str(v.raw.get("time_base", "1/1000"))
+    num, den = (int(x) for x in tb.split("/"))
+    res = subprocess.run(
+        [
+            *FFPROBE_SAFE,
+            "-select_streams",
+            str(v.index),
+            "-show_entries",
+            "packet=pts,dts,flags",
+            "-of",
+            "csv=p=0",
+            f"file:{p.path.resolve()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if res.returncode != 0:
+        raise BadInput(f"{p.path.name}: the picture's packets could not be read")
+    pts: list[int] = []
+    for line in res.stdout.splitlines():
+        parts = line.strip().split(",")
+        if len(parts) < 3 or "D" in parts[2]:
+            continue
+        value = parts[0] if parts[0] not in ("", "N/A") else parts[1]
+        if value in ("", "N/A"):
+            continue
+        pts.append(int(value))
+    pts.sort()
+    if not pts:
+        raise BadInput(f"{p.path.name}: no video frame could be read; the file is damaged")
+    return pts, num / den
+
+
+def frame_count(p: Probe) -> int:
+    """How many frames the pipeline will decode from ``p`` (read from packets: fast)."""
+    return len(frame_pts(p)[0])
+
+
+def video_specifier(p: Probe) -> str:
+    vids = [s for s in p.streams if s.kind == "video"]
+    return f"v:{vids.index(p.video)}"
+
+
+def extract_frame(meta: dict[str, Any], pts: np.ndarray, n: int, max_side: int) -> bytes:
+    """JPEG of frame ``n`` (the n-th frame the pipeline decodes), scaled to ``max_side``.
+
+    Seeks to a second before the frame and selects it by timestamp, then checks the frame
+    that came out really has frame n's timestamp; where the container's seeking is not
+    exact (MPEG-TS, files with few keyframes) it decodes from the start instead, which
+    reaches every frame in order, like the pipeline's decode.
+    """
+    tick = float(meta["tick"])
+    target = int(pts[n])
+    threshold = -1e18 if n == 0 else (int(pts[n - 1]) + target) / 2 * tick
+    w, h = int(meta["width"]), int(meta["height"])
+    s = min(1.0, max_side / max(w, h))
+    sw, sh = max(2, int(round(w * s / 2)) * 2), max(2, int(round(h * s / 2)) * 2)
+    seek = target * tick - float(meta["format_start"]) - 1.0
+    if seek > 0:
+        jpeg, got = _run_frame(meta, threshold, sw, sh, seek)
+        if jpeg and got is not None and abs(got - target * tick) <= 0.25 * _gap(pts, n) * tick:
+            return jpeg
+    jpeg, _ = _run_frame(meta, threshold, sw, sh, None)
+    if jpeg:
+        return jpeg
+    raise BadInput(f"frame {n} of {meta['name']} could not be decoded")
+
+
+def _gap(pts: np.ndarray, n: int) -> float:
+    """Ticks to the nearest neighbouring frame (the tolerance scale for a timestamp match)."""
+    gaps = [abs(int(pts[i]) - int(pts[n])) for i in (n - 1, n + 1) if 0 <= i < len(pts)]
+    return float(min(gaps)) if gaps else 1.0
+
+
+def _run_frame(
+    meta: dict[str, Any], threshold: float, sw: int, sh: int, seek: float | None
+) -> tuple[bytes, float | None]:
+    args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "info", "-copyts"]
+    if seek is not None:
+        args += ["-noaccurate_seek", "-ss", f"{seek:.6f}"]
+    args += ["-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST]
+    args += ["-i", f"file:{meta['path']}", "-map", f"0:{meta['video_index']}", "-an", "-sn", "-dn"]
+    vf = f"select=gte(t\\,{threshold:.9f}),showinfo,scale={sw}:{sh}:flags=area,format=yuvj420p"
+    args += ["-vf", vf, "-frames:v", "1", "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", "3"]
+    args += ["pipe:1"]
+    res = subprocess.run(args, capture_output=True, timeout=120)
+    err = res.stderr.decode(errors="replace")
+    m, tb = _SHOWINFO_RE.search(err), _TB_RE.search(err)
+    if res.returncode != 0 or not m or not tb:
+        return b"", None
+    return res.stdout, int(m.group(1)) * int(tb.group(1)) / int(tb.group(2))
+
+
+# --------------------------------------------------------------------------- preview encoding
+
+
+class PreviewEncoder:
+    """A small H.264 MP4 fed raw RGB frames on stdin: the preview the job and ``track`` write.
+
+    ``audio`` (a WAV) is muxed in as AAC and the video cut to the shorter of the two.
+    """
+
+    def __init__(self, size: tuple[int, int], fps: float, audio: Path | None, out: Path):
+        w, h = size
+        args = [*FFMPEG_QUIET, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}"]
+        args += ["-r", f"{fps:.6f}", "-i", "pipe:0"]
+        if audio is not None:
+            args += ["-i", str(audio), "-map", "0:v", "-map", "1:a"]
+            args += ["-c:a", "aac", "-b:a", "96k", "-shortest"]
+        args += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "28", "-pix_fmt", "yuv420p"]
+        args += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-movflags", "+faststart"]
+        args += ["-f", "mp4", str(out)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._open = True
+
+    def write(self, frames: np.ndarray) -> None:
+        """Frames uint8 [n, h, w, 3]; ffmpeg closing early (it has what it needs) is fine."""
+        if not self._open:
+            return
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except BrokenPipeError:
+            self._open = False
+
+    def __enter__(self) -> PreviewEncoder:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        rc = self.proc.wait()
+        if exc_type is None and rc != 0:
+            raise SonomaskError(f"ffmpeg failed to write the preview: {err.strip()[-300:]}")

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from worker import files
 from worker.errors import BadInput
 from worker.spec import JobSpec
 
-MANIFEST = "job.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -44,8 +44,8 @@ class Workspace:
         job_id = job_id or uuid.uuid4().hex[:12]
         ws = cls(Path(root) / job_id)
         ws.path.mkdir(parents=True, exist_ok=True)
-        if not ws.file("spec.json").exists():
-            ws.write_text("spec.json", spec.model_dump_json(indent=2))
+        if not ws.file(files.SPEC).exists():
+            ws.write_text(files.SPEC, spec.model_dump_json(indent=2))
         return ws
 
     @property
@@ -54,7 +54,7 @@ class Workspace:
 
     @property
     def spec(self) -> JobSpec:
-        return JobSpec.model_validate_json(self.file("spec.json").read_text())
+        return JobSpec.model_validate_json(self.file(files.SPEC).read_text())
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -110,14 +110,14 @@ class Workspace:
     # ------------------------------------------------------------------ manifest
 
     def manifest(self) -> dict[str, Any]:
-        if self.file(MANIFEST).exists():
-            return self.read_json(MANIFEST)
+        if self.file(files.MANIFEST).exists():
+            return self.read_json(files.MANIFEST)
         return {}
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         data = self.manifest()
         data.update(fields)
-        self.write_json(MANIFEST, data)
+        self.write_json(files.MANIFEST, data)
         return data
 
     @contextlib.contextmanager

@@ -29,6 +29,12 @@ class Settings:
     tracker_models: dict[str, str] = field(default_factory=dict)  # SONOMASK_TRACKER_MODELS
     webhook_allow: tuple[str, ...] = ()  # SONOMASK_WEBHOOK_ALLOW hosts, IPs, CIDRs
     allow_downloads: bool = False  # SONOMASK_ALLOW_DOWNLOADS: workers may reach the HF Hub
+    # The HTTP API (worker/http/).
+    media_root: Path | None = None  # SONOMASK_MEDIA_ROOT: what the JSON form may read
+    api_token: str | None = None  # SONOMASK_API_TOKEN
+    max_upload_bytes: int = 4 * 1024**3
+    body_timeout: float = 30.0  # seconds a request body may stall
+    debug: bool = False  # SONOMASK_DEBUG: tracebacks for internal errors
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -56,6 +62,13 @@ class Settings:
             ),
             allow_downloads=env.get("SONOMASK_ALLOW_DOWNLOADS", "").strip().lower()
             in ("1", "true", "yes"),
+            media_root=Path(env["SONOMASK_MEDIA_ROOT"]).resolve()
+            if env.get("SONOMASK_MEDIA_ROOT")
+            else None,
+            api_token=env.get("SONOMASK_API_TOKEN") or None,
+            max_upload_bytes=int(env.get("SONOMASK_MAX_UPLOAD_BYTES", 4 * 1024**3)),
+            body_timeout=_positive(env, "SONOMASK_BODY_TIMEOUT", 30.0),
+            debug=bool(env.get("SONOMASK_DEBUG")),
         )
 
 
@@ -97,3 +110,11 @@ def _positive(env: os._Environ[str] | dict[str, str], name: str, default: float)
     if not (value > 0 and value < float("inf")):
         raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
     return value
+
+
+def go_offline(settings: Settings) -> None:
+    """Keep the Hugging Face libraries off the network in this process (and its children)
+    unless the operator allowed downloads: a worker loads only weights already on disk."""
+    if not settings.allow_downloads:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"

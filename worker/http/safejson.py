@@ -13,6 +13,9 @@ import json
 import math
 from typing import Any
 
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
 MAX_DEPTH = 32  # a JobSpec nests 4 deep; anything far deeper is not a request
 
 
@@ -69,3 +72,20 @@ def _check_text(s: str, where: str) -> None:
         s.encode("utf-8")
     except UnicodeEncodeError:
         raise BadJSON(f"{where[:100]} is not valid Unicode text (a lone surrogate)") from None
+
+
+MAX_JSON_BYTES = 1 << 20  # a JSON request body (paths and options only, never media)
+
+
+async def json_body(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """The request body as a JSON object (finite numbers, bounded size and nesting, no NUL),
+    or a 4xx that says what is wrong."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise HTTPException(413, f"the JSON body is larger than {limit} bytes")
+    body = await run_in_threadpool(loads, bytes(raw))
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the JSON body must be an object")
+    return body

@@ -28,20 +28,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worker import media
+from worker import files, media
 from worker.arrays import read_npy_header
-from worker.config import Settings
 from worker.errors import BadInput, SonomaskError, as_sonomask_error
-from worker.pipeline import (
-    StageProgress,
-    _load_keyframe_mask,
-    _noop,
-    decode_working_frames,
-    local_models,
-    stage_preview,
-    stage_track,
-)
+from worker.settings import Settings
 from worker.spec import JobSpec
+from worker.stages import preview as preview_stage
+from worker.stages import track as track_stage
+from worker.stages.common import StageProgress, decode_working_frames, load_keyframe_mask, noop
+from worker.stages.models import local_models
 from worker.workspace import Workspace
 
 MATTE_CODECS: dict[str, list[str]] = {
@@ -66,7 +61,7 @@ def track_to_file(
     spec: JobSpec,
     out: Path,
     preview: Path | None = None,
-    progress: StageProgress = _noop,
+    progress: StageProgress = noop,
     settings: Settings | None = None,
     matte: Path | None = None,
     png_dir: Path | None = None,
@@ -83,7 +78,7 @@ def track_to_file(
     size = p.display_size
     for k in spec.keyframes:
         try:
-            _load_keyframe_mask(k, size)
+            load_keyframe_mask(k, size)
         except Exception as exc:  # noqa: BLE001 - MaskError and friends become one line
             raise as_sonomask_error(exc) from exc
     settings.workspace.mkdir(parents=True, exist_ok=True)
@@ -91,24 +86,24 @@ def track_to_file(
         Path(tempfile.mkdtemp(prefix="track-", dir=settings.workspace)), spec, job_id="job"
     )
     try:
-        ws.write_json("probe.json", {"display_size": list(size), "frame_rate": p.frame_rate})
+        ws.write_json(files.PROBE, {"display_size": list(size), "frame_rate": p.frame_rate})
         decode_working_frames(ws, p, size, lambda f, m: progress("decode", f, m))
         try:
             with local_models():  # the local user's own run: --tracker-model may be a path
-                stage_track(ws, progress)
+                track_stage.run(ws, settings, progress)
         except SonomaskError:
             raise
         except Exception as exc:  # noqa: BLE001 - MaskError etc. -> BadInput, one line
             raise as_sonomask_error(exc) from exc
-        times = np.load(ws.file("frame_times.npy"))
-        masks_file = ws.file("masks.npz")
+        times = np.load(ws.file(files.FRAME_TIMES))
+        masks_file = ws.file(files.MASKS)
         if matte is not None:
             write_matte(masks_file, times, matte, lambda f, m: progress("matte", f, m))
         if png_dir is not None:
             write_png_sequence(masks_file, png_dir, out.stem, lambda f, m: progress("png", f, m))
         if preview is not None:
-            stage_preview(ws, progress)
-            _copy(ws.file("preview.mp4"), preview)
+            preview_stage.run(ws, settings, progress)
+            _copy(ws.file(files.PREVIEW), preview)
         out.parent.mkdir(parents=True, exist_ok=True)
         if _same_fs(ws.path, out):
             os.replace(masks_file, out)

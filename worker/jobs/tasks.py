@@ -24,9 +24,6 @@ from celery import signals
 from celery.exceptions import Ignore
 from kombu.exceptions import OperationalError
 
-from worker import jobs, leases
-from worker.app import app
-from worker.config import Settings
 from worker.errors import (
     BadInput,
     JobCancelled,
@@ -35,16 +32,13 @@ from worker.errors import (
     TransientError,
     as_sonomask_error,
 )
-from worker.pipeline import (
-    STAGES,
-    StageProgress,
-    fail_manifest,
-    finish_manifest,
-    publish,
-    run_stage,
-    start_manifest,
-)
+from worker.jobs import leases, store
+from worker.jobs.queue import SETTINGS, app
+from worker.jobs.record import fail_manifest, finish_manifest, publish, start_manifest
+from worker.settings import Settings
 from worker.spec import JobSpec
+from worker.stages import STAGES, run_stage
+from worker.stages.common import StageProgress
 from worker.workspace import Workspace
 
 log = logging.getLogger("sonomask.tasks")
@@ -60,13 +54,13 @@ def _lease_store() -> redis.Redis:
     """One Redis client per process (pool children are forked: never share a socket)."""
     pid = os.getpid()
     if pid not in _clients:
-        _clients[pid] = leases.connect(Settings.from_env().lease_url)
+        _clients[pid] = leases.connect(SETTINGS.lease_url)
     return _clients[pid]
 
 
 def _workspace(job_id: str) -> Workspace | None:
     try:
-        return jobs.job_workspace(Settings.from_env().workspace, job_id)
+        return store.job_workspace(SETTINGS.workspace, job_id)
     except KeyError:
         return None
 
@@ -74,13 +68,13 @@ def _workspace(job_id: str) -> Workspace | None:
 def _should_skip(ws: Workspace | None) -> bool:
     if ws is None:
         return True
-    if jobs.is_cancelled(ws):
-        jobs.remove_partial_outputs(ws)
+    if store.is_cancelled(ws):
+        store.remove_partial_outputs(ws)
         return True
     m = ws.manifest()
     if m.get("state") == "succeeded":  # done unless its publishing was interrupted
         return m.get("next_stage") != FINISH
-    return m.get("state") in jobs.FINISHED
+    return m.get("state") in store.FINISHED
 
 
 def send(job_id: str, stage: str, patient: bool = False) -> None:
@@ -101,12 +95,11 @@ def _acquire(task: Any, ws: Workspace, name: str) -> leases.Lease:
         log.info("job %s waits for %s; dropping a stale %s message", ws.job_id, pending, name)
         raise Ignore()
     holder = f"{task.request.hostname}:{os.getpid()}"
-    settings = Settings.from_env()
     deadline = time.monotonic() + leases.REDIS_WAIT_SECONDS
     while True:
         try:
             lease = leases.acquire(
-                _lease_store(), ws.job_id, name, holder, settings.lease_seconds, m.get("fence", 0)
+                _lease_store(), ws.job_id, name, holder, SETTINGS.lease_seconds, m.get("fence", 0)
             )
             break
         except redis.RedisError as e:
@@ -140,8 +133,8 @@ def _record_start(task: Any, ws: Workspace, name: str, lease: leases.Lease) -> N
 
 
 def _stopped(ws: Workspace) -> None:
-    jobs.remove_partial_outputs(ws)
-    ws.file(jobs.STOPPED_MARK).touch()
+    store.remove_partial_outputs(ws)
+    ws.file(store.STOPPED_MARK).touch()
 
 
 def _fail(ws: Workspace, err: SonomaskError) -> None:
@@ -166,7 +159,7 @@ def _run_leased(
     except Exception as exc:  # noqa: BLE001 - an unreadable job.json: the job fails, visibly
         _fail(ws, as_sonomask_error(exc))
         raise Ignore() from None
-    base = jobs.progress_reporter(ws)
+    base = store.progress_reporter(ws)
 
     def report(stage: str, fraction: float, message: str) -> None:
         if lease.lost:
@@ -178,7 +171,7 @@ def _run_leased(
         try:
             _record_start(task, ws, name, lease)
             body(ws, report)
-            if jobs.is_cancelled(ws):  # cancelled while the stage's last step ran
+            if store.is_cancelled(ws):  # cancelled while the stage's last step ran
                 raise JobCancelled("the job was cancelled")
             nxt = NEXT[name]
             ws.update_manifest(next_stage=nxt, **({"state": "queued"} if nxt else {}))
@@ -229,7 +222,7 @@ def _stage_body(name: str, fn: Callable[..., None]) -> Callable[[Workspace, Stag
     def body(ws: Workspace, report: StageProgress) -> None:
         if name == STAGES[0][0] and not ws.manifest().get("versions"):
             start_manifest(ws)
-        run_stage(ws, name, fn, report)
+        run_stage(ws, name, fn, SETTINGS, report)
 
     return body
 
@@ -302,7 +295,7 @@ def requeue(job_id: str, stage: str) -> None:
 
 def reaper(interval: float = 5.0) -> leases.Reaper:
     """A reaper over this deployment's leases."""
-    return leases.Reaper(leases.connect(Settings.from_env().lease_url), requeue, interval)
+    return leases.Reaper(leases.connect(SETTINGS.lease_url), requeue, interval)
 
 
 _worker_reaper: list[leases.Reaper] = []
@@ -327,9 +320,9 @@ def submit(spec: JobSpec, settings: Settings | None = None, job_id: str | None =
 
     Raises QueueUnavailable (and leaves nothing behind) when the broker cannot be reached.
     """
-    settings = settings or Settings.from_env()
+    settings = settings or SETTINGS
     job_id = job_id or uuid.uuid4().hex[:16]
-    ws = jobs.create_job(settings.workspace, spec, job_id)
+    ws = store.create_job(settings.workspace, spec, job_id)
     ws.update_manifest(next_stage=ORDER[0])
     try:
         STAGE_TASKS[ORDER[0]].apply_async(
@@ -353,37 +346,37 @@ def cancel(
     ``grace`` seconds is killed and its leftovers removed. ``wait=False`` does that last part
     in a background thread so an HTTP request returns at once.
     """
-    settings = settings or Settings.from_env()
-    ws = jobs.job_workspace(settings.workspace, job_id)
-    doc = jobs.document(ws)
-    if doc["state"] in jobs.FINISHED:
+    settings = settings or SETTINGS
+    ws = store.job_workspace(settings.workspace, job_id)
+    doc = store.document(ws)
+    if doc["state"] in store.FINISHED:
         return doc
-    ws.file(jobs.CANCEL_MARK).touch()
-    ws.update_manifest(state="cancelled", finished=jobs.now(), error=None)
+    ws.file(store.CANCEL_MARK).touch()
+    ws.update_manifest(state="cancelled", finished=store.now(), error=None)
     task_id = ws.manifest().get("task_id")
     if task_id:
         app.control.revoke(task_id)  # queued copies of it are dropped
 
     def stop_and_clean() -> None:
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and not ws.file(jobs.STOPPED_MARK).exists():
+        while time.monotonic() < deadline and not ws.file(store.STOPPED_MARK).exists():
             time.sleep(0.2)
-        if task_id and not ws.file(jobs.STOPPED_MARK).exists():
+        if task_id and not ws.file(store.STOPPED_MARK).exists():
             app.control.revoke(task_id, terminate=True, signal="SIGKILL")
             time.sleep(1.0)
-        jobs.remove_partial_outputs(ws)
+        store.remove_partial_outputs(ws)
         notify(ws)
 
     if wait or not task_id:
         stop_and_clean()
     else:
         threading.Thread(target=stop_and_clean, daemon=True).start()
-    return jobs.document(ws)
+    return store.document(ws)
 
 
 def notify(ws: Workspace) -> None:
     """POST the job document to the job's webhook, if it has one; failures are logged only."""
-    from worker import webhooks
+    from worker.jobs import webhooks
 
     try:
         url = ws.spec.webhook
@@ -391,10 +384,10 @@ def notify(ws: Workspace) -> None:
         return
     if not url:
         return
-    body = json.dumps(jobs.document(ws)).encode()
+    body = json.dumps(store.document(ws)).encode()
     # Checked again now (DNS may have changed since submit), sent to the checked address,
     # no redirects, 10 s timeout; see worker/webhooks.py.
-    webhooks.send(url, body, Settings.from_env().webhook_allow)
+    webhooks.send(url, body, SETTINGS.webhook_allow)
 
 
 __all__ = ["BadInput", "cancel", "finish", "requeue", "submit", "STAGE_TASKS"]

@@ -21,19 +21,18 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.config import Settings
+from worker.settings import Settings
 
 SEPARATE_TASK = "sonomask.stage.separate"
 
 
-def make_app(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings.from_env()
+def make_app(settings: Settings) -> Celery:
     visibility = settings.visibility_timeout
     app = Celery(
         "sonomask",
         broker=settings.broker_url,
         backend=settings.result_backend,
-        include=["worker.tasks"],
+        include=["worker.jobs.tasks"],
     )
     app.conf.update(
         task_acks_late=True,
@@ -56,4 +55,6 @@ def make_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-app = make_app()
+SETTINGS = Settings.from_env()
+"""This process's settings, read once: every task and the reaper use these."""
+app = make_app(SETTINGS)

@@ -7,9 +7,9 @@ other fields), or a JSON body with ``video_path`` / ``mask_paths`` under
 ``GET /v1/jobs/{id}`` answers ``{"id", "state", "stage", "progress", "error", "outputs",
 "created", "finished"}``. Bad requests get a 4xx with a message a person can act on.
 
-Nothing a client sends is trusted: paths go through ``worker.paths``, JSON through
-``worker.safejson``, models through ``pipeline.resolve_model``, webhooks through
-``worker.webhooks``; bodies are bounded in time and size (``worker.asgi``). Probing and
+Nothing a client sends is trusted: paths go through ``worker.http.paths``, JSON through
+``worker.http.safejson``, models through ``stages.models.resolve_model``, webhooks through
+``worker.jobs.webhooks``; bodies are bounded in time and size (``worker.http.asgi``). Probing and
 file copies run in the thread pool, so one upload never stalls other requests.
 """
 
@@ -40,19 +40,20 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from worker import jobs, media, paths, safejson, staging, webhooks
-from worker.asgi import AllowOptions, BodyGuard, BodyTimeout, BodyTooLarge
-from worker.config import Settings
-from worker.errors import BadInput, QueueUnavailable, SonomaskError, as_sonomask_error
-from worker.pipeline import NotOffered
-from worker.problems import errors, fix_openapi
+from worker.errors import BadInput, QueueUnavailable, SonomaskError
+from worker.http import paths, safejson, staging
+from worker.http.asgi import AllowOptions, BodyGuard, BodyTimeout, BodyTooLarge
+from worker.http.problems import errors, fix_openapi
+from worker.http.safejson import json_body
+from worker.http.uploads import from_multipart, openapi_submit
+from worker.jobs import store, webhooks
+from worker.jobs.intake import check_inputs
+from worker.settings import Settings
 from worker.spec import MAX_KEYFRAMES, JobSpec, first_error
-from worker.uploads import from_multipart, openapi_submit
-from worker.web import json_body
+from worker.stages.models import NotOffered
 
 log = logging.getLogger("sonomask.api")
 BROKER_DOWN = "the job queue (broker) is unreachable; try again shortly"
-SPAN_SLACK = 0.05  # seconds a span may run past the clip's end (rounding on the page)
 STOPPING_SECONDS = 30.0  # a cancelled job's stage gets this long to stop before DELETE frees it
 
 
@@ -87,17 +88,15 @@ class Health(BaseModel):
 
 
 class ApiSettings:
-    """The API's settings (from ``SONOMASK_*``), read once when the app is built."""
+    """The API's view of the process's Settings, plus its thread limiter and housekeeping."""
 
-    def __init__(self) -> None:
-        env = os.environ
-        self.base = Settings.from_env()
-        root = env.get("SONOMASK_MEDIA_ROOT")
-        self.media_root = Path(root).resolve() if root else None
-        self.token = env.get("SONOMASK_API_TOKEN") or None
-        self.max_upload = int(env.get("SONOMASK_MAX_UPLOAD_BYTES", 4 * 1024**3))
-        self.job_ttl = timedelta(seconds=float(env.get("SONOMASK_JOB_TTL", 7 * 24 * 3600)))
-        self.body_timeout = float(env.get("SONOMASK_BODY_TIMEOUT", 30))
+    def __init__(self, settings: Settings) -> None:
+        self.base = settings
+        self.media_root = settings.media_root
+        self.token = settings.api_token
+        self.max_upload = settings.max_upload_bytes
+        self.job_ttl = timedelta(seconds=settings.job_ttl)
+        self.body_timeout = settings.body_timeout
         self.housekeeping = Housekeeping(self)
         self.heavy = max(2, os.cpu_count() or 2)
         self._limiters: weakref.WeakKeyDictionary[Any, anyio.CapacityLimiter] = (
@@ -131,10 +130,10 @@ class Housekeeping:
         threading.Thread(target=self._run, daemon=True, name="sonomask-expiry").start()
 
     def _run(self) -> None:
-        from worker.web import expire_uploads
+        from worker.http.sessions import expire_uploads
 
         try:
-            jobs.expire_jobs(self.cfg.base.workspace, self.cfg.job_ttl)
+            store.expire_jobs(self.cfg.base.workspace, self.cfg.job_ttl)
             expire_uploads(self.cfg)
         except Exception:  # noqa: BLE001 - housekeeping never fails a request
             log.exception("expiring old jobs and uploads failed")
@@ -142,9 +141,12 @@ class Housekeeping:
             self.busy.release()
 
 
-def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
-    """Build the app; ``submit_fn``/``cancel_fn`` default to the Celery ones."""
-    cfg = ApiSettings()
+def create_app(
+    submit_fn: Any = None, cancel_fn: Any = None, settings: Settings | None = None
+) -> FastAPI:
+    """Build the app; ``submit_fn``/``cancel_fn`` default to the Celery ones, ``settings`` to
+    this process's (read from the environment once, here)."""
+    cfg = ApiSettings(settings or Settings.from_env())
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -168,7 +170,7 @@ def create_app(submit_fn: Any = None, cancel_fn: Any = None) -> FastAPI:
 
     _job_routes(api, cfg, authorize, submit_fn, cancel_fn)
     _health_route(api, authorized)
-    from worker.web import router as web_router
+    from worker.http.page import router as web_router
 
     api.include_router(web_router(cfg, authorize))
     api.add_middleware(BodyGuard, timeout=cfg.body_timeout, max_bytes=cfg.max_upload + (1 << 20))
@@ -242,7 +244,7 @@ def _job_routes(
     auth = [Depends(authorize)]
 
     def submit(spec: JobSpec, job_id: str) -> str:
-        from worker import tasks
+        from worker.jobs import tasks
 
         return (submit_fn or tasks.submit)(spec, cfg.base, job_id)
 
@@ -280,7 +282,7 @@ def _job_routes(
     @api.get("/v1/jobs", response_model=list[JobDocument], dependencies=auth, responses=errors(401))
     def list_jobs(limit: int = 50) -> list[dict[str, Any]]:
         """The most recent jobs, newest first."""
-        return jobs.list_jobs(cfg.base.workspace, limit=max(1, min(limit, 1000)))
+        return store.list_jobs(cfg.base.workspace, limit=max(1, min(limit, 1000)))
 
     _job_item_routes(api, cfg, auth, cancel_fn)
 
@@ -290,7 +292,7 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
 
     def _ws(job_id: str) -> Any:
         try:
-            return jobs.job_workspace(cfg.base.workspace, job_id)
+            return store.job_workspace(cfg.base.workspace, job_id)
         except KeyError:
             raise HTTPException(404, f"no job {job_id[:40]!r}") from None
 
@@ -301,7 +303,7 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
         responses=errors(401, 404),
     )
     def get_job(job_id: str) -> dict[str, Any]:
-        return jobs.document(_ws(job_id))
+        return store.document(_ws(job_id))
 
     @api.get(
         "/v1/jobs/{job_id}/outputs/{name}",
@@ -316,7 +318,7 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
         """Download one output (the file names ``sonomask separate`` writes)."""
         ws = _ws(job_id)
         try:
-            path = jobs.output_path(ws, name)
+            path = store.output_path(ws, name)
         except KeyError:
             raise HTTPException(404, f"job {job_id} has no output {name[:80]!r} (yet)") from None
         return FileResponse(path, filename=name)
@@ -331,11 +333,11 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
         """Cancel a queued or running job (partial outputs are removed); a finished one
         (succeeded, failed, cancelled) is deleted with all its files, then answers 404."""
         ws = _ws(job_id)
-        doc = jobs.document(ws)
-        if doc["state"] in jobs.FINISHED:
+        doc = store.document(ws)
+        if doc["state"] in store.FINISHED:
             _free(ws, doc, cfg.base.workspace)
             return doc
-        from worker import tasks
+        from worker.jobs import tasks
 
         if cancel_fn is not None:
             return cancel_fn(job_id, cfg.base)
@@ -350,7 +352,7 @@ def _health_route(api: FastAPI, authorized: Callable[[Request], bool]) -> None:
     )
     def healthz(request: Request) -> JSONResponse:
         """Broker and worker reachability; worker names only for a valid token."""
-        from worker.app import app as celery_app
+        from worker.jobs.queue import app as celery_app
 
         full = authorized(request)
         broker_ok, workers, error = False, {}, None
@@ -414,7 +416,7 @@ def _queue(
         spec = JobSpec(**fields)
     except ValidationError as e:
         raise HTTPException(400, first_error(e)) from None
-    _check_inputs(spec, cfg.base)
+    check_inputs(spec, cfg.base)
     folder = cfg.base.workspace / job_id
     if stage.created:
         final = folder / "inputs"
@@ -434,7 +436,7 @@ def _queue(
 
 def _free(ws: Any, doc: dict[str, Any], root: Path) -> None:
     """Delete a finished job's folder (renamed first, so it is gone for readers at once)."""
-    if doc["state"] == "cancelled" and not ws.file(jobs.STOPPED_MARK).exists():
+    if doc["state"] == "cancelled" and not ws.file(store.STOPPED_MARK).exists():
         task = ws.manifest().get("task_id")
         try:
             age = (datetime.now(UTC) - datetime.fromisoformat(doc["finished"])).total_seconds()
@@ -450,59 +452,6 @@ def _free(ws: Any, doc: dict[str, Any], root: Path) -> None:
     except FileNotFoundError:
         raise HTTPException(404, f"no job {ws.job_id!r}") from None
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _check_inputs(spec: JobSpec, settings: Settings | None = None) -> None:
-    """Refuse now, with the pipeline's own messages, what would only fail after queueing:
-    models the server does not offer, webhooks it may not call, bad media and masks,
-    times and frames outside the clip."""
-    from worker.pipeline import _load_keyframe_mask, check_separator_config, check_tracker_config
-
-    settings = settings or Settings.from_env()
-    check_separator_config(spec, settings)
-    check_tracker_config(spec, settings)
-    if spec.webhook:
-        webhooks.check(spec.webhook, settings.webhook_allow)
-    try:
-        p = media.probe(Path(spec.video))
-        p.audio(spec.audio_stream)
-        _check_clip(spec, p, settings)
-        for k in spec.keyframes:
-            _load_keyframe_mask(k, p.display_size)
-    except Exception as exc:  # vision/model errors become BadInput with their message
-        raise as_sonomask_error(exc) from exc
-
-
-def _check_clip(spec: JobSpec, p: media.Probe, settings: Settings) -> None:
-    """Length, spans, keyframe times and frames against the probed clip."""
-    dur = p.duration
-    if dur > settings.max_video_seconds:
-        raise BadInput(
-            f"{p.path.name} is {dur:.0f} s long; this server takes at most "
-            f"{settings.max_video_seconds:.0f} s (SONOMASK_MAX_VIDEO_SECONDS)"
-        )
-    if dur > 0:
-        for i, s in enumerate(spec.spans):
-            if s.start >= dur or s.end > dur + SPAN_SLACK:
-                raise BadInput(
-                    f"spans[{i}] {s} is outside the clip; spans must lie within 0-{dur:.2f} s"
-                )
-        for i, k in enumerate(spec.keyframes):
-            if k.time is not None and k.time > dur:
-                raise BadInput(
-                    f"keyframes[{i}].time (mask_times) {k.time:g} s is after the end of the "
-                    f"clip ({dur:.2f} s)"
-                )
-    if any(k.frame for k in spec.keyframes):
-        from worker.web import frame_count
-
-        count = frame_count(p)
-        for i, k in enumerate(spec.keyframes):
-            if k.frame is not None and k.frame >= count:
-                raise BadInput(
-                    f"keyframes[{i}].frame (mask_frames) {k.frame} does not exist; the video "
-                    f"has {count} frames (0-{count - 1})"
-                )
 
 
 def _rebase(spec: JobSpec, old: Path, new: Path) -> JobSpec:

@@ -17,8 +17,8 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from worker import paths, safejson
-from worker.staging import Staging
+from worker.http import paths, safejson
+from worker.http.staging import Staging
 
 SPEC_EXAMPLE = {"mask_frames": [0], "mode": "both", "separator": "auto", "text": None, "spans": []}
 MAX_SPEC_BYTES = 1 << 20
@@ -112,7 +112,7 @@ def _save_files(
         vpath = stage.path / f"video{paths.upload_suffix(video.filename)}"
         _copy(video, vpath, budget, cfg.max_upload)
     else:
-        from worker.web import claim_upload
+        from worker.http.sessions import claim_upload
 
         vpath = claim_upload(cfg, str(upload), stage.path)
     mpaths = []

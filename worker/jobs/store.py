@@ -14,9 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from worker import files
 from worker.errors import JobCancelled
-from worker.pipeline import STAGES, StageProgress, output_names
+from worker.jobs.record import output_names
 from worker.spec import JobSpec
+from worker.stages import STAGES
+from worker.stages.common import StageProgress
 from worker.workspace import Workspace
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -45,7 +48,7 @@ def job_workspace(root: Path, job_id: str) -> Workspace:
     if not job_id or not all(c.isalnum() or c in "-_" for c in job_id):
         raise KeyError(job_id)
     ws = Workspace(Path(root) / job_id)
-    if not ws.file("spec.json").exists():
+    if not ws.file(files.SPEC).exists():
         raise KeyError(job_id)
     return ws
 
@@ -123,7 +126,7 @@ def progress_reporter(
 
 def remove_partial_outputs(ws: Workspace) -> None:
     """Delete every artifact but the job's description, so nothing looks finished."""
-    keep = {"spec.json", "job.json", CANCEL_MARK, STOPPED_MARK, "inputs"}
+    keep = {files.SPEC, files.MANIFEST, CANCEL_MARK, STOPPED_MARK, "inputs"}
     for child in ws.path.iterdir():
         if child.name in keep:
             continue
@@ -139,7 +142,7 @@ def list_jobs(root: Path, limit: int = 100) -> list[dict[str, Any]]:
         return []
     docs = []
     for d in root.iterdir():
-        if (d / "spec.json").exists() and (d / "job.json").exists():
+        if (d / files.SPEC).exists() and (d / files.MANIFEST).exists():
             try:
                 docs.append(document(Workspace(d)))
             except (OSError, ValueError):

@@ -1,0 +1,30 @@
+"""The names of the files in a job's folder, in one place.
+
+Stages talk to each other only through these files (see ``worker/stages/__init__.py``); each
+stage module lists the ones it reads and writes. Outputs keep the names ``sonomask separate``
+has always written (``target.wav``, ``masks.npz`` ...): plugins depend on them.
+"""
+
+from __future__ import annotations
+
+SPEC = "spec.json"  # the job as asked (JobSpec)
+MANIFEST = "job.json"  # the job's record: state, progress, inputs, timings, outcome
+PROBE = "probe.json"  # streams, sizes, clocks, the remux plan
+AUDIO_SOURCE = "audio_source.wav"  # the chosen audio stream at its own rate and channels
+AUDIO_MODEL = "audio_model.wav"  # its mono 48 kHz copy for the model
+FRAMES = "frames.raw"  # every frame at the working size, RGB24 rows
+FRAME_TIMES = "frame_times.npy"  # each frame's time on the picture's clock
+MASKS = "masks.npz"  # output: uint8 [frames, h, w] at the source size, 1 = object
+MASKS_WORK = "masks_work.npy"  # the tracked masks at the working size
+PROMPT_INDEX = "prompt_index.npy"  # which frame the model sees at each feature step
+PROMPT_TIMES = "prompt_times.npy"
+ACTIVITY = "activity.npz"  # the object's and the background's motion over time
+WINDOWS_DIR = "windows"  # one finished file per separated window (resume point)
+WINDOWS_PLAN = "windows.json"
+STEMS_MODEL = ("stems_target.npy", "stems_residual.npy")  # mono 48 kHz, from the separator
+TARGET = "target.wav"  # output: the object's sound
+RESIDUAL = "residual.wav"  # output: everything else
+PREVIEW = "preview.mp4"  # output: the mask over the picture, target audio
+OUTPUTS_DIR = "outputs"  # a queued job's published outputs
+
+WORK_FORMAT = 2  # bump when a stage's files change meaning: old work folders are not resumed

@@ -1,0 +1,26 @@
+"""Stage 8, preview: a small H.264 preview with the tracked mask drawn over the picture."""
+
+from __future__ import annotations
+
+from vision.preview import draw_overlay
+from worker import arrays, files, media
+from worker.settings import Settings
+from worker.stages.common import StageProgress, noop, working_frames
+from worker.workspace import Workspace
+
+
+def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
+    """A small H.264 preview with the tracked mask drawn over the picture, target audio."""
+    if ws.has(files.PREVIEW):
+        return
+    frames, times = working_frames(ws)
+    masks = arrays.open_npy(ws.file(files.MASKS_WORK))
+    h, w = frames.shape[1:3]
+    fps = ws.read_json(files.PROBE)["frame_rate"]
+    audio = ws.file(files.TARGET) if ws.has(files.TARGET) else None  # hear the isolated sound
+    with ws.atomic(files.PREVIEW) as tmp, media.PreviewEncoder((w, h), fps, audio, tmp) as enc:
+        step = 64
+        for s in range(0, len(times), step):
+            enc.write(draw_overlay(frames.read(s, s + step), masks.read(s, s + step)))
+            report("preview", min(1.0, (s + step) / len(times)), "preview")
+    report("preview", 1.0, "preview written")

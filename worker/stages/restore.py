@@ -1,0 +1,67 @@
+"""Stage 6, restore: the stems back at the source rate and channel layout."""
+
+from __future__ import annotations
+
+import math
+
+import soundfile as sf
+
+from model.separator import MODEL_SAMPLE_RATE
+from worker import arrays, files
+from worker.settings import Settings
+from worker.stages.common import StageProgress, noop
+from worker.workspace import Workspace
+
+RESTORE_BLOCK_SECONDS = 30.0
+
+
+RESTORE_MARGIN_SECONDS = 0.5
+
+
+def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
+    """Stems back at the source rate and channel layout, streamed block by block.
+
+    Each block is restored with a margin on both sides (longer than the STFT and the
+    resampling filters) and only its centre is kept, so the result matches one pass over
+    the whole clip while memory stays bounded by the block. Block edges fall on samples
+    where the source and model clocks coincide exactly and on the STFT's frame grid.
+    """
+    if ws.has(files.TARGET, files.RESIDUAL):
+        return
+    from model.remix import restore, stft_size
+
+    spec = ws.spec
+    target48 = arrays.open_npy(ws.file(files.STEMS_MODEL[0]))
+    residual48 = arrays.open_npy(ws.file(files.STEMS_MODEL[1]))
+    subtype = "FLOAT" if spec.stem_format == "float32" else "PCM_24"
+    with sf.SoundFile(str(ws.file(files.AUDIO_SOURCE))) as src:
+        sr, n, channels = src.samplerate, src.frames, src.channels
+        g = math.gcd(sr, MODEL_SAMPLE_RATE)
+        # Block edges on samples where both clocks and the STFT frame grid coincide.
+        unit = math.lcm(sr // g, stft_size(sr) // 4)
+        unit48 = unit * MODEL_SAMPLE_RATE // sr
+        block = max(1, round(RESTORE_BLOCK_SECONDS * sr / unit)) * unit
+        margin = math.ceil(RESTORE_MARGIN_SECONDS * sr / unit) * unit
+        fmt = "RF64" if n * channels * 4 > 3_500_000_000 else "WAV"
+        with ws.atomic(files.TARGET) as t_tmp, ws.atomic(files.RESIDUAL) as r_tmp:
+            with (
+                sf.SoundFile(str(t_tmp), "w", sr, channels, subtype, format=fmt) as t_out,
+                sf.SoundFile(str(r_tmp), "w", sr, channels, subtype, format=fmt) as r_out,
+            ):
+                for a in range(0, n, block):
+                    lo, hi = max(0, a - margin), min(n, a + block + margin)
+                    src.seek(lo)
+                    chunk = src.read(hi - lo, dtype="float32", always_2d=True)
+                    m_lo, m_hi = lo // unit * unit48, -(-hi // unit) * unit48
+                    tgt, res = restore(
+                        chunk,
+                        target48.read(m_lo, m_hi),
+                        residual48.read(m_lo, m_hi),
+                        sr,
+                        method=spec.reconstruct,
+                    )
+                    keep = slice(a - lo, a - lo + min(block, n - a))
+                    t_out.write(tgt[keep])
+                    r_out.write(res[keep])
+                    report("restore", min(1.0, (a + block) / n), "restoring the stems")
+    report("restore", 1.0, "stems written")
