@@ -439,7 +439,7 @@ def choose_separator(spec: JobSpec, settings: Settings) -> Separator:
         return ClassicalSeparator()
     if not model_path:
         raise BadInput("--separator sam-audio needs --model PATH (or SONOMASK_MODEL)")
-    from model.sam_audio.backend import SamAudioSeparator
+    from model.backends.sam_audio import SamAudioSeparator
 
     return SamAudioSeparator(model_path, device=settings.device)
 
