@@ -74,7 +74,7 @@ def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path, monkeypat
     do, so the model is named from the operator's list, not given as a path."""
     import numpy as np
 
-    from model.sam_audio.backend import SamAudioSeparator
+    from model.backends.sam_audio import SamAudioSeparator
     from model.separator import Prompt, Span
     from vision.prompt import masked_video_for_model
     from worker import arrays, files

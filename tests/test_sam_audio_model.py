@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import SAM_AUDIO_FIXTURE
 
+from model.backends.sam_audio import SamAudioSeparator, load_cached
 from model.sam_audio import SAMAudio, SAMAudioProcessor
-from model.sam_audio.backend import SamAudioSeparator, load_cached
 from model.separator import Prompt, Span
 
 FIXTURE = SAM_AUDIO_FIXTURE

@@ -20,11 +20,18 @@ from conftest import SAM_AUDIO_FIXTURE
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-import model.sam_audio.backend as backend
+import model.backends.sam_audio as backend
 import model.sam_audio.model as sam_model
 import model.windows as windows
 from model.errors import ModelInputError, ModelLoadError
-from model.sam_audio import ConfigError, SAMAudio, SAMAudioConfig, SAMAudioProcessor
+from model.sam_audio import (
+    ConfigError,
+    SAMAudio,
+    SAMAudioConfig,
+    SAMAudioInputError,
+    SAMAudioLoadError,
+    SAMAudioProcessor,
+)
 from model.sam_audio.model import odeint_final
 from model.sam_audio.text_encoder import T5TextEncoder
 from model.separator import Prompt, Span
@@ -299,7 +306,7 @@ def test_missing_key_is_an_error_listing_it(tmp_path):
     _, folder = saved_tiny(tmp_path)
     _rewrite_checkpoint(folder, lambda sd: sd.pop("transformer.layers.1.attention.wq.weight"))
     with pytest.raises(
-        ModelLoadError, match=r"missing 1 weights: transformer\.layers\.1\.attention\.wq\.weight"
+        SAMAudioLoadError, match=r"missing 1 weights: transformer\.layers\.1\.attention\.wq\.weight"
     ):
         SAMAudio.from_pretrained(folder)
 
@@ -309,7 +316,7 @@ def test_misshaped_key_is_an_error_listing_it(tmp_path):
     _, folder = saved_tiny(tmp_path)
     _rewrite_checkpoint(folder, lambda sd: sd.update({"proj.weight": torch.zeros(32, 23)}))
     with pytest.raises(
-        ModelLoadError, match=r"mis-shaped.*proj\.weight \(32, 23\) \(model expects \(32, 24\)\)"
+        SAMAudioLoadError, match=r"mis-shaped.*proj\.weight \(32, 23\) \(model expects \(32, 24\)\)"
     ):
         SAMAudio.from_pretrained(folder)
 
@@ -318,7 +325,7 @@ def test_misshaped_key_is_an_error_listing_it(tmp_path):
 def test_unexpected_key_is_an_error(tmp_path):
     _, folder = saved_tiny(tmp_path)
     _rewrite_checkpoint(folder, lambda sd: sd.update({"transformer.extra.weight": torch.zeros(2)}))
-    with pytest.raises(ModelLoadError, match=r"transformer\.extra\.weight"):
+    with pytest.raises(SAMAudioLoadError, match=r"transformer\.extra\.weight"):
         SAMAudio.from_pretrained(folder)
 
 
@@ -353,11 +360,11 @@ def test_unknown_config_field_is_an_error_on_load(tmp_path):
 
 def test_missing_folder_or_cache_entry_says_how_to_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="huggingface-cli download facebook/sam-audio-base"):
+    with pytest.raises(SAMAudioLoadError, match="huggingface-cli download facebook/sam-audio-base"):
         SAMAudio.from_pretrained("facebook/sam-audio-base", cache_dir=tmp_path / "hub")
-    with pytest.raises(ModelLoadError, match="huggingface-cli download"):
+    with pytest.raises(SAMAudioLoadError, match="huggingface-cli download"):
         SAMAudio.from_pretrained(str(tmp_path / "no" / "such" / "folder"))
-    with pytest.raises(ModelLoadError, match="huggingface-cli download"):
+    with pytest.raises(SAMAudioLoadError, match="huggingface-cli download"):
         SAMAudioProcessor.from_pretrained("facebook/sam-audio-base", cache_dir=tmp_path / "hub")
 
 
@@ -388,7 +395,7 @@ def test_text_encoder_name_missing_everywhere(tmp_path, monkeypatch):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["text_encoder"]["name"] = "no-such-t5"
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match="no-such-t5"):
+    with pytest.raises(SAMAudioLoadError, match="no-such-t5"):
         SAMAudio.from_pretrained(folder, cache_dir=tmp_path / "hub")
 
 
@@ -461,7 +468,7 @@ def test_separate_api_and_seeding():
         model.separate(batch, predict_spans=True)
     with pytest.raises(NotImplementedError, match="reranking"):
         model.separate(batch, reranking_candidates=4)
-    with pytest.raises(ModelInputError, match="noise must have shape"):
+    with pytest.raises(SAMAudioInputError, match="noise must have shape"):
         model.separate(batch, noise=torch.zeros(1, 3, 8))
     # other solvers through ode_opt
     r3 = model.separate(
@@ -485,15 +492,15 @@ def test_bf16_autocast_runs_close_to_fp32():
 
 def test_processor_input_errors():
     proc = SAMAudioProcessor(1920, 48000)
-    with pytest.raises(ModelInputError, match="descriptions"):
+    with pytest.raises(SAMAudioInputError, match="descriptions"):
         proc(descriptions=["a", "b"], audios=[torch.zeros(1, 100)])
-    with pytest.raises(ModelInputError, match=r"\[frames, 3, H, W\]"):
+    with pytest.raises(SAMAudioInputError, match=r"\[frames, 3, H, W\]"):
         proc(
             descriptions=["a"],
             audios=[torch.zeros(1, 100)],
             masked_videos=[torch.zeros(4, 8, 8, 3)],
         )
-    with pytest.raises(ModelInputError, match="anchor token"):
+    with pytest.raises(SAMAudioInputError, match="anchor token"):
         proc(descriptions=["a"], audios=[torch.zeros(1, 100)], anchors=[[("*", 0.0, 0.1)]])
     batch = proc(descriptions=["a"], audios=[np.zeros(5000, dtype=np.float32)])
     assert batch.audios.shape == (1, 1, 5000) and int(batch.sizes[0]) == 3
@@ -589,8 +596,11 @@ def test_backend_single_window_equals_model_separate(tmp_path):
 
 
 def test_device_resolution(monkeypatch):
-    monkeypatch.setenv("SONOMASK_DEVICE", "cpu")
-    assert backend.resolve_device(None) == "cpu"
+    # The device is the caller's (the worker passes Settings.device, read from
+    # SONOMASK_DEVICE there); the adapter itself reads no environment.
+    monkeypatch.setenv("SONOMASK_DEVICE", "tpu9")
+    assert backend.resolve_device("cpu") == "cpu"
+    assert backend.resolve_device(None) == backend.resolve_device("auto")
     monkeypatch.delenv("SONOMASK_DEVICE")
     assert backend.resolve_device("auto") in ("cpu", "cuda")
     if not torch.cuda.is_available():
@@ -598,6 +608,22 @@ def test_device_resolution(monkeypatch):
             backend.resolve_device("cuda")
     with pytest.raises(ModelLoadError):
         backend.resolve_device("tpu9")
+
+
+def test_backend_reports_port_errors_as_model_errors(tmp_path, monkeypatch):
+    """The port raises its own errors; the adapter re-raises them as model.errors' (which the
+    worker turns into one-line bad-input messages) with the message unchanged."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="huggingface-cli download") as info:
+        backend.SamAudioSeparator(str(tmp_path / "no" / "such" / "folder"), "cpu")
+    assert isinstance(info.value.__cause__, SAMAudioLoadError)
+    assert str(info.value) == str(info.value.__cause__)
+    with pytest.raises(ModelInputError, match=r"^bad prompt$"):
+        with backend.port_errors():
+            raise SAMAudioInputError("bad prompt")
+    with pytest.raises(ModelLoadError, match=r"^bad config$"):
+        with backend.port_errors():
+            raise ConfigError("bad config")
 
 
 def test_consecutive_unique_frames():

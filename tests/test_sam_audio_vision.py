@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import SAM_AUDIO_FIXTURE
 
-from model.errors import ModelInputError, ModelLoadError
+from model.sam_audio.errors import SAMAudioInputError, SAMAudioLoadError
 from model.sam_audio.vision_encoder import (
     PE_CORE_VISION_ARCHS,
     PerceptionEncoderConfig,
@@ -182,7 +182,7 @@ def test_parent_strict_load_ignores_text_tower(fixture_a):
     enc = parent.vision_encoder
     enc.load_vision_state_dict({**sd, **text_tower})
     del sd["vision_encoder.model.visual.proj"]
-    with pytest.raises(ModelLoadError, match="missing.*visual.proj"):
+    with pytest.raises(SAMAudioLoadError, match="missing.*visual.proj"):
         enc.load_vision_state_dict(sd)
 
 
@@ -303,25 +303,25 @@ def test_config_parses_fixture_style_dict():
 def test_bad_config_field_is_named(change, match):
     cfg = _cfg("PE-Core-T16-384")
     cfg.update(change)
-    with pytest.raises(ModelLoadError, match=match):
+    with pytest.raises(SAMAudioLoadError, match=match):
         PerceptionVisionEncoder(cfg)
 
 
 def test_missing_config_field_is_named():
     cfg = _cfg("PE-Core-T16-384")
     del cfg["interpolation_mode"]
-    with pytest.raises(ModelLoadError, match="missing field.*'interpolation_mode'"):
+    with pytest.raises(SAMAudioLoadError, match="missing field.*'interpolation_mode'"):
         PerceptionEncoderConfig.from_dict(cfg)
 
 
 def test_bad_video_inputs():
     with torch.device("meta"):
         enc = PerceptionVisionEncoder(_cfg("PE-Core-T16-384"))
-    with pytest.raises(ModelInputError, match="uint8"):
+    with pytest.raises(SAMAudioInputError, match="uint8"):
         enc([torch.zeros(2, 3, 8, 8)])
-    with pytest.raises(ModelInputError, match=r"\[T, 3, H, W\]"):
+    with pytest.raises(SAMAudioInputError, match=r"\[T, 3, H, W\]"):
         enc([torch.zeros(3, 8, 8, dtype=torch.uint8)])
-    with pytest.raises(ModelInputError, match="list"):
+    with pytest.raises(SAMAudioInputError, match="list"):
         enc(torch.zeros(1, 2, 3, 8, 8, dtype=torch.uint8))
 
 

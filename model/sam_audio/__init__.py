@@ -10,29 +10,43 @@ The API mirrors the reference ``sam_audio`` package::
     result = model.separate(batch)
     result.target[0], result.residual[0]  # 1-D waveforms
 
-``SamAudioSeparator`` (``model.sam_audio.backend``) wraps it as sonomask's ``Separator``.
+The package stands alone, like a transformers modeling package: it imports nothing else of
+sonomask, reads no environment but the Hugging Face ``HF_*`` cache conventions, and raises
+its own errors (``errors``). Its configuration is one class per sub-model (``config``).
+sonomask's ``Separator`` adapter is ``model.backends.sam_audio.SamAudioSeparator``.
 """
 
-from model.sam_audio.config import ConfigError, SAMAudioConfig
+from model.sam_audio.config import (
+    DACVAEConfig,
+    PerceptionEncoderConfig,
+    SAMAudioConfig,
+    T5EncoderConfig,
+    TransformerConfig,
+)
+from model.sam_audio.errors import (
+    CodecCheckpointError,
+    CodecConfigError,
+    ConfigError,
+    SAMAudioInputError,
+    SAMAudioLoadError,
+)
 from model.sam_audio.model import DFLT_ODE_OPT, SAMAudio, SeparationResult
 from model.sam_audio.processor import Batch, SAMAudioProcessor
 
 __all__ = [
     "DFLT_ODE_OPT",
     "Batch",
+    "CodecCheckpointError",
+    "CodecConfigError",
     "ConfigError",
+    "DACVAEConfig",
+    "PerceptionEncoderConfig",
     "SAMAudio",
     "SAMAudioConfig",
+    "SAMAudioInputError",
+    "SAMAudioLoadError",
     "SAMAudioProcessor",
-    "SamAudioSeparator",
     "SeparationResult",
+    "T5EncoderConfig",
+    "TransformerConfig",
 ]
-
-
-def __getattr__(name: str):
-    # The backend pulls in numpy-side helpers and the model cache; import it on first use.
-    if name == "SamAudioSeparator":
-        from model.sam_audio.backend import SamAudioSeparator
-
-        return SamAudioSeparator
-    raise AttributeError(name)

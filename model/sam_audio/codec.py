@@ -31,6 +31,8 @@ on fixture A, i.e. float32 rounding) and differs only in speed (about 1.5x on a 
 The decoder's watermark message is drawn exactly like the reference
 (``torch.randint(0, 2, (B, 16), dtype=torch.float32)`` from the global generator, after the
 watermark encoder and before the message is embedded) when the caller passes none.
+
+The codec's configuration is ``config.DACVAEConfig`` (with the watermarker's fixed sizes).
 """
 
 from __future__ import annotations
@@ -38,173 +40,32 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.errors import ModelInputError, ModelLoadError
-from model.sam_audio.config import REFERENCE_DEFAULTS
+from model.sam_audio.config import (
+    DOWNSAMPLING_FACTOR,
+    WM_CHANNELS,
+    WM_HIDDEN,
+    WM_LATENT,
+    WM_LSTM_LAYERS,
+    WM_NBITS,
+    WM_RATES,
+    DACVAEConfig,
+)
+from model.sam_audio.errors import CodecCheckpointError, CodecConfigError, SAMAudioInputError
 
+# The config class and the codec's errors are defined in ``config`` / ``errors`` (one place
+# for every sub-model); they are re-exported because this module's API has always named them.
 __all__ = [
     "CodecCheckpointError",
     "CodecConfigError",
     "DACVAECodec",
     "DACVAEConfig",
 ]
-
-# The reference hard-wires these in ``Decoder.__init__`` / ``DAC.__init__``; they are not config.
-_WM_RATES = (8, 5, 4, 2)  # ``DAC(wm_rates=None)`` default
-_WM_CHANNELS = 32  # ``Decoder(wm_channels=32)``
-_WM_HIDDEN = 512  # ``Watermarker(hidden=512)``, also the LSTM width
-_WM_LATENT = 128  # ``Decoder(d_wm_out=128)``
-_WM_NBITS = 16  # ``Decoder(nbits=16)``
-_WM_LSTM_LAYERS = 2
-_DOWNSAMPLING_FACTOR = 3  # ``DecoderBlock(downsampling_factor=3)``
-
-
-class CodecConfigError(ModelLoadError):
-    """The ``audio_codec`` config cannot describe a DACVAE this port can build."""
-
-
-class CodecCheckpointError(ModelLoadError):
-    """A codec state dict does not match the module (missing, unexpected or mis-shaped keys)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------
-
-
-_DEFAULTS = REFERENCE_DEFAULTS["audio_codec"]
-
-
-@dataclass(frozen=True)
-class DACVAEConfig:
-    """Codec hyper-parameters (reference ``sam_audio.model.config.DACVAEConfig``, same defaults).
-
-    ``n_codebooks``, ``codebook_size``, ``quantizer_dropout``, ``mean`` and ``std`` do not change
-    the inference network (the VAE bottleneck replaces the RVQ); they are kept so a released
-    ``config.json`` section parses as-is.
-    """
-
-    encoder_dim: int = _DEFAULTS["encoder_dim"]
-    encoder_rates: tuple[int, ...] = tuple(_DEFAULTS["encoder_rates"])
-    latent_dim: int = _DEFAULTS["latent_dim"]
-    decoder_dim: int = _DEFAULTS["decoder_dim"]
-    decoder_rates: tuple[int, ...] = tuple(_DEFAULTS["decoder_rates"])
-    n_codebooks: int = _DEFAULTS["n_codebooks"]
-    codebook_size: int = _DEFAULTS["codebook_size"]
-    codebook_dim: int = _DEFAULTS["codebook_dim"]
-    quantizer_dropout: bool | float = _DEFAULTS["quantizer_dropout"]
-    sample_rate: int = _DEFAULTS["sample_rate"]
-    mean: float = _DEFAULTS["mean"]
-    std: float = _DEFAULTS["std"]
-
-    def __post_init__(self) -> None:
-        for name in ("encoder_rates", "decoder_rates"):
-            rates = getattr(self, name)
-            if not isinstance(rates, list | tuple) or not rates:
-                raise CodecConfigError(
-                    f"config field 'audio_codec.{name}' must be a non-empty list, got {rates!r}"
-                )
-            object.__setattr__(self, name, tuple(rates))
-            for r in rates:
-                _check_int(r, f"audio_codec.{name}[]")
-        for name in ("encoder_dim", "latent_dim", "decoder_dim", "codebook_dim", "sample_rate"):
-            _check_int(getattr(self, name), f"audio_codec.{name}")
-        n = len(self.decoder_rates)
-        if n > len(_WM_RATES):
-            raise CodecConfigError(
-                f"config field 'audio_codec.decoder_rates' has {n} entries; the DACVAE watermarker "
-                f"pairs them with its {len(_WM_RATES)} fixed strides {list(_WM_RATES)}, so at most "
-                f"{len(_WM_RATES)} are supported"
-            )
-        # The watermarker works on the decoder output at a fixed total stride, so the decoder's
-        # upsampling must be a multiple of it (else the reference fails in decode).
-        wm_stride = math.prod(_WM_RATES[:n])
-        if math.prod(self.decoder_rates) % wm_stride:
-            raise CodecConfigError(
-                f"config field 'audio_codec.decoder_rates' = {list(self.decoder_rates)} is not "
-                f"supported: their product must be a multiple of {wm_stride}, the total stride of "
-                f"the DACVAE watermarker ({list(_WM_RATES[:n])})"
-            )
-        # The watermarker is built with fixed widths, which pins decoder_dim (reference Decoder).
-        last = self.decoder_dim // 2**n
-        if self.decoder_dim // _DOWNSAMPLING_FACTOR != _WM_HIDDEN or (
-            last // _DOWNSAMPLING_FACTOR != _WM_CHANNELS
-        ):
-            raise CodecConfigError(
-                f"config field 'audio_codec.decoder_dim' = {self.decoder_dim} is not supported: the "
-                f"DACVAE watermarker hard-wires {_WM_CHANNELS} channels and a {_WM_HIDDEN}-wide "
-                f"LSTM, which needs decoder_dim // 3 == {_WM_HIDDEN} and "
-                f"(decoder_dim // 2**len(decoder_rates)) // 3 == {_WM_CHANNELS} (e.g. 1536 with 4 rates)"
-            )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> DACVAEConfig:
-        """Parse the ``audio_codec`` section of a SAM Audio ``config.json``.
-
-        Unknown fields are always an error (a typo must not build a different network). Missing
-        fields are an error too unless ``strict=False``, which fills in the reference defaults the
-        way ``DACVAEConfig(**d)`` does upstream.
-        """
-        if not isinstance(data, Mapping):
-            raise CodecConfigError(
-                f"config section 'audio_codec' must be an object, got {type(data).__name__}"
-            )
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(k for k in data if k not in names)
-        if unknown:
-            raise CodecConfigError(
-                f"unknown config field(s) {['audio_codec.' + k for k in unknown]}; "
-                f"known fields: {names}"
-            )
-        missing = [n for n in names if n not in data]
-        if missing and strict:
-            raise CodecConfigError(
-                f"missing config field(s) {['audio_codec.' + k for k in missing]} "
-                f"(pass strict=False to use the reference defaults)"
-            )
-        return cls(**{k: data[k] for k in names if k in data})
-
-    @classmethod
-    def coerce(cls, config: DACVAEConfig | Mapping[str, Any] | Any) -> DACVAEConfig:
-        """Accept this class, a ``config.json`` mapping, or any object with the same attributes
-        (e.g. the project-wide parsed config), so callers need not convert."""
-        if isinstance(config, cls):
-            return config
-        if isinstance(config, Mapping):
-            return cls.from_dict(config)
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if not hasattr(config, n)]
-        if missing:
-            raise CodecConfigError(
-                f"{type(config).__name__} is not a codec config: it lacks {missing}"
-            )
-        return cls(**{n: getattr(config, n) for n in names})
-
-    @property
-    def hop_length(self) -> int:
-        """Waveform samples per latent frame (product of the encoder strides)."""
-        return int(math.prod(self.encoder_rates))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``config.json`` form (lists, not tuples)."""
-        d = asdict(self)
-        d["encoder_rates"] = list(self.encoder_rates)
-        d["decoder_rates"] = list(self.decoder_rates)
-        return d
-
-
-def _check_int(value: Any, where: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise CodecConfigError(
-            f"config field '{where}' must be an integer >= {minimum}, got {value!r}"
-        )
-
 
 # --------------------------------------------------------------------------------------------
 # Layers
@@ -544,7 +405,7 @@ class _DecoderBlock(nn.Module):
 
     def __init__(self, input_dim: int, output_dim: int, stride: int, stride_wm: int) -> None:
         super().__init__()
-        f = _DOWNSAMPLING_FACTOR
+        f = DOWNSAMPLING_FACTOR
         wm_in, wm_out = input_dim // f, output_dim // f
         self.block = nn.ModuleList(
             [
@@ -725,11 +586,11 @@ class _Watermarker(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.encoder_block = _WatermarkEncoderBlock(
-            dim, _WM_LATENT, _WM_CHANNELS, _WM_HIDDEN, _WM_LSTM_LAYERS
+            dim, WM_LATENT, WM_CHANNELS, WM_HIDDEN, WM_LSTM_LAYERS
         )
-        self.msg_processor = _MsgProcessor(_WM_NBITS, _WM_LATENT)
+        self.msg_processor = _MsgProcessor(WM_NBITS, WM_LATENT)
         self.decoder_block = _WatermarkDecoderBlock(
-            _WM_LATENT, 1, _WM_CHANNELS, _WM_HIDDEN, _WM_LSTM_LAYERS
+            WM_LATENT, 1, WM_CHANNELS, WM_HIDDEN, WM_LSTM_LAYERS
         )
 
     @property
@@ -748,13 +609,13 @@ class _Decoder(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [_Conv(input_channel, channels, 7)]
         output_dim = channels
-        for i, (stride, wm_stride) in enumerate(zip(rates, _WM_RATES, strict=False)):
+        for i, (stride, wm_stride) in enumerate(zip(rates, WM_RATES, strict=False)):
             input_dim = channels // 2**i
             output_dim = channels // 2 ** (i + 1)
             layers.append(_DecoderBlock(input_dim, output_dim, stride, wm_stride))
         self.model = nn.ModuleList(layers)
         self.wm_model = _Watermarker(output_dim)
-        self.alpha = _WM_CHANNELS / _WM_LATENT
+        self.alpha = WM_CHANNELS / WM_LATENT
 
     def forward(self, x: Tensor, message: Tensor | None = None) -> Tensor:
         recording = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
@@ -930,7 +791,7 @@ class DACVAECodec(nn.Module):
             return wav
         pad = self.hop_length - rem
         if pad >= n:  # reflect padding needs more samples than it adds (the reference crashes)
-            raise ModelInputError(
+            raise SAMAudioInputError(
                 f"codec.encode got {n} samples; reflect-padding to a multiple of the hop "
                 f"({self.hop_length}) needs more than {pad}"
             )
@@ -944,7 +805,7 @@ class DACVAECodec(nn.Module):
         encoder, ``quantizer.in_proj``, first half of the channels.
         """
         if wav.dim() != 3 or wav.shape[1] != 1:
-            raise ModelInputError(
+            raise SAMAudioInputError(
                 f"codec.encode expects a [B, 1, N] waveform, got {tuple(wav.shape)}"
             )
         z = self.encoder(self._pad(wav))
@@ -961,14 +822,14 @@ class DACVAECodec(nn.Module):
         ``torch.manual_seed(s)`` beforehand reproduces its output.
         """
         if latent.dim() != 3 or latent.shape[1] != self.latent_dim:
-            raise ModelInputError(
+            raise SAMAudioInputError(
                 f"codec.decode expects a [B, {self.latent_dim}, T] latent, got {tuple(latent.shape)}"
             )
         if watermark_message is not None and tuple(watermark_message.shape) != (
             latent.shape[0],
             self.watermark_bits,
         ):
-            raise ModelInputError(
+            raise SAMAudioInputError(
                 f"watermark_message must be [{latent.shape[0]}, {self.watermark_bits}], "
                 f"got {tuple(watermark_message.shape)}"
             )

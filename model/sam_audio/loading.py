@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.errors import ModelLoadError
+from model.sam_audio.errors import SAMAudioLoadError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SAFETENSORS_FILE = "model.safetensors"
@@ -95,11 +95,11 @@ def resolve_model_dir(
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
-            raise ModelLoadError(f"{path} has no {CONFIG_FILE}; is it a SAM Audio model folder?")
+            raise SAMAudioLoadError(f"{path} has no {CONFIG_FILE}; is it a SAM Audio model folder?")
         return path
     name = str(name_or_path)
     if not _looks_like_repo_id(name) or path.exists():
-        raise ModelLoadError(
+        raise SAMAudioLoadError(
             f"SAM Audio model folder {name!r} does not exist; to get the weights, "
             + download_hint()
         )
@@ -109,7 +109,7 @@ def resolve_model_dir(
         folder = _snapshot(name, revision=revision, local_files_only=True, cache_dir=cache_dir)
     except Exception as cache_err:  # noqa: BLE001 - any cache miss falls through
         if local_files_only:
-            raise ModelLoadError(
+            raise SAMAudioLoadError(
                 f"{name!r} is not a folder and is not in the local Hugging Face cache "
                 f"({'HF_HUB_OFFLINE is set' if hf_offline() else 'cache-only lookup'}); "
                 + download_hint(name if "/" in name else DEFAULT_REPO_ID)
@@ -117,12 +117,12 @@ def resolve_model_dir(
         try:
             folder = _snapshot(name, revision=revision, local_files_only=False, cache_dir=cache_dir)
         except Exception as err:  # noqa: BLE001 - network, auth, gating, missing repo
-            raise ModelLoadError(
+            raise SAMAudioLoadError(
                 f"could not download {name!r} from the Hugging Face Hub ({type(err).__name__}: "
                 f"{err}); " + download_hint(name if "/" in name else DEFAULT_REPO_ID)
             ) from err
     if not (folder / CONFIG_FILE).is_file():
-        raise ModelLoadError(
+        raise SAMAudioLoadError(
             f"the cached copy of {name!r} at {folder} has no {CONFIG_FILE}; " + download_hint(name)
         )
     return folder
@@ -177,7 +177,7 @@ def resolve_text_encoder_dir(
         except Exception as err:  # noqa: BLE001
             errors.append(err)
     where = f"inside {model_dir} or " if model_dir is not None else ""
-    raise ModelLoadError(
+    raise SAMAudioLoadError(
         f"text encoder {name!r} is not a folder {where}in the local Hugging Face cache"
         + (" (HF_HUB_OFFLINE is set)" if hf_offline() else "")
         + f"; run `huggingface-cli download {candidates[-1]}` on a machine with network access "
@@ -196,7 +196,7 @@ def load_state_dict_file(model_dir: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(st))
         except Exception as err:
-            raise ModelLoadError(f"cannot read {st}: {err}") from err
+            raise SAMAudioLoadError(f"cannot read {st}: {err}") from err
     if pt.is_file():
         try:
             try:
@@ -204,11 +204,11 @@ def load_state_dict_file(model_dir: Path) -> dict[str, torch.Tensor]:
             except RuntimeError:  # legacy (non-zip) format cannot be mmapped
                 sd = torch.load(pt, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ModelLoadError(f"cannot read {pt}: {err}") from err
+            raise SAMAudioLoadError(f"cannot read {pt}: {err}") from err
         if not isinstance(sd, Mapping):
-            raise ModelLoadError(f"{pt} holds a {type(sd).__name__}, not a state dict")
+            raise SAMAudioLoadError(f"{pt} holds a {type(sd).__name__}, not a state dict")
         return dict(sd)
-    raise ModelLoadError(
+    raise SAMAudioLoadError(
         f"{model_dir} has neither {SAFETENSORS_FILE} nor {CHECKPOINT_FILE}; " + download_hint()
     )
 
@@ -238,9 +238,9 @@ def load_into(
     missing = [k for k in own if k not in given]
     unexpected = [k for k in given if k not in own]
     if missing:
-        raise ModelLoadError(f"{source} is missing {len(missing)} weights: {_first(missing)}")
+        raise SAMAudioLoadError(f"{source} is missing {len(missing)} weights: {_first(missing)}")
     if unexpected:
-        raise ModelLoadError(
+        raise SAMAudioLoadError(
             f"{source} has {len(unexpected)} weights this model does not have: "
             f"{_first(unexpected)} (wrong config.json for this checkpoint?)"
         )
@@ -250,7 +250,7 @@ def load_into(
         if tuple(given[k].shape) != tuple(v.shape)
     ]
     if bad:
-        raise ModelLoadError(f"{source} has {len(bad)} mis-shaped weights: {_first(bad, 3)}")
+        raise SAMAudioLoadError(f"{source} has {len(bad)} mis-shaped weights: {_first(bad, 3)}")
     prepared = {}
     for k, v in given.items():
         # Some checkpoints hold overlapping strided views; give every parameter its own

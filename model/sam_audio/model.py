@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from model.errors import ModelInputError, ModelLoadError
 from model.sam_audio.conditioning import AlignModalities, EmbedAnchors, SinusoidalEmbedding
 from model.sam_audio.config import SAMAudioConfig
+from model.sam_audio.errors import SAMAudioInputError, SAMAudioLoadError
 from model.sam_audio.loading import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -118,7 +118,7 @@ def odeint_final(
             grid = torch.tensor([0.0, 1.0], dtype=dtype, device=y0.device)
         else:
             if not float(step_size) > 0:
-                raise ModelInputError(f"ode_opt step_size must be > 0, got {step_size}")
+                raise SAMAudioInputError(f"ode_opt step_size must be > 0, got {step_size}")
             grid = _time_grid(float(step_size), dtype, y0.device)
         n = len(grid) - 1
         y = y0
@@ -144,7 +144,7 @@ def odeint_final(
     try:
         from torchdiffeq import odeint
     except ImportError as err:
-        raise ModelInputError(
+        raise SAMAudioInputError(
             f"ode_opt method {method!r} with options {ode_opt!r} needs torchdiffeq "
             f"(pip install torchdiffeq); built in: {list(_FIXED_GRID)} with step_size"
         ) from err
@@ -162,15 +162,17 @@ def odeint_final(
 
 
 def _build_codec(cfg: SAMAudioConfig) -> nn.Module:
+    """The DACVAE codec of ``cfg`` (raises CodecConfigError if this port cannot build it)."""
     from model.sam_audio.codec import DACVAECodec
 
-    return DACVAECodec(asdict(cfg.audio_codec))
+    return DACVAECodec(cfg.audio_codec)
 
 
 def _build_vision_encoder(cfg: SAMAudioConfig) -> nn.Module:
+    """The PE-Core visual tower of ``cfg`` (raises ConfigError if it is not a known tower)."""
     from model.sam_audio.vision_encoder import PerceptionVisionEncoder
 
-    return PerceptionVisionEncoder(asdict(cfg.vision_encoder))
+    return PerceptionVisionEncoder(cfg.vision_encoder)
 
 
 def _consecutive_unique(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,7 +275,7 @@ class SAMAudio(nn.Module):
         """Load a model folder (config.json + checkpoint.pt / model.safetensors) or a Hub repo
         id from the local HF cache. Returns the model in eval mode on ``device`` (default cpu).
 
-        Raises ModelLoadError for a missing folder/cache entry (with download instructions),
+        Raises SAMAudioLoadError for a missing folder/cache entry (with download instructions),
         a bad config field, or a missing / unexpected / mis-shaped weight.
         """
         folder = resolve_model_dir(
@@ -305,7 +307,9 @@ class SAMAudio(nn.Module):
         del state_dict
         leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if leftover:
-            raise ModelLoadError(f"weights were not initialised by the checkpoint: {leftover[:5]}")
+            raise SAMAudioLoadError(
+                f"weights were not initialised by the checkpoint: {leftover[:5]}"
+            )
         model.eval()
         if device is not None:
             model.to(device)
@@ -384,7 +388,7 @@ class SAMAudio(nn.Module):
         else:
             feats = self.vision_encoder(video)
         if feats.shape[1] != T:
-            raise ModelInputError(
+            raise SAMAudioInputError(
                 f"video gives {feats.shape[1]} feature frames but the audio has {T}; pass videos "
                 "through SAMAudioProcessor so they are resampled to the audio frame rate"
             )
@@ -629,7 +633,7 @@ class SAMAudio(nn.Module):
                     audio_features.shape, generator=generator, device=generator.device
                 ).to(device=device, dtype=audio_features.dtype)
         elif noise.shape != audio_features.shape:
-            raise ModelInputError(
+            raise SAMAudioInputError(
                 f"noise must have shape {tuple(audio_features.shape)}, got {tuple(noise.shape)}"
             )
         noise = noise.to(device=device, dtype=audio_features.dtype)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from model.errors import ModelInputError
 from model.sam_audio.conditioning import ANCHOR_TOKENS
 from model.sam_audio.config import SAMAudioConfig
+from model.sam_audio.errors import SAMAudioInputError
 from model.sam_audio.loading import CONFIG_FILE, resolve_model_dir
 
 Anchor = tuple[str, float, float]
@@ -34,7 +34,9 @@ def _as_tensor(x, what: str) -> torch.Tensor:
         return x
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x))
-    raise ModelInputError(f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    raise SAMAudioInputError(
+        f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}"
+    )
 
 
 def _load_audio_file(path: str, sample_rate: int) -> torch.Tensor:
@@ -45,7 +47,7 @@ def _load_audio_file(path: str, sample_rate: int) -> torch.Tensor:
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as err:
-        raise ModelInputError(f"cannot read audio file {path}: {err}") from err
+        raise SAMAudioInputError(f"cannot read audio file {path}: {err}") from err
     wav = data.T
     if sr != sample_rate:
         from scipy.signal import resample_poly
@@ -70,11 +72,11 @@ def batch_audio(audios: Sequence, sample_rate: int = 48_000) -> tuple[torch.Tens
         if wav.ndim == 1:
             wav = wav[None]
         if wav.ndim != 2 or wav.shape[-1] == 0:
-            raise ModelInputError(
+            raise SAMAudioInputError(
                 f"audios[{i}] must be [channels, samples] with samples > 0, got {tuple(wav.shape)}"
             )
         if not wav.is_floating_point():
-            raise ModelInputError(f"audios[{i}] must be floating point, got {wav.dtype}")
+            raise SAMAudioInputError(f"audios[{i}] must be floating point, got {wav.dtype}")
         wavs.append(wav.mean(0))
     sizes = torch.tensor([w.size(-1) for w in wavs])
     return pad_sequence(wavs, batch_first=True).unsqueeze(1), sizes
@@ -114,7 +116,7 @@ class Batch:
         self.hop_length = hop_length
         self.audio_sampling_rate = audio_sampling_rate
         if self.audios.size(0) != len(self.descriptions):
-            raise ModelInputError(
+            raise SAMAudioInputError(
                 f"{self.audios.size(0)} audios but {len(self.descriptions)} descriptions"
             )
         self.process_anchors(anchors)
@@ -150,7 +152,7 @@ class Batch:
             anchor_ids[:, 1] = ANCHOR_TOKENS["<pad>"]
         else:
             if len(anchors) != batch_size:
-                raise ModelInputError(f"{len(anchors)} anchor lists for {batch_size} audios")
+                raise SAMAudioInputError(f"{len(anchors)} anchor lists for {batch_size} audios")
             ids = []
             for i, anchor_list in enumerate(anchors):
                 current = [ANCHOR_TOKENS["<null>"], ANCHOR_TOKENS["<pad>"]]
@@ -158,14 +160,14 @@ class Batch:
                     try:
                         token, start, end = anchor
                     except (TypeError, ValueError) as err:
-                        raise ModelInputError(
+                        raise SAMAudioInputError(
                             f"anchor {anchor!r} must be (token, start_seconds, end_seconds)"
                         ) from err
                     if token not in ("+", "-"):
-                        raise ModelInputError(f"anchor token must be '+' or '-', got {token!r}")
+                        raise SAMAudioInputError(f"anchor token must be '+' or '-', got {token!r}")
                     start, end = float(start), float(end)
                     if not (0 <= start <= end):
-                        raise ModelInputError(
+                        raise SAMAudioInputError(
                             f"anchor span ({start}, {end}) must have 0 <= start <= end"
                         )
                     s = self._wav_to_feature_idx(start * self.audio_sampling_rate)
@@ -231,11 +233,11 @@ class SAMAudioProcessor:
         videos [F, 3, H, W], masks [F, 1, H, W] or [F, 3, H, W]; the dtype is kept.
         """
         if len(videos) != len(masks):
-            raise ModelInputError(f"{len(videos)} videos but {len(masks)} masks")
+            raise SAMAudioInputError(f"{len(videos)} videos but {len(masks)} masks")
         out = []
         for i, (v, m) in enumerate(zip(videos, masks, strict=True)):
             if isinstance(v, str | os.PathLike) or isinstance(m, str | os.PathLike):
-                raise ModelInputError(
+                raise SAMAudioInputError(
                     "video files are not decoded here; pass frame tensors [F, 3, H, W]"
                 )
             v, m = _as_tensor(v, f"videos[{i}]"), _as_tensor(m, f"masks[{i}]")
@@ -257,16 +259,16 @@ class SAMAudioProcessor:
         are resampled to one frame per audio feature frame.
         """
         if isinstance(descriptions, str):
-            raise ModelInputError("descriptions must be a list of strings, one per audio")
+            raise SAMAudioInputError("descriptions must be a list of strings, one per audio")
         descriptions = list(descriptions)
         if not all(isinstance(d, str) for d in descriptions):
-            raise ModelInputError("descriptions must be a list of strings")
+            raise SAMAudioInputError("descriptions must be a list of strings")
         if len(descriptions) != len(audios):
-            raise ModelInputError(f"{len(descriptions)} descriptions but {len(audios)} audios")
+            raise SAMAudioInputError(f"{len(descriptions)} descriptions but {len(audios)} audios")
         if anchors is not None and len(anchors) != len(descriptions):
-            raise ModelInputError(f"{len(anchors)} anchor lists for {len(descriptions)} audios")
+            raise SAMAudioInputError(f"{len(anchors)} anchor lists for {len(descriptions)} audios")
         if masked_videos is not None and len(masked_videos) != len(descriptions):
-            raise ModelInputError(f"{len(masked_videos)} videos for {len(descriptions)} audios")
+            raise SAMAudioInputError(f"{len(masked_videos)} videos for {len(descriptions)} audios")
 
         wavs, wav_sizes = batch_audio(audios, self.audio_sampling_rate)
         sizes = self.wav_to_feature_idx(wav_sizes)
@@ -277,12 +279,12 @@ class SAMAudioProcessor:
             masked_video = []
             for i, (size, video) in enumerate(zip(sizes, masked_videos, strict=True)):
                 if isinstance(video, str | os.PathLike):
-                    raise ModelInputError(
+                    raise SAMAudioInputError(
                         "video files are not decoded here; pass frame tensors [F, 3, H, W]"
                     )
                 video = _as_tensor(video, f"masked_videos[{i}]")
                 if video.ndim != 4 or video.size(1) != 3 or video.size(0) == 0:
-                    raise ModelInputError(
+                    raise SAMAudioInputError(
                         f"masked_videos[{i}] must be [frames, 3, H, W], got {tuple(video.shape)}"
                     )
                 masked_video.append(sample_video_frames(video, int(size)))

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.errors import ModelLoadError
-from model.sam_audio.config import TextEncoderConfig
+from model.sam_audio.config import T5EncoderConfig
+from model.sam_audio.errors import SAMAudioLoadError
 
 
 class T5TextEncoder(nn.Module):
@@ -33,7 +33,7 @@ class T5TextEncoder(nn.Module):
         self.pad_mode = pad_mode
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, cfg: TextEncoderConfig) -> T5TextEncoder:
+    def from_pretrained(cls, folder: str | Path, cfg: T5EncoderConfig) -> T5TextEncoder:
         """Load tokenizer and encoder from a local folder (float32, eval mode)."""
         import transformers
 
@@ -45,10 +45,12 @@ class T5TextEncoder(nn.Module):
                 str(folder), local_files_only=True, dtype=torch.float32
             )
         except Exception as err:
-            raise ModelLoadError(f"cannot load the T5 text encoder from {folder}: {err}") from err
+            raise SAMAudioLoadError(
+                f"cannot load the T5 text encoder from {folder}: {err}"
+            ) from err
         hidden = model.config.d_model
         if hidden != cfg.dim:
-            raise ModelLoadError(
+            raise SAMAudioLoadError(
                 f"T5 at {folder} has d_model {hidden} but config text_encoder.dim is {cfg.dim}"
             )
         model.eval()

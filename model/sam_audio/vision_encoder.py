@@ -32,14 +32,16 @@ also hold PE's *text* tower under ``vision_encoder.model.{token_embedding, posit
 transformer, ln_final, text_projection, logit_scale}``.  ``encode_image`` never uses them; see
 ``UNUSED_KEY_NAMES`` / ``is_unused_key``.  A load-state-dict pre-hook drops them so a strict load
 of a whole SAM Audio state dict into a parent module works.
+
+The tower table (``PE_CORE_VISION_ARCHS``, perception_models' ``PE_VISION_CONFIG``) and
+``PerceptionEncoderConfig`` are configuration, so they live in ``config`` with the other
+sub-model configs; they are re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,10 +49,9 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
-from torchvision.transforms import InterpolationMode
 
-from model.errors import ModelInputError, ModelLoadError
-from model.sam_audio.config import REFERENCE_DEFAULTS
+from model.sam_audio.config import PE_CORE_VISION_ARCHS, PerceptionEncoderConfig, PEVisionArch
+from model.sam_audio.errors import SAMAudioInputError, SAMAudioLoadError
 
 __all__ = [
     "PE_CORE_VISION_ARCHS",
@@ -62,201 +63,6 @@ __all__ = [
     "is_unused_key",
     "select_vision_state_dict",
 ]
-
-
-# --------------------------------------------------------------------------- architectures
-
-
-@dataclass(frozen=True)
-class PEVisionArch:
-    """One PE visual tower; field names and defaults follow ``core/vision_encoder/config.py``
-    ``PEConfig`` (perception_models e72b6810) so the table below reads like the reference."""
-
-    patch_size: int
-    width: int
-    layers: int
-    heads: int
-    mlp_ratio: float
-    output_dim: int | None
-    image_size: int
-    ls_init_value: float | None = None
-    use_abs_posemb: bool = True
-    use_cls_token: bool = False
-    use_rope2d: bool = True
-    pool_type: str = "attn"
-    attn_pooler_heads: int = 8
-    use_ln_pre: bool = True
-    use_ln_post: bool = True
-
-    @property
-    def mlp_width(self) -> int:
-        """Hidden width of each block's MLP, computed as the reference does (``int(d*ratio)``)."""
-        return int(self.width * self.mlp_ratio)
-
-    @property
-    def grid_size(self) -> int:
-        """Side of the pre-training patch grid the absolute position table was learned on."""
-        return self.image_size // self.patch_size
-
-    @property
-    def feature_dim(self) -> int:
-        """Size of one image embedding (``output_dim`` when projected, else ``width``)."""
-        return self.output_dim or self.width
-
-
-# The PE-Core visual towers of PE_VISION_CONFIG (perception_models e72b6810, config.py).
-PE_CORE_VISION_ARCHS: dict[str, PEVisionArch] = {
-    "PE-Core-G14-448": PEVisionArch(
-        image_size=448,
-        patch_size=14,
-        width=1536,
-        layers=50,
-        heads=16,
-        mlp_ratio=8960 / 1536,
-        output_dim=1280,
-        use_cls_token=False,
-    ),
-    "PE-Core-L14-336": PEVisionArch(
-        image_size=336,
-        patch_size=14,
-        width=1024,
-        layers=24,
-        heads=16,
-        mlp_ratio=4.0,
-        output_dim=1024,
-        use_cls_token=True,
-    ),
-    "PE-Core-B16-224": PEVisionArch(
-        image_size=224,
-        patch_size=16,
-        width=768,
-        layers=12,
-        heads=12,
-        mlp_ratio=4.0,
-        output_dim=1024,
-        use_cls_token=True,
-    ),
-    "PE-Core-S16-384": PEVisionArch(
-        image_size=384,
-        patch_size=16,
-        width=384,
-        layers=12,
-        heads=6,
-        mlp_ratio=4.0,
-        output_dim=512,
-        use_cls_token=True,
-    ),
-    "PE-Core-T16-384": PEVisionArch(
-        image_size=384,
-        patch_size=16,
-        width=192,
-        layers=12,
-        heads=3,
-        mlp_ratio=4.0,
-        output_dim=512,
-        use_cls_token=True,
-    ),
-}
-
-
-# --------------------------------------------------------------------------- config
-
-
-_INTERPOLATION_NAMES = tuple(m.name for m in InterpolationMode)
-
-
-@dataclass(frozen=True)
-class PerceptionEncoderConfig:
-    """SAM Audio's ``vision_encoder`` config block (``sam_audio.model.config.PerceptionEncoderConfig``).
-
-    ``dim`` must equal the tower's output size; ``batch_size`` <= 0 encodes a video in one go;
-    ``image_size`` is the square side frames are resized to (may differ from the native size).
-    """
-
-    dim: int
-    batch_size: int
-    name: str
-    normalize_feature: bool
-    interpolation_mode: str
-    image_size: int
-
-    @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, use_reference_defaults: bool = False
-    ) -> PerceptionEncoderConfig:
-        """Parse ``config.json["vision_encoder"]``; unknown, missing or ill-typed fields raise
-        ``ModelLoadError`` naming the field (a typo must not silently select another model).
-
-        ``use_reference_defaults=True`` fills missing fields with SAM Audio's defaults instead.
-        """
-        if not isinstance(data, Mapping):
-            raise ModelLoadError(
-                f"vision_encoder config must be a mapping, got {type(data).__name__}"
-            )
-        fields = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ModelLoadError(
-                f"vision_encoder config: unknown field(s) {', '.join(map(repr, unknown))}; "
-                f"expected {', '.join(fields)}"
-            )
-        # SAM Audio's PerceptionEncoderConfig defaults; only when a caller asks for them, so
-        # that a config missing a field fails loudly by default.
-        values = dict(REFERENCE_DEFAULTS["vision_encoder"]) if use_reference_defaults else {}
-        values.update(data)
-        missing = [f for f in fields if f not in values]
-        if missing:
-            raise ModelLoadError(
-                f"vision_encoder config: missing field(s) {', '.join(map(repr, missing))}"
-            )
-        return cls(**values)
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "batch_size", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ModelLoadError(
-                    f"vision_encoder config: field {name!r} must be an int, got {value!r}"
-                )
-        if not isinstance(self.normalize_feature, bool):
-            raise ModelLoadError(
-                "vision_encoder config: field 'normalize_feature' must be a bool, "
-                f"got {self.normalize_feature!r}"
-            )
-        if not isinstance(self.name, str) or self.name not in PE_CORE_VISION_ARCHS:
-            raise ModelLoadError(
-                f"vision_encoder config: field 'name' = {self.name!r} is not a known PE-Core "
-                f"model; known: {', '.join(PE_CORE_VISION_ARCHS)}"
-            )
-        if (
-            not isinstance(self.interpolation_mode, str)
-            or self.interpolation_mode.upper() not in _INTERPOLATION_NAMES
-        ):
-            raise ModelLoadError(
-                f"vision_encoder config: field 'interpolation_mode' = "
-                f"{self.interpolation_mode!r} is not one of {', '.join(_INTERPOLATION_NAMES)}"
-            )
-        arch = PE_CORE_VISION_ARCHS[self.name]
-        if self.image_size < arch.patch_size:
-            raise ModelLoadError(
-                f"vision_encoder config: field 'image_size' = {self.image_size} is smaller "
-                f"than the patch size {arch.patch_size} of {self.name}"
-            )
-        if self.dim != arch.feature_dim:
-            raise ModelLoadError(
-                f"vision_encoder config: field 'dim' = {self.dim} does not match the "
-                f"{arch.feature_dim}-d output of {self.name}"
-            )
-
-    @property
-    def arch(self) -> PEVisionArch:
-        """The visual tower this config names."""
-        return PE_CORE_VISION_ARCHS[self.name]
-
-    @property
-    def interpolation(self) -> InterpolationMode:
-        """torchvision mode for the frame resize (looked up upper-cased, as the reference)."""
-        return InterpolationMode[self.interpolation_mode.upper()]
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -607,6 +413,7 @@ class PerceptionVisionEncoder(nn.Module):
         super().__init__()
         if not isinstance(cfg, PerceptionEncoderConfig):
             cfg = PerceptionEncoderConfig.from_dict(cfg)
+        cfg.check_supported()  # a known tower of output size ``dim`` (a mapping: checked twice)
         self.cfg = cfg
         self.batch_size = cfg.batch_size
         self.dim = cfg.dim
@@ -620,7 +427,7 @@ class PerceptionVisionEncoder(nn.Module):
         self, state_dict: Mapping[str, Tensor], prefix: str = "vision_encoder."
     ) -> None:
         """Load the tower from a (whole SAM Audio) state dict; strict on the used keys, with a
-        ``ModelLoadError`` that lists missing / unexpected / mis-shaped keys."""
+        ``SAMAudioLoadError`` that lists missing / unexpected / mis-shaped keys."""
         sd = select_vision_state_dict(state_dict, prefix)
         own = self.state_dict()
         missing = sorted(set(own) - set(sd))
@@ -638,7 +445,7 @@ class PerceptionVisionEncoder(nn.Module):
                 parts.append(f"unexpected {_short_list(unexpected, prefix)}")
             if shapes:
                 parts.append(f"wrong shape {'; '.join(shapes[:5])}")
-            raise ModelLoadError(
+            raise SAMAudioLoadError(
                 f"vision encoder ({self.cfg.name}) checkpoint does not fit: " + ", ".join(parts)
             )
         self.load_state_dict(sd, strict=True)
@@ -669,11 +476,11 @@ class PerceptionVisionEncoder(nn.Module):
         same numbers (the resize is per frame) with a bounded float copy.
         """
         if video.ndim != 4 or video.shape[1] != 3:
-            raise ModelInputError(
+            raise SAMAudioInputError(
                 f"video must be a [T, 3, H, W] tensor, got shape {tuple(video.shape)}"
             )
         if video.dtype != torch.uint8:
-            raise ModelInputError(f"video must be uint8 frames, got {video.dtype}")
+            raise SAMAudioInputError(f"video must be uint8 frames, got {video.dtype}")
         weight = self.model.visual.conv1.weight
         n = video.shape[0]
         if n == 0:
@@ -689,9 +496,11 @@ class PerceptionVisionEncoder(nn.Module):
     def forward(self, videos: Sequence[Tensor]) -> Tensor:
         """Encode each video; pad along time with zeros to ``[B, T_max, dim]``."""
         if isinstance(videos, Tensor):
-            raise ModelInputError("videos must be a list of [T, 3, H, W] tensors, got one tensor")
+            raise SAMAudioInputError(
+                "videos must be a list of [T, 3, H, W] tensors, got one tensor"
+            )
         if len(videos) == 0:
-            raise ModelInputError("videos is empty")
+            raise SAMAudioInputError("videos is empty")
         return pad_sequence([self.encode_video(v) for v in videos], batch_first=True)
 
     @property

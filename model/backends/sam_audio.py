@@ -13,23 +13,34 @@ window; this windowing serves direct Python use.) Prompts map as:
   among the frames whose times fall inside the window (widened by half a frame period). A
   window without any frame runs without the visual prompt (and says so in the warnings).
 
-The model is loaded once per (path, device) per process and reused.
+The model is loaded once per (path, device) per process and reused. The port
+(``model.sam_audio``) raises its own errors; ``port_errors`` re-raises them as
+``model.errors.ModelInputError`` / ``ModelLoadError`` with the same message, so what a user
+reads is the port's message and the worker can map it to "bad input". Nothing here reads the
+environment: the device comes from the caller.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from model.errors import ModelInputError, ModelLoadError
-from model.sam_audio.model import DFLT_ODE_OPT, SAMAudio
-from model.sam_audio.processor import SAMAudioProcessor
+from model.sam_audio import (
+    DFLT_ODE_OPT,
+    SAMAudio,
+    SAMAudioInputError,
+    SAMAudioLoadError,
+    SAMAudioProcessor,
+)
 from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span
 from model.windows import clip_spans, crossfade_gains, plan_windows
 
@@ -41,10 +52,23 @@ _CACHE_LOCK = threading.Lock()
 _AUTOCAST = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(device: str | None = None) -> str:
-    """Explicit device, else ``SONOMASK_DEVICE``, else cuda when available, else cpu."""
-    device = device or os.environ.get("SONOMASK_DEVICE") or None
-    if device is None or device == "auto":
+@contextlib.contextmanager
+def port_errors() -> Iterator[None]:
+    """Re-raise the port's own errors as sonomask's, message unchanged: the worker reports
+    ``ModelInputError`` / ``ModelLoadError`` as one-line bad-input messages."""
+    try:
+        yield
+    except SAMAudioInputError as err:
+        raise ModelInputError(str(err)) from err
+    except SAMAudioLoadError as err:
+        raise ModelLoadError(str(err)) from err
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """The torch device for ``device``: cpu / cuda / cuda:N as given; ``"auto"`` (or None or
+    "") is cuda when available, else cpu. Reads no environment: the worker passes
+    ``Settings.device`` (``SONOMASK_DEVICE``)."""
+    if not device or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
@@ -65,8 +89,9 @@ def load_cached(model_path: str, device: str) -> tuple[SAMAudio, SAMAudioProcess
     key = _cache_key(model_path, device)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            model = SAMAudio.from_pretrained(model_path, device=device)
-            processor = SAMAudioProcessor.from_config(model.config)
+            with port_errors():
+                model = SAMAudio.from_pretrained(model_path, device=device)
+                processor = SAMAudioProcessor.from_config(model.config)
             _CACHE[key] = (model, processor)
         return _CACHE[key]
 
@@ -120,8 +145,9 @@ class SamAudioSeparator:
     """SAM Audio as a sonomask ``Separator`` (``name = "sam-audio"``).
 
     model_path: a model folder (config.json + checkpoint.pt / model.safetensors) or a Hub repo
-    id in the local HF cache. device: cpu / cuda / cuda:N / auto (default: ``SONOMASK_DEVICE``
-    or auto). window_seconds / overlap_seconds: long-audio windowing. seed: ODE noise and
+    id in the local HF cache. device: cpu / cuda / cuda:N / auto (default; None means auto:
+    cuda when available); the caller chooses it (the worker: ``Settings.device``), nothing
+    here reads the environment. window_seconds / overlap_seconds: long-audio windowing. seed: ODE noise and
     watermark bits (identical for every window). precision: "fp32" (default), "bf16" or
     "fp16" autocast of the DiT (CUDA). ode_opt: solver options as in ``SAMAudio.separate``.
     """
@@ -130,8 +156,8 @@ class SamAudioSeparator:
 
     def __init__(
         self,
-        model_path: str,
-        device: str | None = None,
+        model_path: str | os.PathLike[str],
+        device: str | None = "auto",
         *,
         window_seconds: float = 30.0,
         overlap_seconds: float = 2.0,
@@ -270,26 +296,27 @@ class SamAudioSeparator:
             if idx is not None:
                 clip = torch.from_numpy(np.ascontiguousarray(prompt.video[idx]))
                 videos = [clip.permute(0, 3, 1, 2)]
-        batch = proc(
-            descriptions=[prompt.text],
-            audios=[torch.from_numpy(np.ascontiguousarray(chunk))[None]],
-            anchors=[anchors] if anchors else None,
-            masked_videos=videos,
-        )
-        gen = torch.Generator().manual_seed(self.seed)
-        frames = int(batch.sizes[0])
-        noise = torch.randn(1, frames, 2 * model.config.latent_channels, generator=gen)
-        bits = int(getattr(model.audio_codec, "watermark_bits", 16))
-        message = torch.randint(0, 2, (2, bits), generator=gen, dtype=torch.float32)
-        result = model.separate(
-            batch,
-            noise=noise,
-            ode_opt=self.ode_opt,
-            watermark_message=message,
-            naive=self.naive,
-            autocast_dtype=self.autocast_dtype,
-            progress=step,
-        )
+        with port_errors():
+            batch = proc(
+                descriptions=[prompt.text],
+                audios=[torch.from_numpy(np.ascontiguousarray(chunk))[None]],
+                anchors=[anchors] if anchors else None,
+                masked_videos=videos,
+            )
+            gen = torch.Generator().manual_seed(self.seed)
+            frames = int(batch.sizes[0])
+            noise = torch.randn(1, frames, 2 * model.config.latent_channels, generator=gen)
+            bits = int(getattr(model.audio_codec, "watermark_bits", 16))
+            message = torch.randint(0, 2, (2, bits), generator=gen, dtype=torch.float32)
+            result = model.separate(
+                batch,
+                noise=noise,
+                ode_opt=self.ode_opt,
+                watermark_message=message,
+                naive=self.naive,
+                autocast_dtype=self.autocast_dtype,
+                progress=step,
+            )
         tgt = result.target[0][:n].float().cpu().numpy()
         res = result.residual[0][:n].float().cpu().numpy()
         return tgt, res, videos is not None
