@@ -44,7 +44,7 @@ from scipy.signal import get_window
 from threadpoolctl import threadpool_limits
 
 from model.errors import ModelInputError
-from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span
+from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span, Windowing
 
 N_FFT = 2048
 """43 ms window at 48 kHz (23 Hz bins): separates the harmonics of low voices and strings."""
@@ -311,9 +311,9 @@ class ClassicalSeparator:
     """Weight-free separation by prompt-steered NMF (see the module docstring)."""
 
     name = "classical"
-    window_seconds = 60.0
-    """A long job is separated in windows this long (the worker cuts them; see model.windows)."""
-    overlap_seconds = 2.0
+    windowing = Windowing(seconds=60.0, overlap_seconds=2.0, hop=1920)
+    """A long job is separated in minute-long windows (the worker cuts them; the 1920-sample
+    grid keeps them on the same 25 Hz frame clock as SAM Audio's)."""
 
     def __init__(self, n_components: int = N_COMPONENTS, seed: int = SEED) -> None:
         self.n_components = n_components
@@ -330,6 +330,8 @@ class ClassicalSeparator:
         with threadpool_limits(limits=1, user_api="blas"):
             return self._separate(audio, prompt, progress)
 
+    # ~90 lines on purpose: the steps share the block spectrogram ``mag`` and its one-block
+    # cache; cut apart they would pass half a dozen arrays back and forth.
     def _separate(
         self,
         audio: np.ndarray,
@@ -405,34 +407,7 @@ class ClassicalSeparator:
                 report(0.6 + 0.2 * (i + 1) / len(blocks), "NMF activations")
 
         # 3. Score components against the prompt, globally.
-        score = np.zeros(k)
-        used = False
-        if has_video:
-            s = _video_scores(h, frame_times, prompt, warnings)
-            if s is not None:
-                score += s
-                used = True
-        if has_spans:
-            s = _span_scores(h, frame_times, n / MODEL_SAMPLE_RATE, prompt.spans, warnings)
-            if s is not None:
-                score += s
-                used = True
-        if not used:
-            warnings.append(
-                "no usable evidence in the prompt: every component counts as neither target "
-                "nor background, and the target is a weak, even share of the mixture"
-            )
-        weights = (1.0 / (1.0 + np.exp(-(score - SCORE_BIAS) / SCORE_TAU))).astype(np.float32)
-        if used and weights.max() < 0.5:
-            warnings.append(
-                "no part of the sound follows the prompt well; the target is likely faint"
-            )
-        gate = np.ones(n_frames, dtype=np.float32)
-        if any(s.sign == "-" for s in prompt.spans):
-            absent = _span_flags(prompt.spans, frame_times, "-") & ~_span_flags(
-                prompt.spans, frame_times, "+"
-            )
-            gate = 1.0 - uniform_filter1d(absent.astype(np.float32), size=5, mode="nearest")
+        weights, gate = _prompt_weights(h, frame_times, n, prompt, has_video, has_spans, warnings)
 
         # 4. Wiener masks and resynthesis on the global frame grid.
         wt = w * weights[None, :]
@@ -449,6 +424,47 @@ class ClassicalSeparator:
             report(0.8 + 0.2 * (i + 1) / len(blocks), "masking")
         residual = audio - target
         return Separation(target=target, residual=residual, backend=self.name, warnings=warnings)
+
+
+def _prompt_weights(
+    h: np.ndarray,
+    frame_times: np.ndarray,
+    n: int,
+    prompt: Prompt,
+    has_video: bool,
+    has_spans: bool,
+    warnings: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """How much each component is the target (sigmoid of its prompt score), and a per-frame
+    gate that silences the target where a ``-`` span says it is absent."""
+    k, n_frames = h.shape
+    score = np.zeros(k)
+    used = False
+    if has_video:
+        s = _video_scores(h, frame_times, prompt, warnings)
+        if s is not None:
+            score += s
+            used = True
+    if has_spans:
+        s = _span_scores(h, frame_times, n / MODEL_SAMPLE_RATE, prompt.spans, warnings)
+        if s is not None:
+            score += s
+            used = True
+    if not used:
+        warnings.append(
+            "no usable evidence in the prompt: every component counts as neither target "
+            "nor background, and the target is a weak, even share of the mixture"
+        )
+    weights = (1.0 / (1.0 + np.exp(-(score - SCORE_BIAS) / SCORE_TAU))).astype(np.float32)
+    if used and weights.max() < 0.5:
+        warnings.append("no part of the sound follows the prompt well; the target is likely faint")
+    gate = np.ones(n_frames, dtype=np.float32)
+    if any(s.sign == "-" for s in prompt.spans):
+        absent = _span_flags(prompt.spans, frame_times, "-") & ~_span_flags(
+            prompt.spans, frame_times, "+"
+        )
+        gate = 1.0 - uniform_filter1d(absent.astype(np.float32), size=5, mode="nearest")
+    return weights, gate
 
 
 def _first_owned(a: int, t_min: int) -> int:

@@ -12,6 +12,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from model.errors import ModelInputError
+
 MODEL_SAMPLE_RATE = 48_000
 
 ProgressCallback = Callable[[float, str], None]
@@ -57,10 +59,67 @@ class Separation:
     warnings: list[str] = field(default_factory=list)
 
 
+def plan_windows(num_samples: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) sample ranges covering ``num_samples``.
+
+    Windows are ``window`` long and step by ``window - overlap``; the last one is moved back
+    to end exactly at ``num_samples`` (so every window has the same length and the last
+    overlap may be longer). Audio no longer than one window is a single window.
+    """
+    if window <= 0 or not 0 <= overlap < window:
+        raise ModelInputError(f"need window > overlap >= 0 samples, got {window}, {overlap}")
+    if num_samples <= window:
+        return [(0, num_samples)]
+    step = window - overlap
+    starts = list(range(0, num_samples - window, step))
+    starts.append(num_samples - window)
+    return [(s, s + window) for s in starts]
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How a backend wants long audio cut (part of the ``Separator`` contract).
+
+    Windows of ``seconds`` overlap by ``overlap_seconds``; both lie on a grid of ``hop``
+    samples, the model's feature hop, so every window holds whole feature frames and the
+    visual prompt is sampled at ``feature_rate``. The worker and the backends plan their
+    windows here and nowhere else.
+    """
+
+    seconds: float
+    overlap_seconds: float
+    hop: int
+
+    @property
+    def feature_rate(self) -> float:
+        """Feature frames per second (SAM Audio: 48 kHz / 1920 = 25 Hz)."""
+        return MODEL_SAMPLE_RATE / self.hop
+
+    def plan(self, num_samples: int, seconds: float | None = None) -> list[tuple[int, int]]:
+        """[start, end) windows over ``num_samples`` at 48 kHz.
+
+        ``seconds`` overrides the window length (``SONOMASK_WINDOW_SECONDS``); the overlap
+        then shrinks to at most a quarter of it. The overlap never exceeds half a window.
+        """
+        hop, sr = self.hop, MODEL_SAMPLE_RATE
+        overlap_s = (
+            self.overlap_seconds if seconds is None else min(self.overlap_seconds, seconds / 4)
+        )
+        seconds = self.seconds if seconds is None else seconds
+        window = max(hop, round(seconds * sr / hop) * hop)
+        overlap = min(round(overlap_s * sr / hop) * hop, window // 2)
+        return plan_windows(num_samples, window, overlap)
+
+
 class Separator(Protocol):
-    """A separation backend."""
+    """A separation backend.
+
+    ``windowing`` says how a long clip is cut for it (``model.windows.Windowing``): the
+    worker separates one window per call, keeps each result and joins them.
+    """
 
     name: str
+    windowing: Windowing
 
     def separate(
         self,

@@ -14,25 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.errors import ModelInputError
 from model.separator import Prompt, Span
-
-
-def plan_windows(num_samples: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) sample ranges covering ``num_samples``.
-
-    Windows are ``window`` long and step by ``window - overlap``; the last one is moved back
-    to end exactly at ``num_samples`` (so every window has the same length and the last
-    overlap may be longer). Audio no longer than one window is a single window.
-    """
-    if window <= 0 or not 0 <= overlap < window:
-        raise ModelInputError(f"need window > overlap >= 0 samples, got {window}, {overlap}")
-    if num_samples <= window:
-        return [(0, num_samples)]
-    step = window - overlap
-    starts = list(range(0, num_samples - window, step))
-    starts.append(num_samples - window)
-    return [(s, s + window) for s in starts]
 
 
 def crossfade_gains(windows: list[tuple[int, int]], index: int) -> np.ndarray:

@@ -19,8 +19,8 @@ import pytest
 import soundfile as sf
 from conftest import ROOT, run_cli
 
-from model.separator import Separation
-from model.windows import crossfade_gains, plan_windows, window_prompt
+from model.separator import Separation, Windowing, plan_windows
+from model.windows import crossfade_gains, window_prompt
 from vision.propagate import propagate
 from worker import arrays, files
 from worker.jobs.runner import resumable_job_id
@@ -129,8 +129,7 @@ class _Recording:
     """A separator whose target is a fixed share of each window; it records the calls."""
 
     name = "classical"
-    window_seconds = 1.0
-    overlap_seconds = 0.25
+    windowing = Windowing(seconds=1.0, overlap_seconds=0.25, hop=1920)
 
     def __init__(self) -> None:
         self.calls: list[int] = []

@@ -34,7 +34,7 @@ from model.sam_audio import (
 )
 from model.sam_audio.model import odeint_final
 from model.sam_audio.text_encoder import T5TextEncoder
-from model.separator import Prompt, Span
+from model.separator import Prompt, Span, plan_windows
 
 FIXTURE = SAM_AUDIO_FIXTURE
 needs_tokenizer = pytest.mark.skipif(
@@ -512,8 +512,8 @@ def test_processor_input_errors():
 
 
 def test_plan_windows_and_gains():
-    assert windows.plan_windows(1000, 2000, 200) == [(0, 1000)]
-    w = windows.plan_windows(10_000, 3000, 1000)
+    assert plan_windows(1000, 2000, 200) == [(0, 1000)]
+    w = plan_windows(10_000, 3000, 1000)
     assert w[0] == (0, 3000) and w[-1] == (7000, 10_000)
     assert all(e - s == 3000 for s, e in w)
     assert all(w[i + 1][0] < w[i][1] for i in range(len(w) - 1))  # overlapping, no gaps
@@ -522,7 +522,7 @@ def test_plan_windows_and_gains():
         total[s:e] += windows.crossfade_gains(w, i).astype(np.float64)
     np.testing.assert_allclose(total, 1.0, atol=1e-6)  # the mixture comes back unchanged
     with pytest.raises(ModelInputError):
-        windows.plan_windows(100, 10, 10)
+        plan_windows(100, 10, 10)
 
 
 def test_pick_frames_and_window_anchors():

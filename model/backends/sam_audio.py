@@ -41,14 +41,16 @@ from model.sam_audio import (
     SAMAudioLoadError,
     SAMAudioProcessor,
 )
-from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span
-from model.windows import clip_spans, crossfade_gains, plan_windows
+from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span, Windowing
+from model.windows import clip_spans, crossfade_gains
 
 logger = logging.getLogger(__name__)
 
 _CACHE: dict[tuple[str, str], tuple[SAMAudio, SAMAudioProcessor]] = {}
 _CACHE_LOCK = threading.Lock()
 
+WINDOW_SECONDS = 30.0  # long audio is separated in windows this long ...
+OVERLAP_SECONDS = 2.0  # ... joined over overlaps this long
 _AUTOCAST = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -153,14 +155,15 @@ class SamAudioSeparator:
     """
 
     name = "sam-audio"
+    windowing: Windowing
 
     def __init__(
         self,
         model_path: str | os.PathLike[str],
         device: str | None = "auto",
         *,
-        window_seconds: float = 30.0,
-        overlap_seconds: float = 2.0,
+        window_seconds: float = WINDOW_SECONDS,
+        overlap_seconds: float = OVERLAP_SECONDS,
         seed: int = 0,
         precision: str | None = None,
         ode_opt: dict | None = None,
@@ -175,13 +178,22 @@ class SamAudioSeparator:
             )
         self.model_path = str(model_path)
         self.device = resolve_device(device)
-        self.window_seconds = float(window_seconds)
-        self.overlap_seconds = float(overlap_seconds)
         self.seed = int(seed)
         self.autocast_dtype = _AUTOCAST[precision]
         self.ode_opt = ode_opt or DFLT_ODE_OPT
         self.naive = naive
         self.model, self.processor = load_cached(self.model_path, self.device)
+        self.windowing = Windowing(
+            float(window_seconds), float(overlap_seconds), self.model.hop_length
+        )
+
+    @staticmethod
+    def windowing_for(model_path: str | os.PathLike[str]) -> Windowing:
+        """The default windowing of the model at ``model_path``, from its config alone (no
+        weights loaded): what the worker needs before the separation stage runs."""
+        with port_errors():
+            hop = SAMAudioProcessor.from_pretrained(model_path).audio_hop_length
+        return Windowing(WINDOW_SECONDS, OVERLAP_SECONDS, int(hop))
 
     # -- input checks ----------------------------------------------------------------------
 
@@ -247,15 +259,11 @@ class SamAudioSeparator:
         sr = self.model.sample_rate
         if sr != MODEL_SAMPLE_RATE:
             raise ModelLoadError(f"model sample rate is {sr}, sonomask feeds {MODEL_SAMPLE_RATE}")
-        hop = self.model.hop_length
         n = len(audio)
         warnings: list[str] = []
         prepared = self._prepare_prompt(prompt, n / sr, warnings)
 
-        window = max(hop, int(round(self.window_seconds * sr / hop)) * hop)
-        overlap = int(round(self.overlap_seconds * sr / hop)) * hop
-        overlap = min(overlap, window - hop)
-        windows = plan_windows(n, window, overlap)
+        windows = self.windowing.plan(n)
         gains = [crossfade_gains(windows, i) for i in range(len(windows))]
         target = np.zeros(n, dtype=np.float32)
         residual = np.zeros(n, dtype=np.float32)

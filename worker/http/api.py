@@ -15,23 +15,18 @@ file copies run in the thread pool, so one upload never stalls other requests.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import logging
 import os
 import shutil
-import threading
-import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -43,8 +38,10 @@ from starlette.concurrency import run_in_threadpool
 from worker.errors import BadInput, QueueUnavailable, SonomaskError
 from worker.http import paths, safejson, staging
 from worker.http.asgi import AllowOptions, BodyGuard, BodyTimeout, BodyTooLarge
+from worker.http.context import ApiSettings
 from worker.http.problems import errors, fix_openapi
 from worker.http.safejson import json_body
+from worker.http.sessions import expire_uploads
 from worker.http.uploads import from_multipart, openapi_submit
 from worker.jobs import store, webhooks
 from worker.jobs.intake import check_inputs
@@ -87,66 +84,13 @@ class Health(BaseModel):
     error: str | None = None
 
 
-class ApiSettings:
-    """The API's view of the process's Settings, plus its thread limiter and housekeeping."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.base = settings
-        self.media_root = settings.media_root
-        self.token = settings.api_token
-        self.max_upload = settings.max_upload_bytes
-        self.job_ttl = timedelta(seconds=settings.job_ttl)
-        self.body_timeout = settings.body_timeout
-        self.housekeeping = Housekeeping(self)
-        self.heavy = max(2, os.cpu_count() or 2)
-        self._limiters: weakref.WeakKeyDictionary[Any, anyio.CapacityLimiter] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run blocking ``fn`` (probing, PIL, big copies) in a thread, at most ``heavy`` at
-        once and apart from the default pool, so a burst of uploads neither starves the CPU
-        the event loop needs nor the threads of the plain endpoints."""
-        loop = asyncio.get_running_loop()
-        limiter = self._limiters.get(loop)
-        if limiter is None:
-            limiter = self._limiters[loop] = anyio.CapacityLimiter(self.heavy)
-        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
-
-
-class Housekeeping:
-    """Expiry of old jobs and uploads: a directory scan, so at most once a minute and in a
-    background thread, never in a request's way."""
-
-    def __init__(self, cfg: ApiSettings, every: float = 60.0) -> None:
-        self.cfg, self.every, self.last = cfg, every, -every
-        self.busy = threading.Lock()
-
-    def kick(self) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every or not self.busy.acquire(blocking=False):
-            return
-        self.last = now
-        threading.Thread(target=self._run, daemon=True, name="sonomask-expiry").start()
-
-    def _run(self) -> None:
-        from worker.http.sessions import expire_uploads
-
-        try:
-            store.expire_jobs(self.cfg.base.workspace, self.cfg.job_ttl)
-            expire_uploads(self.cfg)
-        except Exception:  # noqa: BLE001 - housekeeping never fails a request
-            log.exception("expiring old jobs and uploads failed")
-        finally:
-            self.busy.release()
-
-
 def create_app(
     submit_fn: Any = None, cancel_fn: Any = None, settings: Settings | None = None
 ) -> FastAPI:
     """Build the app; ``submit_fn``/``cancel_fn`` default to the Celery ones, ``settings`` to
     this process's (read from the environment once, here)."""
     cfg = ApiSettings(settings or Settings.from_env())
+    cfg.housekeeping.chores.append(lambda: expire_uploads(cfg))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -157,7 +101,7 @@ def create_app(
 
     api = FastAPI(
         title="sonomask",
-        version="0.1.0",
+        version=metadata.version("sonomask"),
         description="Isolate or remove the sound of an on-screen object in a video.",
         lifespan=lifespan,
     )

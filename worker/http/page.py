@@ -44,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from worker import media
 from worker.errors import BadInput
 from worker.http import links, paths, peaks, sessions
+from worker.http.context import ApiSettings
 from worker.http.problems import errors
 from worker.http.safejson import json_body
 from worker.http.staging import Staging
@@ -118,7 +119,7 @@ _OPENAPI_UPLOAD = {
 }
 
 
-def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
+def router(cfg: ApiSettings, authorize: Callable[..., None]) -> APIRouter:
     """Routes for the page; ``cfg`` is the API's settings, ``authorize`` its token check."""
     r = APIRouter()
     auth = [Depends(authorize)]
@@ -190,7 +191,7 @@ def router(cfg: Any, authorize: Callable[..., None]) -> APIRouter:
     return r
 
 
-def _upload_routes(r: APIRouter, cfg: Any, auth: list[Any]) -> None:
+def _upload_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
     """Opening a video for drawing: the upload session, its frames and its waveform."""
     web = ["web page"]
 
@@ -270,7 +271,7 @@ def _upload_routes(r: APIRouter, cfg: Any, auth: list[Any]) -> None:
         return Response(cache.read_bytes(), media_type="application/json")
 
 
-def _job_routes(r: APIRouter, cfg: Any, auth: list[Any]) -> None:
+def _job_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
     """A finished job's waveforms and links the page's players can use."""
     web = ["web page"]
 

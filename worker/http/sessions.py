@@ -23,6 +23,7 @@ from starlette.datastructures import UploadFile
 from worker import media
 from worker.errors import BadInput
 from worker.http import paths
+from worker.http.context import ApiSettings
 from worker.jobs import store
 
 UPLOADS = ".uploads"
@@ -34,11 +35,11 @@ CHUNK = 1 << 20
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
-def uploads_root(cfg: Any) -> Path:
+def uploads_root(cfg: ApiSettings) -> Path:
     return Path(cfg.base.workspace) / UPLOADS
 
 
-def session_dir(cfg: Any, upload_id: str) -> Path:
+def session_dir(cfg: ApiSettings, upload_id: str) -> Path:
     """The folder of upload ``upload_id``, or 404 (ids are checked so no path can escape)."""
     folder = uploads_root(cfg) / upload_id
     if not _ID_RE.match(upload_id) or not (folder / "meta.json").is_file():
@@ -60,7 +61,7 @@ def public(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def claim_upload(cfg: Any, upload_id: str, staging: Path) -> Path:
+def claim_upload(cfg: ApiSettings, upload_id: str, staging: Path) -> Path:
     """The video of upload ``upload_id`` for a new job (``POST /v1/jobs`` field ``upload``).
 
     A video stored by the upload (or taken from an earlier job) is hard-linked (copied where
@@ -87,7 +88,7 @@ def claim_upload(cfg: Any, upload_id: str, staging: Path) -> Path:
     return dest
 
 
-def expire_uploads(cfg: Any) -> None:
+def expire_uploads(cfg: ApiSettings) -> None:
     """Drop upload sessions older than the job TTL (and half-written ones older than a day)."""
     root = uploads_root(cfg)
     if not root.is_dir():
@@ -112,7 +113,7 @@ def safe_name(name: str | None) -> str:
     return stem[:80] + suffix.lower()[:8] if suffix else stem[:80] + ".bin"
 
 
-def create_session(cfg: Any, tmp: Path, upload_id: str, video: Path, source: str) -> dict:
+def create_session(cfg: ApiSettings, tmp: Path, upload_id: str, video: Path, source: str) -> dict:
     """Probe ``video``, record its frames, and publish ``tmp`` as upload ``upload_id``."""
     p = media.probe(video)
     if p.duration > cfg.base.max_video_seconds:
@@ -150,7 +151,7 @@ def create_session(cfg: Any, tmp: Path, upload_id: str, video: Path, source: str
     return meta
 
 
-def json_source(body: dict[str, Any], cfg: Any, tmp: Path) -> tuple[Path, str]:
+def json_source(body: dict[str, Any], cfg: ApiSettings, tmp: Path) -> tuple[Path, str]:
     """``{"path": rel}`` under the media root (used in place) or ``{"job": id}`` (linked)."""
     if "path" in body:
         return paths.media_file(body["path"], cfg.media_root, "path"), "media"

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from worker.http import paths, safejson
+from worker.http.context import ApiSettings
 from worker.http.staging import Staging
 
 SPEC_EXAMPLE = {"mask_frames": [0], "mode": "both", "separator": "auto", "text": None, "spans": []}
@@ -104,7 +105,7 @@ def _spec_fields(raw: str) -> dict[str, Any]:
 
 
 def _save_files(
-    video: Any, upload: Any, masks: list[UploadFile], stage: Staging, cfg: Any
+    video: Any, upload: Any, masks: list[UploadFile], stage: Staging, cfg: ApiSettings
 ) -> tuple[Path, list[Path]]:
     """Write the uploads into ``stage`` (a worker thread: these are big blocking copies)."""
     budget = [0]
@@ -123,7 +124,7 @@ def _save_files(
     return vpath, mpaths
 
 
-async def from_multipart(request: Request, stage: Staging, cfg: Any) -> dict[str, Any]:
+async def from_multipart(request: Request, stage: Staging, cfg: ApiSettings) -> dict[str, Any]:
     """JobSpec fields from the multipart form, the files saved into ``stage``."""
     length = int(request.headers.get("content-length") or 0)
     if length > cfg.max_upload + (1 << 20):

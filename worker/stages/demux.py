@@ -17,6 +17,10 @@ from worker.workspace import Workspace
 MIN_AUDIO_FRACTION = 0.9  # below this share of the declared duration the file is truncated.
 
 
+READS = (files.SPEC, files.PROBE)
+WRITES = (files.AUDIO_SOURCE, files.AUDIO_MODEL, files.FRAMES, files.FRAME_TIMES)
+
+
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
     """Audio at its own rate and channels, the model's mono 48 kHz copy, downscaled frames."""
     outputs = (files.AUDIO_SOURCE, files.AUDIO_MODEL, files.FRAMES, files.FRAME_TIMES)

@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from model.separator import Separator
+from model.separator import Separator, Windowing
 from worker.errors import BadInput
 from worker.settings import Settings
 from worker.spec import JobSpec
@@ -91,18 +91,37 @@ def check_tracker_config(spec: JobSpec, settings: Settings) -> None:
         )
 
 
-def choose_separator(spec: JobSpec, settings: Settings) -> Separator:
+def _backend(spec: JobSpec, settings: Settings) -> tuple[str, str | None]:
     """``auto`` runs SAM Audio when a model is configured, otherwise the weight-free backend."""
     model_path = resolve_model(spec.model, settings)
     name = spec.separator
     if name == "auto":
         name = "sam-audio" if model_path else "classical"
+    if name == "sam-audio" and not model_path:
+        raise BadInput("--separator sam-audio needs --model PATH (or SONOMASK_MODEL)")
+    return name, model_path
+
+
+def choose_separator(spec: JobSpec, settings: Settings) -> Separator:
+    """The separation backend the job runs (SAM Audio loads its weights here)."""
+    name, model_path = _backend(spec, settings)
     if name == "classical":
         from model.classical import ClassicalSeparator
 
         return ClassicalSeparator()
-    if not model_path:
-        raise BadInput("--separator sam-audio needs --model PATH (or SONOMASK_MODEL)")
-    from model.sam_audio.backend import SamAudioSeparator
+    from model.backends.sam_audio import SamAudioSeparator
 
     return SamAudioSeparator(model_path, device=settings.device)
+
+
+def choose_windowing(spec: JobSpec, settings: Settings) -> Windowing:
+    """How the chosen backend cuts the audio, known without loading any weights: the prompt
+    stage samples the visual prompt at its feature rate before the model runs."""
+    name, model_path = _backend(spec, settings)
+    if name == "classical":
+        from model.classical import ClassicalSeparator
+
+        return ClassicalSeparator.windowing
+    from model.backends.sam_audio import SamAudioSeparator
+
+    return SamAudioSeparator.windowing_for(model_path)

@@ -8,6 +8,9 @@ from worker.settings import Settings
 from worker.stages.common import StageProgress, noop, working_frames
 from worker.workspace import Workspace
 
+READS = (files.FRAMES, files.FRAME_TIMES, files.MASKS_WORK, files.PROBE, files.TARGET)
+WRITES = (files.PREVIEW,)
+
 
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
     """A small H.264 preview with the tracked mask drawn over the picture, target audio."""

@@ -11,6 +11,9 @@ from worker.stages.common import StageProgress, load_keyframe_mask, noop
 from worker.stages.models import check_separator_config
 from worker.workspace import Workspace
 
+READS = (files.SPEC,)
+WRITES = (files.PROBE,)
+
 
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
     """Check the video and the keyframe masks before any decoding work is spent."""

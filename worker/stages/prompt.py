@@ -11,9 +11,11 @@ from worker import arrays, files
 from worker.arrays import RowFile
 from worker.settings import Settings
 from worker.stages.common import MASK_CHUNK, StageProgress, noop, working_frames
+from worker.stages.models import choose_windowing
 from worker.workspace import Workspace
 
-FEATURE_RATE = 25.0  # SAM Audio's latent frame rate: 48 kHz / hop 1920.
+READS = (files.FRAMES, files.FRAME_TIMES, files.MASKS_WORK, files.AUDIO_MODEL)
+WRITES = (files.PROMPT_INDEX, files.PROMPT_TIMES, files.ACTIVITY)
 
 
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
@@ -28,7 +30,8 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     frames, times = working_frames(ws)
     n = len(times)
     duration = sf.info(str(ws.file(files.AUDIO_MODEL))).duration
-    t = np.arange(0.0, max(duration, 1.0 / FEATURE_RATE), 1.0 / FEATURE_RATE)
+    rate = choose_windowing(ws.spec, settings).feature_rate  # the model's feature frames
+    t = np.arange(0.0, max(duration, 1.0 / rate), 1.0 / rate)
     idx = np.clip(np.searchsorted(times, t + 1e-6, side="right") - 1, 0, n - 1)
     ws.write_npy(files.PROMPT_INDEX, idx.astype(np.int64))
     ws.write_npy(files.PROMPT_TIMES, t)

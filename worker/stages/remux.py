@@ -9,6 +9,9 @@ from worker.settings import Settings
 from worker.stages.common import StageProgress, noop
 from worker.workspace import Workspace
 
+READS = (files.SPEC, files.PROBE, files.TARGET, files.RESIDUAL)
+WRITES = ("isolated<ext>", "removed<ext>")  # by mode; <ext> is the source's container
+
 
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
     spec = ws.spec

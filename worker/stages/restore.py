@@ -18,6 +18,10 @@ RESTORE_BLOCK_SECONDS = 30.0
 RESTORE_MARGIN_SECONDS = 0.5
 
 
+READS = (files.AUDIO_SOURCE, *files.STEMS_MODEL)
+WRITES = (files.TARGET, files.RESIDUAL)
+
+
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
     """Stems back at the source rate and channel layout, streamed block by block.
 

@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 
 from model.separator import MODEL_SAMPLE_RATE, Prompt, Separation, Separator, Span
-from model.windows import crossfade_gains, plan_windows, window_prompt
+from model.windows import crossfade_gains, window_prompt
 from worker import arrays, files
 from worker.errors import SonomaskError
 from worker.settings import Settings
@@ -18,23 +18,15 @@ from worker.stages.models import choose_separator
 from worker.stages.prompt import MaskedFrames
 from worker.workspace import Workspace
 
-FEATURE_HOP = 1920
-
-
-WINDOW_SECONDS = 60.0  # separation window when the backend names none
-
-
-WINDOW_OVERLAP_SECONDS = 2.0
-
-
-def separation_windows(separator: Separator, settings: Settings, n: int) -> list[tuple[int, int]]:
-    """Where the model audio is cut: the backend's window length (or
-    ``SONOMASK_WINDOW_SECONDS``) and overlap, on the model's feature grid."""
-    seconds = settings.window_seconds or getattr(separator, "window_seconds", WINDOW_SECONDS)
-    overlap_s = min(getattr(separator, "overlap_seconds", WINDOW_OVERLAP_SECONDS), seconds / 4)
-    window = max(FEATURE_HOP, round(seconds * MODEL_SAMPLE_RATE / FEATURE_HOP) * FEATURE_HOP)
-    overlap = min(round(overlap_s * MODEL_SAMPLE_RATE / FEATURE_HOP) * FEATURE_HOP, window // 2)
-    return plan_windows(n, window, overlap)
+READS = (
+    files.AUDIO_MODEL,
+    files.ACTIVITY,
+    files.FRAMES,
+    files.MASKS_WORK,
+    files.PROMPT_INDEX,
+    files.PROMPT_TIMES,
+)
+WRITES = files.STEMS_MODEL
 
 
 def _job_prompt(ws: Workspace, separator: Separator) -> Prompt:
@@ -74,7 +66,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     separator = choose_separator(ws.spec, settings)
     with sf.SoundFile(str(ws.file(files.AUDIO_MODEL))) as audio:
         n = audio.frames
-        plan = separation_windows(separator, settings, n)
+        plan = separator.windowing.plan(n, settings.window_seconds)
         plan_doc = {"backend": separator.name, "windows": [list(w) for w in plan]}
         if ws.has(files.WINDOWS_PLAN) and ws.read_json(files.WINDOWS_PLAN) != plan_doc:
             shutil.rmtree(

@@ -26,6 +26,9 @@ from worker.stages.common import (
 from worker.stages.models import resolve_model
 from worker.workspace import Workspace
 
+READS = (files.SPEC, files.PROBE, files.FRAMES, files.FRAME_TIMES)
+WRITES = (files.MASKS_WORK, files.MASKS)
+
 
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
     """Carry the keyframe masks through the clip (at working size), then to full size."""
