@@ -18,12 +18,12 @@ class Settings:
     result_backend: str
     max_video_seconds: float
     window_seconds: float | None  # separation window; None = the backend's own
-    # Crash recovery (worker/leases.py): where leases live, how long one lasts unrenewed.
+    # Crash recovery (worker/jobs/leases.py): where leases live, how long one lasts unrenewed.
     lease_url: str = "redis://127.0.0.1:6379/0"
     lease_seconds: float = 20.0
     visibility_timeout: int = 6 * 3600  # the broker's own redelivery: the last line of defence
     job_ttl: float = 7 * 24 * 3600
-    # What clients may choose (worker/pipeline.py resolve_model): operator-named models only.
+    # What clients may choose (worker/stages/models.py resolve_model): operator-named models only.
     models: dict[str, str] = field(default_factory=dict)  # SONOMASK_MODELS name -> path
     tracker_model: str | None = None  # SONOMASK_TRACKER_MODEL, the default SAM 2 weights
     tracker_models: dict[str, str] = field(default_factory=dict)  # SONOMASK_TRACKER_MODELS

@@ -1,6 +1,6 @@
 """The web page for editors (served at ``/``) and the endpoints only it needs.
 
-The page is plain HTML/CSS/JS under ``worker/static/`` (no build step, nothing fetched from
+The page is plain HTML/CSS/JS under ``worker/http/static/`` (no build step, nothing fetched from
 elsewhere at run time). It needs a few things the job API does not give:
 
 - ``GET  /v1/options``: separators, trackers and modes this server offers, whether a bearer

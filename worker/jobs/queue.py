@@ -4,7 +4,7 @@ Long GPU jobs, done right:
 - late acknowledgement + ``reject_on_worker_lost``: a stage whose worker dies (SIGKILL, OOM,
   machine loss) goes back to the queue and is redelivered;
 - prefetch of one, so a worker never sits on jobs another idle worker could run;
-- leases with a heartbeat (``worker/leases.py``): a stage whose worker died is queued again
+- leases with a heartbeat (``worker/jobs/leases.py``): a stage whose worker died is queued again
   by the reaper within seconds of its lease expiring (20 s), whatever the broker;
 - a broker visibility timeout longer than the longest stage (``SONOMASK_VISIBILITY_TIMEOUT``,
   default 6 h), after which Redis hands an unacknowledged message to another worker: the

@@ -3,7 +3,7 @@
 Every task takes only the job id. The job's ``job.json`` names the stage it waits for
 (``next_stage``); a message for any other stage, or for a job that is cancelled, finished or
 gone, does nothing, so stale and redelivered messages are harmless. A stage runs under a
-lease (``worker/leases.py``): the reaper sends the pending stage again when its worker dies,
+lease (``worker/jobs/leases.py``): the reaper sends the pending stage again when its worker dies,
 and fencing keeps a worker that lost its stage from writing anything.
 """
 
