@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from worker.errors import BadInput, QueueUnavailable, SonomaskError
 from worker.http import paths, safejson, staging
 from worker.http.asgi import AllowOptions, BodyGuard, BodyTimeout, BodyTooLarge
-from worker.http.context import ApiSettings
+from worker.http.context import ApiSettings, job_or_404, output_or_404
 from worker.http.problems import errors, fix_openapi
 from worker.http.safejson import json_body
 from worker.http.sessions import expire_uploads
@@ -234,12 +234,6 @@ def _job_routes(
 def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn: Any) -> None:
     """One job: its document, its outputs, cancelling or deleting it."""
 
-    def _ws(job_id: str) -> Any:
-        try:
-            return store.job_workspace(cfg.base.workspace, job_id)
-        except KeyError:
-            raise HTTPException(404, f"no job {job_id[:40]!r}") from None
-
     @api.get(
         "/v1/jobs/{job_id}",
         response_model=JobDocument,
@@ -247,7 +241,7 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
         responses=errors(401, 404),
     )
     def get_job(job_id: str) -> dict[str, Any]:
-        return store.document(_ws(job_id))
+        return store.document(job_or_404(cfg, job_id))
 
     @api.get(
         "/v1/jobs/{job_id}/outputs/{name}",
@@ -260,12 +254,7 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
     )
     def get_output(job_id: str, name: str) -> FileResponse:
         """Download one output (the file names ``sonomask separate`` writes)."""
-        ws = _ws(job_id)
-        try:
-            path = store.output_path(ws, name)
-        except KeyError:
-            raise HTTPException(404, f"job {job_id} has no output {name[:80]!r} (yet)") from None
-        return FileResponse(path, filename=name)
+        return FileResponse(output_or_404(cfg, job_id, name), filename=name)
 
     @api.delete(
         "/v1/jobs/{job_id}",
@@ -276,7 +265,7 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
     def delete_job(job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job (partial outputs are removed); a finished one
         (succeeded, failed, cancelled) is deleted with all its files, then answers 404."""
-        ws = _ws(job_id)
+        ws = job_or_404(cfg, job_id)
         doc = store.document(ws)
         if doc["state"] in store.FINISHED:
             _free(ws, doc, cfg.base.workspace)

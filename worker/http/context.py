@@ -11,13 +11,16 @@ import time
 import weakref
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
+from fastapi import HTTPException
 
 from worker.jobs import store
 from worker.settings import Settings
+from worker.workspace import Workspace
 
 log = logging.getLogger("sonomask.api")
 
@@ -74,3 +77,19 @@ class Housekeeping:
             log.exception("expiring old jobs and uploads failed")
         finally:
             self.busy.release()
+
+
+def job_or_404(cfg: ApiSettings, job_id: str) -> Workspace:
+    """The job's folder, or the API's one 404 for an unknown (or malformed) id."""
+    try:
+        return store.job_workspace(cfg.base.workspace, job_id)
+    except KeyError:
+        raise HTTPException(404, f"no job {job_id[:40]!r}") from None
+
+
+def output_or_404(cfg: ApiSettings, job_id: str, name: str) -> Path:
+    """A published output of a succeeded job, or a 404 that says it is not there (yet)."""
+    try:
+        return store.output_path(job_or_404(cfg, job_id), name)
+    except KeyError:
+        raise HTTPException(404, f"job {job_id} has no output {name[:80]!r} (yet)") from None

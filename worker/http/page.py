@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from worker import media
 from worker.errors import BadInput
 from worker.http import links, paths, peaks, sessions
-from worker.http.context import ApiSettings
+from worker.http.context import ApiSettings, job_or_404, output_or_404
 from worker.http.problems import errors
 from worker.http.safejson import json_body
 from worker.http.staging import Staging
@@ -275,16 +275,6 @@ def _job_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
     """A finished job's waveforms and links the page's players can use."""
     web = ["web page"]
 
-    def _output(job_id: str, name: str) -> Path:
-        try:
-            ws = store.job_workspace(cfg.base.workspace, job_id)
-        except KeyError:
-            raise HTTPException(404, f"no job {job_id!r}") from None
-        try:
-            return store.output_path(ws, name)
-        except KeyError:
-            raise HTTPException(404, f"job {job_id} has no output {name!r} (yet)") from None
-
     @r.get(
         "/v1/jobs/{job_id}/peaks/{name}",
         tags=web,
@@ -297,12 +287,12 @@ def _job_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
             raise HTTPException(
                 400, f"{name!r} is not a WAV stem; ask for target.wav or residual.wav"
             )
-        return peaks.wav_peaks(_output(job_id, name))
+        return peaks.wav_peaks(output_or_404(cfg, job_id, name))
 
     @r.get("/v1/jobs/{job_id}/links", tags=web, dependencies=auth, responses=errors(401, 404))
     def get_links(job_id: str) -> dict[str, Any]:
         """URLs for each output usable as a media ``src`` or a download without a header."""
-        doc = get_job_document(job_id)
+        doc = store.document(job_or_404(cfg, job_id))
         expires = int(time.time()) + links.LINK_TTL
         urls = {}
         for name in doc["outputs"]:
@@ -312,12 +302,6 @@ def _job_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
                 sig = links.signature(cfg.token, job_id, name, expires)
                 urls[name] = f"/v1/signed/{job_id}/{name}?expires={expires}&sig={sig}"
         return {"outputs": urls, "expires": expires}
-
-    def get_job_document(job_id: str) -> dict[str, Any]:
-        try:
-            return store.document(store.job_workspace(cfg.base.workspace, job_id))
-        except KeyError:
-            raise HTTPException(404, f"no job {job_id!r}") from None
 
     @r.get(
         "/v1/signed/{job_id}/{name}",
@@ -336,7 +320,7 @@ def _job_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
                 raise HTTPException(403, "this link is not valid; reopen the job to get a new one")
             if expires < time.time():
                 raise HTTPException(403, "this link has expired; reopen the job to get a new one")
-        return FileResponse(_output(job_id, name), filename=name)
+        return FileResponse(output_or_404(cfg, job_id, name), filename=name)
 
 
 def _static_file(name: str) -> FileResponse:
