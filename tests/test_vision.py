@@ -1,4 +1,5 @@
-"""vision/: mask loading, box prompts, optical-flow propagation, prompt frames, previews.
+"""vision/: mask loading, box prompts, the tracker contract, flow propagation, prompt frames,
+previews.
 
 All frames are synthetic, made here: a textured object moving over a textured
 background (OpenCV drawing + sensor noise), so the ground-truth mask of every frame is
@@ -12,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vision import MaskError
+from vision import MaskError, TrackerLoadError
 from vision.masks import box_mask, load_mask, parse_box, resize_masks
 from vision.preview import DEFAULT_COLOUR, draw_overlay, draw_overlay_frame
 from vision.prompt import masked_video_for_model, motion_activity
 from vision.propagate import copy_first, propagate
+from vision.tracker import TRACKERS, Tracker, choose_tracker
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -411,6 +413,83 @@ def test_propagate_bad_inputs():
         propagate(frames, {})
     with pytest.raises(MaskError, match="uint8"):
         propagate(frames.astype(np.float32), {0: key})
+
+
+# ------------------------------------------------------------------------- tracker
+
+
+def _track(tracker: Tracker, frames, size=None, masks=None, boxes=None, progress=None):
+    tracker.init(frames, size=size)
+    for k, m in (masks or {}).items():
+        tracker.add_mask(k, m)
+    for k, b in (boxes or {}).items():
+        tracker.add_box(k, b)
+    return tracker.propagate(progress)
+
+
+def test_tracker_contract_is_propagate_and_copy_first():
+    frames, (gt,) = make_clip(n=21)
+    keys = {0: gt[0], 20: gt[20]}
+    seen: list[float] = []
+    flow = _track(choose_tracker("flow"), frames, masks=keys, progress=lambda f, m: seen.append(f))
+    masks, warnings = propagate(frames, keys)
+    assert flow.tracker == "flow" and np.array_equal(flow.masks, masks)
+    assert flow.warnings == warnings and flow.exact == {0, 20}
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    copy = _track(choose_tracker("copy"), frames, masks=keys)
+    assert np.array_equal(copy.masks, copy_first(frames, keys)) and copy.warnings == []
+    assert set(TRACKERS) == {"flow", "copy", "sam2"}
+
+
+def test_tracker_scales_full_size_keyframes_to_the_working_size():
+    """Keyframes drawn at the video's size on frames at the working size, as the worker
+    gives them: masks resized like resize_masks, a box tracked as its pixels."""
+    full, (gt,) = make_clip(n=9, size=(256, 144))
+    frames = np.stack([cv2.resize(f, (128, 72), interpolation=cv2.INTER_AREA) for f in full])
+    box = (20.5, 50.0, 61.0, 90.25)
+    work_key = resize_masks(gt[0], (128, 72)).astype(bool)
+    work_box = resize_masks(box_mask(box, (256, 144)), (128, 72)).astype(bool)
+    out = np.zeros((9, 72, 128), np.uint8)
+    tracker = choose_tracker("flow")
+    tracker.init(frames, size=(256, 144), out=out)
+    tracker.add_mask(0, gt[0])
+    tracker.add_box(8, box)
+    result = tracker.propagate()
+    assert result.masks is out and result.exact == {0, 8}
+    expected, _ = propagate(frames, {0: work_key, 8: work_box})
+    assert np.array_equal(out, expected)
+    assert np.array_equal(out[8], work_box)
+    # A later keyframe on the same frame replaces the earlier one.
+    tracker.init(frames, size=(256, 144))
+    tracker.add_box(0, box)
+    tracker.add_mask(0, gt[0])
+    assert np.array_equal(tracker.propagate().masks[0], work_key)
+
+
+def test_tracker_bad_inputs():
+    frames = np.zeros((5, 20, 30, 3), np.uint8)
+    key = np.zeros((40, 60), bool)
+    key[5:10, 5:10] = True
+    tracker = choose_tracker("flow")
+    with pytest.raises(RuntimeError, match="init"):
+        tracker.propagate()
+    tracker.init(frames, size=(60, 40))
+    with pytest.raises(MaskError, match="outside the clip"):
+        tracker.add_mask(5, key)
+    with pytest.raises(MaskError, match="empty"):
+        tracker.add_mask(0, np.zeros((40, 60), bool))
+    with pytest.raises(MaskError, match="30x20 but the keyframes are drawn at 60x40"):
+        tracker.add_mask(0, key[:20, :30])
+    with pytest.raises(MaskError, match="outside the 60x40 frame"):
+        tracker.add_box(0, (10.0, 10.0, 70.0, 20.0))
+    with pytest.raises(MaskError, match="no keyframe"):
+        tracker.propagate()
+    with pytest.raises(MaskError, match="uint8"):
+        tracker.init(frames.astype(np.float32))
+    with pytest.raises(ValueError, match="unknown tracker"):
+        choose_tracker("optical")
+    with pytest.raises(TrackerLoadError, match="needs SAM 2 weights"):
+        choose_tracker("sam2")
 
 
 # --------------------------------------------------------------------------- prompt

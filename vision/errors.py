@@ -3,3 +3,7 @@
 
 class MaskError(ValueError):
     """A mask is unusable (unreadable, wrong size, empty, object lost); the message says why."""
+
+
+class TrackerLoadError(RuntimeError):
+    """A tracker's weights could not be found or loaded; the message says what to fix."""

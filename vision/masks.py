@@ -194,7 +194,16 @@ def resize_masks(masks: np.ndarray, size: Size) -> np.ndarray:
 
 
 def check_clip(frames: np.ndarray, keyframes: object) -> tuple[int, int, int]:
-    """The (frames, height, width) of a clip a tracker can run on, or a MaskError saying why.
+    """The (frames, height, width) of a clip a tracker can run on, or a MaskError saying why:
+    ``check_frames``, and at least one keyframe."""
+    n, h, w = check_frames(frames)
+    if not keyframes:
+        raise MaskError("no keyframe mask given; draw the object on at least one frame")
+    return n, h, w
+
+
+def check_frames(frames: np.ndarray) -> tuple[int, int, int]:
+    """The (frames, height, width) of uint8 RGB frames [F, H, W, 3], or a MaskError saying why.
 
     Any frame source with an ndarray's ``shape``, ``dtype`` and ``frames[t]`` will do (a
     file read frame by frame for a long clip)."""
@@ -206,6 +215,34 @@ def check_clip(frames: np.ndarray, keyframes: object) -> tuple[int, int, int]:
     n, h, w, _ = frames.shape
     if n == 0:
         raise MaskError("the clip has no frames to track the mask through")
-    if not keyframes:
-        raise MaskError("no keyframe mask given; draw the object on at least one frame")
     return n, h, w
+
+
+def check_keyframe_index(key: object, n: int) -> int:
+    """A keyframe's frame index as an int, or a MaskError if it is not a frame of the clip."""
+    idx = int(key)  # type: ignore[call-overload]
+    if idx != key or not 0 <= idx < n:
+        raise MaskError(f"keyframe {key} is outside the clip (frames 0..{n - 1})")
+    return idx
+
+
+def check_keyframe_mask(
+    idx: int,
+    mask: object,
+    size: Size,
+    against: str = "the frames are",
+    fix: str = "resize the mask to the working resolution first",
+) -> np.ndarray:
+    """A keyframe's mask as bool [H, W] (non-zero = object), or a MaskError if it is not
+    ``size`` (W, H) or is empty, so a tracker never runs on a mask it would misread."""
+    width, height = size
+    m = np.asarray(mask)
+    if m.shape != (height, width):
+        raise MaskError(
+            f"keyframe {idx} mask is {m.shape[1] if m.ndim == 2 else '?'}x"
+            f"{m.shape[0] if m.ndim >= 1 else '?'} but {against} {width}x{height}; {fix}"
+        )
+    m = m != 0
+    if not m.any():
+        raise MaskError(f"keyframe {idx} mask is empty; paint the object white")
+    return m

@@ -1,23 +1,27 @@
 """Masks across frames with SAM 2, Meta's Segment Anything 2 video model (via transformers).
 
-For users who have the weights: ``--tracker sam2`` with ``--tracker-model`` (or
-``SONOMASK_TRACKER_MODEL``) naming a local folder saved by transformers
+For users who have the weights: ``choose_tracker("sam2", weights=...)`` (``vision.tracker``;
+the worker's ``--tracker sam2 --tracker-model``) with a local folder saved by transformers
 (``Sam2VideoModel.save_pretrained``) or a Hub id already in the Hugging Face cache, e.g.
 ``facebook/sam2.1-hiera-tiny``. Nothing is downloaded here: a worker must not fetch
 gigabytes in the middle of a job.
 
-The user's keyframe mask (or box) prompts the model on its keyframe. Frames are streamed
-through the model one at a time in the order it tracks them (forward from the first
-keyframe to the end, each later keyframe added as a correction when it is reached; then
-backward from the first keyframe to frame 0), and the session's state is pruned as it
-goes to what SAM 2's memory can still attend to (its last ``num_maskmem`` frames, its
-last ``max_object_pointers_in_encoder`` object pointers, the keyframes), so memory stays
-flat however long the clip is. The frames may be a ``numpy.memmap``: only the frame
+The user's keyframe mask (or box) prompts the model on its keyframe: a box as a box, so
+SAM 2 segments the object inside it and that output, not the rectangle, is the frame's
+mask; a mask as a mask, kept exactly. Frames are streamed through the model one at a time
+in the order it tracks them (forward from the first keyframe to the end, each later
+keyframe added as a correction when it is reached; then backward from the first keyframe
+to frame 0), and the session's state is pruned as it goes to what SAM 2's memory can
+still attend to (its last ``num_maskmem`` frames, its last
+``max_object_pointers_in_encoder`` object pointers, the keyframes), so memory stays flat
+however long the clip is. The frames may be a ``numpy.memmap``: only the frame
 being tracked is read.
 
-Same contract as ``vision.propagate.propagate``: masks uint8 [F, h, w] (1 = object) at
-the frames' resolution, keyframe masks kept exactly, and warnings for frames where the
-object is absent (SAM 2 says so itself, through its object score).
+``Sam2VideoTracker`` follows the ``vision.tracker.Tracker`` contract; ``load`` and
+``Sam2Tracker.propagate`` take the keyframes as a dict, like ``vision.propagate.propagate``:
+masks uint8 [F, h, w] (1 = object) at the frames' resolution, keyframe masks kept exactly,
+and warnings for frames where the object is absent (SAM 2 says so itself, through its
+object score).
 """
 
 from __future__ import annotations
@@ -30,19 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from vision.errors import MaskError
-from vision.masks import check_clip
-from vision.propagate import MaskSink, ProgressCallback, _warnings
+from vision.errors import MaskError, TrackerLoadError
+from vision.masks import Box, check_clip, check_keyframe_index, check_keyframe_mask
+from vision.sink import MaskSink, ProgressCallback, ProgressTicker, track_warnings
+from vision.tracker import Clip, KeyframeTracker, Tracking
 
-Box = tuple[float, float, float, float]
-"""(x0, y0, x1, y1) in pixels of the frames given to the tracker."""
+__all__ = ["Prompt", "Sam2Tracker", "Sam2VideoTracker", "TrackerLoadError", "load"]
 
 Prompt = np.ndarray | Box
-"""A keyframe's prompt: a mask [h, w] (non-zero = object) or a box."""
-
-
-class TrackerLoadError(RuntimeError):
-    """The SAM 2 weights could not be found or loaded; the message says what to fix."""
+"""A keyframe's prompt: a mask [h, w] (non-zero = object) or a box (x0, y0, x1, y1) in
+pixels of the frames given to the tracker."""
 
 
 def load(model: str | os.PathLike[str], device: str = "auto") -> Sam2Tracker:
@@ -90,7 +91,10 @@ def _load(source: str, device: str) -> Sam2Tracker:
 
 
 class Sam2Tracker:
-    """A loaded SAM 2 video model and its processor, ready to track keyframe prompts."""
+    """A loaded SAM 2 video model and its processor, ready to track keyframe prompts.
+
+    Shared by every job of a process (``load`` keeps it); a job's keyframes live in its
+    own ``Sam2VideoTracker``."""
 
     def __init__(self, model: Any, processor: Any, device: str = "cpu") -> None:
         self.model = model
@@ -120,32 +124,23 @@ class Sam2Tracker:
         sink = MaskSink(n, h, w, out)
         order = sorted(keys)
         first = order[0]
-        total = max(1, n - 1)
-        done = 0
-
-        def tick(msg: str) -> None:
-            nonlocal done
-            done += 1
-            if progress is not None and (done % max(1, total // 100) == 0 or done == total):
-                progress(min(1.0, done / total), msg)
-
+        ticker = ProgressTicker(max(1, n - 1), progress)
         exact = {k: v for k, v in keys.items() if isinstance(v, np.ndarray)}
         for t, m in self._stream(frames, keys, range(first, n), reverse=False):
             sink.put(t, exact.get(t, m))
             if t != first:
-                tick(f"SAM 2 tracking forward from frame {first}")
+                ticker.tick(f"SAM 2 tracking forward from frame {first}")
         if first > 0:
             only_first = {first: keys[first]}
             for t, m in self._stream(frames, only_first, range(first, -1, -1), reverse=True):
                 if t != first:
                     sink.put(t, m)
-                    tick(f"SAM 2 tracking backward from frame {first}")
-        if progress is not None and done != total:
-            progress(1.0, "tracking done")
+                    ticker.tick(f"SAM 2 tracking backward from frame {first}")
+        ticker.finish()
         ref_area = np.zeros(n)
         for t in range(n):
             ref_area[t] = sink.areas[min(order, key=lambda k: abs(k - t))]
-        return sink.masks, _warnings(sink, order, ref_area)
+        return sink.masks, track_warnings(sink, order, ref_area)
 
     def _stream(
         self, frames: np.ndarray, prompts: Mapping[int, Prompt], order: range, reverse: bool
@@ -203,25 +198,38 @@ class Sam2Tracker:
         self.peak_outputs_held = max(self.peak_outputs_held, held)
 
 
+class Sam2VideoTracker(KeyframeTracker):
+    """A loaded SAM 2 (``load``) behind the ``vision.tracker.Tracker`` contract.
+
+    A box keyframe prompts SAM 2 as a box, scaled to the working size (it segments the
+    object inside; that output, not the rectangle, is the frame's mask, so the frame is
+    not in ``Tracking.exact``); a mask keyframe prompts it as a mask and is kept exactly.
+    """
+
+    name = "sam2"
+
+    def __init__(self, model: Sam2Tracker) -> None:
+        super().__init__()
+        self.model = model
+
+    def _track(self, clip: Clip, progress: ProgressCallback | None) -> Tracking:
+        prompts: dict[int, Prompt] = {
+            k: kf.mask if kf.box is None else kf.box for k, kf in clip.keyframes.items()
+        }
+        masks, warnings = self.model.propagate(clip.frames, prompts, progress, clip.out)
+        exact = frozenset(k for k, kf in clip.keyframes.items() if kf.box is None)
+        return Tracking(masks, self.name, warnings, exact)
+
+
 def _validate(frames: np.ndarray, keyframes: Mapping[int, Prompt]) -> dict[int, Prompt]:
     """Check shapes, indices and prompts; masks come back as bool [h, w], boxes as floats."""
     n, h, w = check_clip(frames, keyframes)
     out: dict[int, Prompt] = {}
     for key in sorted(keyframes):
-        idx = int(key)
-        if idx != key or not 0 <= idx < n:
-            raise MaskError(f"keyframe {key} is outside the clip (frames 0..{n - 1})")
+        idx = check_keyframe_index(key, n)
         prompt = keyframes[key]
         if isinstance(prompt, np.ndarray) and prompt.ndim == 2:
-            if prompt.shape != (h, w):
-                raise MaskError(
-                    f"keyframe {idx} mask is {prompt.shape[1]}x{prompt.shape[0]} but the "
-                    f"frames are {w}x{h}; resize the mask to the working resolution first"
-                )
-            mask = prompt != 0
-            if not mask.any():
-                raise MaskError(f"keyframe {idx} mask is empty; paint the object white")
-            out[idx] = mask
+            out[idx] = check_keyframe_mask(idx, prompt, (w, h))
         else:
             box = tuple(float(v) for v in np.asarray(prompt, dtype=float).ravel())
             if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
