@@ -258,10 +258,10 @@ def test_bad_masks_give_clear_errors(tmp_path, odd_clip):
 
 def test_object_lost_on_every_frame_is_an_error(tmp_path, odd_clip, monkeypatch):
     """Lost for part of the clip is a warning; lost for all of it fails with one line."""
+    import vision.propagate
     from worker.errors import BadInput
     from worker.jobs.matte import track_to_file
     from worker.spec import JobSpec
-    from worker.stages import track as track_stage
 
     clip, mask, _ = odd_clip
     monkeypatch.setenv("SONOMASK_WORKSPACE", str(tmp_path / "ws"))
@@ -271,7 +271,7 @@ def test_object_lost_on_every_frame_is_an_error(tmp_path, odd_clip, monkeypatch)
             out[t] = keys[t] if t in keys else np.zeros(frames.shape[1:3], np.uint8)
         return out, []
 
-    monkeypatch.setattr(track_stage.vpropagate, "propagate", lost)
+    monkeypatch.setattr(vision.propagate, "propagate", lost)
     spec = JobSpec.build(video=str(clip), masks=[str(mask)])
     with pytest.raises(BadInput, match="lost on every frame"):
         track_to_file(spec, tmp_path / "m.npz", matte=tmp_path / "m.mkv")

@@ -14,11 +14,12 @@ import pytest
 from PIL import Image
 
 from vision import MaskError, TrackerLoadError
+from vision.choose import choose_tracker
 from vision.masks import box_mask, load_mask, parse_box, resize_masks
 from vision.preview import DEFAULT_COLOUR, draw_overlay, draw_overlay_frame
 from vision.prompt import masked_video_for_model, motion_activity
 from vision.propagate import copy_first, propagate
-from vision.tracker import TRACKERS, Tracker, choose_tracker
+from vision.tracker import TRACKERS, Tracker
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -1,6 +1,6 @@
 """Masks across frames with SAM 2, Meta's Segment Anything 2 video model (via transformers).
 
-For users who have the weights: ``choose_tracker("sam2", weights=...)`` (``vision.tracker``;
+For users who have the weights: ``choose_tracker("sam2", weights=...)`` (``vision.choose``;
 the worker's ``--tracker sam2 --tracker-model``) with a local folder saved by transformers
 (``Sam2VideoModel.save_pretrained``) or a Hub id already in the Hugging Face cache, e.g.
 ``facebook/sam2.1-hiera-tiny``. Nothing is downloaded here: a worker must not fetch

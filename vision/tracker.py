@@ -1,10 +1,10 @@
-"""The contract every mask tracker follows, and the one place a tracker is chosen.
+"""The contract every mask tracker follows (``vision.choose.choose_tracker`` picks one by name).
 
 A tracker carries what an editor drew on one or more keyframes (a mask, or a box around
 the object) through every frame of a clip. Its verbs follow SAM 2's video predictor
 (``init_state`` / ``add_new_mask`` / ``propagate_in_video``)::
 
-    tracker = choose_tracker("flow")
+    tracker = choose_tracker("flow")                      # vision.choose
     tracker.init(frames, size=(1920, 1080), out=masks)  # the clip, and where masks go
     tracker.add_mask(0, drawn)                           # the object on frame 0 ...
     tracker.add_box(250, (400.0, 120.0, 880.0, 700.0))   # ... and a box on frame 250
@@ -40,13 +40,11 @@ progress, warnings) is in ``vision.sink``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
 
-from vision.errors import TrackerLoadError
 from vision.masks import (
     Box,
     Size,
@@ -181,36 +179,3 @@ class KeyframeTracker:
 
 def _frame_size(clip: Clip) -> Size:
     return clip.frames.shape[2], clip.frames.shape[1]
-
-
-def choose_tracker(
-    name: str, weights: str | os.PathLike[str] | None = None, device: str = "auto"
-) -> Tracker:
-    """The tracker called ``name``, ready for ``init``.
-
-    ``flow``: weight-free optical flow (``vision.propagate``), any machine. ``copy``: no
-    tracking, each frame gets its nearest keyframe's mask (a baseline; right for a still
-    object). ``sam2``: SAM 2 from ``weights`` (a folder saved by transformers, or a Hub id
-    already in the local Hugging Face cache; nothing is downloaded) on ``device``
-    ("auto": CUDA when available, "cpu", "cuda[:N]"); it is loaded here, once per process,
-    so missing weights fail (``TrackerLoadError``) before any frame is read.
-    """
-    if name == "flow":
-        from vision.propagate import FlowTracker
-
-        return FlowTracker()
-    if name == "copy":
-        from vision.propagate import CopyTracker
-
-        return CopyTracker()
-    if name == "sam2":
-        if not weights:
-            raise TrackerLoadError(
-                "tracker sam2 needs SAM 2 weights: a folder saved by transformers "
-                "(Sam2VideoModel.save_pretrained) or a Hub id such as "
-                "facebook/sam2.1-hiera-tiny in the Hugging Face cache"
-            )
-        from vision.sam2_tracker import Sam2VideoTracker, load
-
-        return Sam2VideoTracker(load(weights, device))
-    raise ValueError(f"unknown tracker {name!r}; choose one of {', '.join(TRACKERS)}")

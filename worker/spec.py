@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vision.tracker import TrackerName
 from worker.errors import BadInput
 
 # Limits that keep one request from costing the server without bound (finite numbers only:
@@ -101,7 +102,6 @@ class Keyframe(BaseModel):
 
 Mode = Literal["isolate", "remove", "both"]
 SeparatorName = Literal["auto", "sam-audio", "classical"]
-TrackerName = Literal["flow", "copy", "sam2"]
 
 
 class JobSpec(BaseModel):

@@ -41,6 +41,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from vision.tracker import TrackerName
 from worker import media
 from worker.errors import BadInput
 from worker.http import links, paths, peaks, sessions
@@ -49,7 +50,7 @@ from worker.http.problems import errors
 from worker.http.safejson import json_body
 from worker.http.staging import Staging
 from worker.jobs import store
-from worker.spec import Mode, SeparatorName, TrackerName
+from worker.spec import Mode, SeparatorName
 
 STATIC = Path(__file__).resolve().parent / "static"
 

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from vision import masks as vmasks
-from vision import propagate as vpropagate
+from vision.choose import choose_tracker
+from vision.errors import MaskError, TrackerLoadError
+from vision.tracker import Tracker
 from worker import arrays, files
 from worker.arrays import RowFile
 from worker.errors import BadInput
@@ -40,9 +42,8 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     frames, times = working_frames(ws)
     n = len(times)
     wsize = (frames.shape[2], frames.shape[1])
-    keyframes: dict[int, np.ndarray] = {}
-    full_keyframes: dict[int, np.ndarray] = {}
-    boxes: dict[int, tuple[float, float, float, float]] = {}  # keyframes drawn as boxes
+    full_keyframes: dict[int, np.ndarray] = {}  # the user's masks at full size, by frame
+    drawn: dict[int, Any] = {}  # frame -> the keyframe drawn there (a later one replaces it)
     for k in spec.keyframes:
         if k.time is not None:
             idx = int(np.clip(np.searchsorted(times, k.time + 1e-6, side="right") - 1, 0, n - 1))
@@ -56,56 +57,40 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
                 raise BadInput(
                     f"keyframe frame {idx} does not exist; the video has {n} frames (0-{n - 1})"
                 )
-        full = load_keyframe_mask(k, size)
-        full_keyframes[idx] = full
-        keyframes[idx] = vmasks.resize_masks(full[None], wsize)[0].astype(bool)
-        boxes.pop(idx, None)
-        if k.box is not None:
-            boxes[idx] = k.box
+        full_keyframes[idx] = load_keyframe_mask(k, size)
+        drawn[idx] = k
     prog = stage_progress(report, "track")
-    tracker_options: Any = None
-    if spec.tracker == "sam2":
-        tracker_options = _load_sam2(spec, settings, keyframes, boxes, full_keyframes, wsize, size)
+    tracker = _choose_tracker(spec, settings)  # SAM 2 loads before any work file is written
     # Masks go straight to disk as they are made: memory stays flat however long the clip.
     with ws.atomic(files.MASKS_WORK) as work_tmp:
         work = arrays.create_npy(work_tmp, (n, wsize[1], wsize[0]), np.uint8)
         with work:
-            if spec.tracker == "copy":
-                vpropagate.copy_first(frames, keyframes, out=work)
-                warnings: list[str] = []
-            elif spec.tracker == "sam2":
-                tracker, prompts = tracker_options
-                _, warnings = tracker.propagate(frames, prompts, progress=prog, out=work)
-            else:
-                _, warnings = vpropagate.propagate(frames, keyframes, progress=prog, out=work)
+            tracker.init(frames, size=size, out=work)
+            for idx, k in drawn.items():
+                if k.box is not None:
+                    tracker.add_box(idx, k.box)
+                else:
+                    tracker.add_mask(idx, full_keyframes[idx])
+            result = tracker.propagate(prog)
+            exact = {i: full_keyframes[i] for i in result.exact}  # the user's own, full size
             with ws.atomic(files.MASKS) as full_tmp:
-                found = write_full_masks(full_tmp, work, size, full_keyframes)
+                found = write_full_masks(full_tmp, work, size, exact)
                 others = np.ones(n, dtype=bool)
-                others[list(keyframes)] = False
+                others[list(full_keyframes)] = False
                 if others.any() and not found[others].any():
-                    from vision.errors import MaskError
-
                     raise MaskError(
                         "the object was lost on every frame but the keyframe(s): the tracker "
                         "could not follow it. Check that the mask covers the object on its "
                         "frame, or add keyframes"
                     )
-    ws.update_manifest(track_warnings=warnings)
+    ws.update_manifest(track_warnings=result.warnings)
     report("track", 1.0, "tracked")
 
 
-def _load_sam2(
-    spec: JobSpec,
-    settings: Settings,
-    keyframes: dict[int, np.ndarray],
-    boxes: dict[int, tuple[float, float, float, float]],
-    full_keyframes: dict[int, np.ndarray],
-    wsize: tuple[int, int],
-    size: tuple[int, int],
-) -> tuple[Any, dict[int, Any]]:
-    """The SAM 2 tracker and its prompts (a box keyframe prompts it as a box)."""
-    from vision import sam2_tracker
-
+def _choose_tracker(spec: JobSpec, settings: Settings) -> Tracker:
+    """The job's tracker (``vision.choose.choose_tracker``) with this server's SAM 2 weights."""
+    if spec.tracker != "sam2":
+        return choose_tracker(spec.tracker)
     source = resolve_model(spec.tracker_model, settings, "tracker_model")
     if not source:
         raise BadInput(
@@ -114,17 +99,9 @@ def _load_sam2(
             "cache) or set SONOMASK_TRACKER_MODEL"
         )
     try:
-        tracker = sam2_tracker.load(source, settings.device or "auto")
-    except sam2_tracker.TrackerLoadError as exc:
+        return choose_tracker("sam2", weights=source, device=settings.device or "auto")
+    except TrackerLoadError as exc:
         raise BadInput(str(exc)) from None
-    # A box prompts SAM 2 as a box (it segments the object inside); its output on the
-    # keyframe is then the mask, not the rectangle.
-    prompts: dict[int, Any] = dict(keyframes)
-    sx, sy = wsize[0] / size[0], wsize[1] / size[1]
-    for idx, (x0, y0, x1, y1) in boxes.items():
-        prompts[idx] = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-        full_keyframes.pop(idx)
-    return tracker, prompts
 
 
 def write_full_masks(
