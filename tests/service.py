@@ -92,6 +92,16 @@ def rabbitmq_available() -> bool:
     return shutil.which("rabbitmqctl") is not None
 
 
+def brokers() -> list:
+    """Both brokers as pytest params; RabbitMQ is skipped only where none runs and CI (which
+    sets SONOMASK_TEST_ALL_BROKERS) did not ask for it."""
+    import pytest
+
+    missing = not rabbitmq_available() and not os.environ.get("SONOMASK_TEST_ALL_BROKERS")
+    rabbit = pytest.mark.skipif(missing, reason="no RabbitMQ on 127.0.0.1:5672")
+    return ["redis", pytest.param("rabbitmq", marks=rabbit)]
+
+
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 

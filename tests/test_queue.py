@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from conftest import run_cli
 from scene import first_mask, make_scene, write_clip
-from service import Redis, Server, Worker, free_port, service_env, wait_for
+from service import RabbitVhost, Redis, Server, Worker, brokers, free_port, service_env, wait_for
 
 from worker.media import stream_md5
 
@@ -25,16 +25,21 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory):
-    root = tmp_path_factory.mktemp("svc")
+@pytest.fixture(scope="module", params=brokers())
+def svc(request, tmp_path_factory):
+    """The whole queue suite runs once per broker (Redis, RabbitMQ; leases stay in Redis)."""
+    root = tmp_path_factory.mktemp(f"svc-{request.param}")
     redis = Redis(root / "redis")
     redis.start()
+    vhost = RabbitVhost() if request.param == "rabbitmq" else None
+    if vhost:
+        vhost.start()
     media_root = root / "media"
     media_root.mkdir()
     env = service_env(
         root,
         redis,
+        vhost.url if vhost else None,
         SONOMASK_API_TOKEN=TOKEN,
         SONOMASK_MAX_UPLOAD_BYTES=str(3_000_000),
         SONOMASK_WINDOW_SECONDS="5",  # the 90 s clip separates in 24 windows
@@ -77,6 +82,8 @@ def svc(tmp_path_factory):
         w.stop()
     s.server.stop()
     redis.stop()
+    if vhost:
+        vhost.stop()
 
 
 def _post_upload(svc, video: Path, mask: Path, spec: dict, headers=AUTH) -> httpx.Response:

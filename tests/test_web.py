@@ -152,11 +152,11 @@ def test_page_is_self_contained(monkeypatch, tmp_path, clips):
     assert "default-src 'self'" in r.headers["content-security-policy"]
     for name in ("app.js", "style.css", "index.html"):
         assert c.get(f"/static/{name}").status_code == 200
-        text = (ROOT / "worker" / "static" / name).read_text()
+        text = (ROOT / "worker" / "http" / "static" / name).read_text()
         assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text), name
         assert "@import" not in text and "cdn" not in text.lower(), name
-    assert c.get("/static/web.py").status_code == 404
-    assert c.get("/static/..%2Fweb.py").status_code == 404
+    assert c.get("/static/page.py").status_code == 404
+    assert c.get("/static/..%2Fpage.py").status_code == 404
 
 
 def test_options_offer_sam_audio_only_with_a_model(monkeypatch, tmp_path, clips):

@@ -46,10 +46,8 @@ class Settings:
             device=env.get("SONOMASK_DEVICE") or None,
             broker_url=env.get("SONOMASK_BROKER_URL", "redis://127.0.0.1:6379/0"),
             result_backend=env.get("SONOMASK_RESULT_BACKEND", "redis://127.0.0.1:6379/1"),
-            max_video_seconds=float(env.get("SONOMASK_MAX_VIDEO_SECONDS", 4 * 3600)),
-            window_seconds=float(env["SONOMASK_WINDOW_SECONDS"])
-            if env.get("SONOMASK_WINDOW_SECONDS")
-            else None,
+            max_video_seconds=_positive(env, "SONOMASK_MAX_VIDEO_SECONDS", 4 * 3600),
+            window_seconds=_positive(env, "SONOMASK_WINDOW_SECONDS", 0.0) or None,
             lease_url=env.get("SONOMASK_LEASE_URL") or _lease_url(env),
             lease_seconds=_positive(env, "SONOMASK_LEASE_SECONDS", 20.0),
             visibility_timeout=int(_positive(env, "SONOMASK_VISIBILITY_TIMEOUT", 6 * 3600)),
@@ -66,7 +64,7 @@ class Settings:
             if env.get("SONOMASK_MEDIA_ROOT")
             else None,
             api_token=env.get("SONOMASK_API_TOKEN") or None,
-            max_upload_bytes=int(env.get("SONOMASK_MAX_UPLOAD_BYTES", 4 * 1024**3)),
+            max_upload_bytes=int(_positive(env, "SONOMASK_MAX_UPLOAD_BYTES", 4 * 1024**3, "bytes")),
             body_timeout=_positive(env, "SONOMASK_BODY_TIMEOUT", 30.0),
             debug=bool(env.get("SONOMASK_DEBUG")),
         )
@@ -98,7 +96,9 @@ def _named(env: os._Environ[str] | dict[str, str], name: str) -> dict[str, str]:
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-def _positive(env: os._Environ[str] | dict[str, str], name: str, default: float) -> float:
+def _positive(
+    env: os._Environ[str] | dict[str, str], name: str, default: float, unit: str = "seconds"
+) -> float:
     """A positive finite number from the environment, or a one-line error naming the variable."""
     raw = env.get(name)
     if not raw:
@@ -108,7 +108,7 @@ def _positive(env: os._Environ[str] | dict[str, str], name: str, default: float)
     except ValueError:
         value = float("nan")
     if not (value > 0 and value < float("inf")):
-        raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
+        raise ValueError(f"{name}={raw!r} must be a positive number of {unit}")
     return value
 
 
