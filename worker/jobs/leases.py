@@ -184,12 +184,6 @@ def acquire(
     return Lease(client, job_id, stage, token, value, ttl)
 
 
-def holder_of(client: redis.Redis, job_id: str) -> str | None:
-    """``token|stage|holder`` of the live lease on ``job_id``, if any."""
-    raw = client.get(_lease_key(job_id))
-    return raw.decode() if raw else None
-
-
 def expired(client: redis.Redis) -> list[tuple[str, str]]:
     """Claim every in-flight stage whose lease expired: ``(job id, lease value)`` pairs.
 
