@@ -43,8 +43,9 @@ from scipy.ndimage import uniform_filter1d
 from scipy.signal import get_window
 from threadpoolctl import threadpool_limits
 
+from model.attribution import MIN_CONFIDENCE, span_flags, span_scores, video_match
 from model.errors import ModelInputError
-from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span, Windowing
+from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Windowing
 
 N_FFT = 2048
 """43 ms window at 48 kHz (23 Hz bins): separates the harmonics of low voices and strings."""
@@ -62,6 +63,8 @@ BLOCK_FRAMES = 1920
 SEED = 0x50A0
 SCORE_BIAS = 0.1
 SCORE_TAU = 0.1
+VIDEO_VOTE = 0.5
+"""A component the picture credits (or not) scores +-this; spans add their contrast."""
 _EPS = 1e-9
 _FLOOR = np.float32(1e-15)
 
@@ -185,86 +188,6 @@ def _activations(v: np.ndarray, w: np.ndarray, n_iter: int) -> np.ndarray:
         h *= w.T @ (v / (w @ h + _EPS))
         np.maximum(h, _FLOOR, out=h)
     return h
-
-
-# --------------------------------------------------------------------------- evidence
-
-
-def _pearson(h: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of h [K, T] with a [T]; 0 where either is flat."""
-    hc = h - h.mean(axis=1, keepdims=True)
-    ac = a - a.mean()
-    den = np.sqrt((hc**2).sum(axis=1) * (ac**2).sum())
-    out = np.zeros(h.shape[0])
-    ok = den > 1e-12
-    out[ok] = (hc[ok] @ ac) / den[ok]
-    return out
-
-
-def _video_scores(
-    h: np.ndarray, frame_times: np.ndarray, prompt: Prompt, warnings: list[str]
-) -> np.ndarray | None:
-    """corr(h, object activity) - corr(h, background activity), per component."""
-    times = np.asarray(prompt.video_times, dtype=np.float64)
-    obj = np.asarray(prompt.object_activity, dtype=np.float64)
-    valid = (frame_times >= times[0]) & (frame_times <= times[-1])
-    if valid.sum() < 4:
-        warnings.append("the video does not overlap the audio; the visual prompt was not used")
-        return None
-    if valid.mean() < 0.9:
-        warnings.append(
-            f"the video covers only {valid.mean():.0%} of the audio; the visual prompt "
-            "is judged on that part"
-        )
-    ft = frame_times[valid]
-    # Bring the activations to the video's time resolution before comparing.
-    frame_dt = np.median(np.diff(times)) if times.size > 1 else 0.04
-    width = max(1, int(round(frame_dt * MODEL_SAMPLE_RATE / HOP)))
-    hv = uniform_filter1d(h[:, valid].astype(np.float64), size=width, axis=1, mode="nearest")
-    a_obj = np.interp(ft, times, obj)
-    if np.std(a_obj) < 1e-12:
-        warnings.append("the tracked object never moves; the visual prompt carries no evidence")
-        return None
-    score = _pearson(hv, a_obj)
-    if prompt.background_activity is not None:
-        bg = np.asarray(prompt.background_activity, dtype=np.float64)
-        score = score - _pearson(hv, np.interp(ft, times, bg))
-    return score
-
-
-def _span_flags(spans: list[Span], frame_times: np.ndarray, sign: str) -> np.ndarray:
-    flags = np.zeros(frame_times.shape, dtype=bool)
-    for s in spans:
-        if s.sign == sign:
-            flags |= (frame_times >= s.start) & (frame_times < s.end)
-    return flags
-
-
-def _span_scores(
-    h: np.ndarray, frame_times: np.ndarray, duration: float, spans: list[Span], warnings: list[str]
-) -> np.ndarray | None:
-    """Contrast of each component's mean activation inside + spans against - spans."""
-    inside = (frame_times >= 0) & (frame_times < duration)
-    pos = _span_flags(spans, frame_times, "+") & inside
-    neg = _span_flags(spans, frame_times, "-") & inside
-    has_pos = any(s.sign == "+" for s in spans)
-    has_neg = any(s.sign == "-" for s in spans)
-    if has_pos and not has_neg:
-        neg = inside & ~pos
-    elif has_neg and not has_pos:
-        pos = inside & ~neg
-    else:
-        both = pos & neg
-        pos, neg = pos & ~both, neg & ~both
-    if not pos.any() or not neg.any():
-        warnings.append(
-            "the spans do not split the audio into target-present and target-absent parts; "
-            "they were not used to pick components"
-        )
-        return None
-    m_pos = h[:, pos].mean(axis=1)
-    m_neg = h[:, neg].mean(axis=1)
-    return (m_pos - m_neg) / (m_pos + m_neg + _EPS)
 
 
 # --------------------------------------------------------------------------- the backend
@@ -407,7 +330,9 @@ class ClassicalSeparator:
                 report(0.6 + 0.2 * (i + 1) / len(blocks), "NMF activations")
 
         # 3. Score components against the prompt, globally.
-        weights, gate = _prompt_weights(h, frame_times, n, prompt, has_video, has_spans, warnings)
+        weights, gate, confidence = _prompt_weights(
+            h, frame_times, n, prompt, has_video, has_spans, warnings
+        )
 
         # 4. Wiener masks and resynthesis on the global frame grid.
         wt = w * weights[None, :]
@@ -423,7 +348,13 @@ class ClassicalSeparator:
             target[a:b] = block_istft((spec * mask.T)[:, None, :], a, b, N_FFT, HOP, win)[:, 0]
             report(0.8 + 0.2 * (i + 1) / len(blocks), "masking")
         residual = audio - target
-        return Separation(target=target, residual=residual, backend=self.name, warnings=warnings)
+        return Separation(
+            target=target,
+            residual=residual,
+            backend=self.name,
+            warnings=warnings,
+            confidence=confidence,
+        )
 
 
 def _prompt_weights(
@@ -434,37 +365,46 @@ def _prompt_weights(
     has_video: bool,
     has_spans: bool,
     warnings: list[str],
-) -> tuple[np.ndarray, np.ndarray]:
-    """How much each component is the target (sigmoid of its prompt score), and a per-frame
-    gate that silences the target where a ``-`` span says it is absent."""
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """How much each component is the target, a per-frame gate that silences the target
+    where a ``-`` span says it is absent, and the picture's confidence (None: no picture)."""
     k, n_frames = h.shape
     score = np.zeros(k)
-    used = False
-    if has_video:
-        s = _video_scores(h, frame_times, prompt, warnings)
-        if s is not None:
-            score += s
-            used = True
-    if has_spans:
-        s = _span_scores(h, frame_times, n / MODEL_SAMPLE_RATE, prompt.spans, warnings)
-        if s is not None:
-            score += s
-            used = True
-    if not used:
+    confidence = None
+    video = video_match(h, frame_times, prompt, warnings) if has_video else None
+    spans = (
+        span_scores(h, frame_times, n / MODEL_SAMPLE_RATE, prompt.spans, warnings)
+        if has_spans
+        else None
+    )
+    presence = np.ones(n_frames, dtype=np.float32)
+    if video is not None:
+        confidence = max(0.0, video.confidence)
+        if video.confidence >= MIN_CONFIDENCE:
+            score += VIDEO_VOTE * (2.0 * video.weights - 1.0)
+            presence = np.interp(frame_times, video.times, video.presence).astype(np.float32)
+        elif spans is None:
+            warnings.append(
+                f"the object's motion follows none of the sound (held-out correlation "
+                f"{video.confidence:.2f}), so the target was left silent; if the object does "
+                "sound, give a span where it does or use --separator sam-audio"
+            )
+            return np.zeros(k, np.float32), np.ones(n_frames, np.float32), confidence
+    if spans is not None:
+        score += spans
+    if video is None and spans is None:
         warnings.append(
             "no usable evidence in the prompt: every component counts as neither target "
             "nor background, and the target is a weak, even share of the mixture"
         )
     weights = (1.0 / (1.0 + np.exp(-(score - SCORE_BIAS) / SCORE_TAU))).astype(np.float32)
-    if used and weights.max() < 0.5:
-        warnings.append("no part of the sound follows the prompt well; the target is likely faint")
     gate = np.ones(n_frames, dtype=np.float32)
     if any(s.sign == "-" for s in prompt.spans):
-        absent = _span_flags(prompt.spans, frame_times, "-") & ~_span_flags(
+        absent = span_flags(prompt.spans, frame_times, "-") & ~span_flags(
             prompt.spans, frame_times, "+"
         )
         gate = 1.0 - uniform_filter1d(absent.astype(np.float32), size=5, mode="nearest")
-    return weights, gate
+    return weights, gate * presence, confidence
 
 
 def _first_owned(a: int, t_min: int) -> int:

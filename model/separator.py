@@ -37,7 +37,9 @@ class Prompt:
     zeroed* (the reference keeps pixels where its mask is 0); build it with
     ``vision.prompt.masked_video_for_model``. object_activity is the motion inside the
     tracked object per frame and background_activity the motion outside it, both [F],
-    used by the weight-free backend. video_times gives each frame's time in seconds on
+    used by the weight-free backend; object_features [F, D] are richer per-frame
+    measurements of the object (``vision.evidence``: motion, shift, size, height, width,
+    brightness), named by feature_names, which that backend prefers when given. video_times gives each frame's time in seconds on
     the audio's clock (sample 0 = 0.0 s).
     """
 
@@ -47,6 +49,8 @@ class Prompt:
     video_times: np.ndarray | None = None
     object_activity: np.ndarray | None = None
     background_activity: np.ndarray | None = None
+    object_features: np.ndarray | None = None
+    feature_names: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -57,6 +61,10 @@ class Separation:
     residual: np.ndarray
     backend: str
     warnings: list[str] = field(default_factory=list)
+    confidence: float | None = None
+    """How well the prompt's evidence explains the target, in [0, 1] (the weight-free
+    backend: held-out correlation of the object's picture with the target's loudness);
+    None when the backend cannot say."""
 
 
 def plan_windows(num_samples: int, window: int, overlap: int) -> list[tuple[int, int]]:

@@ -80,4 +80,7 @@ def window_prompt(prompt: Prompt, start_s: float, end_s: float) -> Prompt:
         out.object_activity = np.asarray(prompt.object_activity[a:b])
     if prompt.background_activity is not None:
         out.background_activity = np.asarray(prompt.background_activity[a:b])
+    if prompt.object_features is not None:
+        out.object_features = np.asarray(prompt.object_features[a:b])
+        out.feature_names = prompt.feature_names
     return out

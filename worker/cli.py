@@ -238,6 +238,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
         return 1
     for w in manifest.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
+    if manifest.get("confidence") is not None:
+        print(f"confidence {manifest['confidence']:.2f}: {confidence_words(manifest['confidence'])}")
     print(f"{manifest['backend']}: wrote {', '.join(manifest['outputs'])} to {out}")
     return 0
 
@@ -517,3 +519,13 @@ def print_json(data: Any) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def confidence_words(c: float) -> str:
+    """What a separation confidence means for the editor, in a few words."""
+    share = f"the object's motion explains about {c * c:.0%} of how the separated sound's loudness varies"
+    if c >= 0.6:
+        return share
+    if c >= 0.35:
+        return f"{share}; listen to the result before using it"
+    return f"{share}; consider marking spans where it sounds, or --separator sam-audio"

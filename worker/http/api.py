@@ -70,6 +70,14 @@ class JobDocument(BaseModel):
     created: str | None = None
     finished: str | None = None
     backend: str | None = None
+    confidence: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="how well the prompt explains the separated sound (weight-free backend: "
+        "held-out correlation of the object's motion with the target's loudness); null "
+        "when the backend cannot say",
+    )
     warnings: list[str] = Field(default_factory=list)
     bad_input: bool = False
 

@@ -88,6 +88,7 @@ def document(ws: Workspace) -> dict[str, Any]:
         "created": m.get("created"),
         "finished": m.get("finished"),
         "backend": m.get("backend"),
+        "confidence": m.get("confidence"),
         "warnings": m.get("warnings", []),
         "bad_input": m.get("bad_input", False),
     }

@@ -7,6 +7,7 @@ import numpy as np
 import soundfile as sf
 
 from vision import prompt as vprompt
+from vision.evidence import FEATURES, EvidenceMeter
 from worker import arrays, files
 from worker.arrays import RowFile
 from worker.settings import Settings
@@ -35,15 +36,22 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     idx = np.clip(np.searchsorted(times, t + 1e-6, side="right") - 1, 0, n - 1)
     ws.write_npy(files.PROMPT_INDEX, idx.astype(np.int64))
     ws.write_npy(files.PROMPT_TIMES, t)
-    meter = vprompt.MotionMeter(*frames.shape[1:3])
+    meter = EvidenceMeter(*frames.shape[1:3])
     with arrays.open_npy(ws.file(files.MASKS_WORK)) as masks:
         for lo in range(0, n, MASK_CHUNK):
             chunk, mchunk = frames.read(lo, lo + MASK_CHUNK), masks.read(lo, lo + MASK_CHUNK)
             for frame, mask in zip(chunk, mchunk, strict=True):
                 meter.add(frame, mask)
             report("prompt", min(1.0, (lo + MASK_CHUNK) / n), "measuring the object's motion")
-    obj, bg = meter.result()
-    ws.write_npz(files.ACTIVITY, object=obj, background=bg, times=times)
+    ev = meter.result()
+    ws.write_npz(
+        files.ACTIVITY,
+        object=ev.motion,
+        background=ev.background,
+        features=ev.object,
+        feature_names=np.array(FEATURES),
+        times=times,
+    )
     report("prompt", 1.0, "prompt built")
 
 

@@ -39,6 +39,9 @@ def _job_prompt(ws: Workspace, separator: Separator) -> Prompt:
         prompt.object_activity = act["object"]
         prompt.background_activity = act["background"]
         prompt.video_times = act["times"]
+        if "features" in act:  # work folders from before the richer evidence lack them
+            prompt.object_features = act["features"]
+            prompt.feature_names = tuple(act["feature_names"].tolist())
     else:
         # SAM Audio sees the masked frames, sampled at its feature rate.
         frames, _ = working_frames(ws)
@@ -116,6 +119,7 @@ def _separate_window(
     where = f"window {i + 1}/{len(plan)}"
     local = window_prompt(prompt, a / sr, b / sr)
     warnings: list[str] = []
+    confidence = None
     if separator.name == "classical" and whole_has_evidence and not _has_evidence(local):
         # Nothing in this stretch says which sound is the object's (no picture, no span).
         target, residual, backend = np.zeros_like(chunk), chunk, separator.name
@@ -131,6 +135,7 @@ def _separate_window(
         _check_stems(result, len(chunk))
         target, residual, backend = result.target, result.residual, result.backend
         warnings += result.warnings
+        confidence = result.confidence
     with ws.atomic(_window_file(i)) as tmp, tmp.open("wb") as f:
         np.savez(
             f,
@@ -138,6 +143,7 @@ def _separate_window(
             residual=np.asarray(residual, dtype=np.float32),
             backend=np.array(backend),
             warnings=np.array(warnings, dtype=str),
+            confidence=np.array(np.nan if confidence is None else confidence),
         )
     report("separate", (i + 1) / len(plan), f"{where} separated")
 
@@ -153,6 +159,7 @@ def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
     """Crossfade the windows' results into the two stems, one window in memory at a time."""
     backends: set[str] = set()
     warnings: dict[str, int] = {}
+    confidences: list[float] = []
     with ws.atomic(files.STEMS_MODEL[0]) as t_tmp, ws.atomic(files.STEMS_MODEL[1]) as r_tmp:
         with (
             arrays.create_npy(t_tmp, (n,), np.float32) as target,
@@ -166,10 +173,16 @@ def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
                         acc += gain * part[key]
                         stem.write(a, acc)
                     backends.add(str(part["backend"]))
+                    if "confidence" in part and np.isfinite(part["confidence"]):
+                        confidences.append(float(part["confidence"]))
                     for w in part["warnings"].tolist():
                         warnings[w] = warnings.get(w, 0) + 1
     notes = [
         w if c == len(plan) or len(plan) == 1 else f"{w} ({c} of {len(plan)} windows)"
         for w, c in warnings.items()
     ]
-    ws.update_manifest(backend=" + ".join(sorted(backends)), separate_warnings=notes)
+    ws.update_manifest(
+        backend=" + ".join(sorted(backends)),
+        separate_warnings=notes,
+        confidence=round(float(np.mean(confidences)), 3) if confidences else None,
+    )
