@@ -101,8 +101,11 @@ def candidate_curves(
         level = x - uniform_filter1d(x, size=min(size, n), mode="nearest")
         change = np.abs(np.diff(x, prepend=x[:1]))
         change = uniform_filter1d(change, size=2, mode="nearest")
-        for variant, c in (("level", level), ("inverse", -level), ("change", change)):
-            c = uniform_filter1d(c, size=smooth, mode="nearest") if smooth > 1 else c
+        steady = uniform_filter1d(level, size=smooth, mode="nearest")
+        jitter = uniform_filter1d(change, size=smooth, mode="nearest")
+        variants = [("level", level), ("inverse", -level), ("change", change)]
+        variants += [("steady", steady), ("jitter", jitter)] if smooth > 1 else []
+        for variant, c in variants:
             if np.std(c) > 1e-9:
                 curves.append(_zscore(c))
                 labels.append(f"{name}:{variant}")

@@ -64,6 +64,10 @@ SEED = 0x50A0
 SCORE_BIAS = 0.1
 SCORE_TAU = 0.1
 VIDEO_VOTE = 0.5
+LOW_CONFIDENCE_GAIN = 0.05
+FULL_CONFIDENCE = 0.35
+MASK_POWER = 2
+"""-26 dB: the target's level when the picture explains almost none of the sound."""
 """A component the picture credits (or not) scores +-this; spans add their contrast."""
 _EPS = 1e-9
 _FLOOR = np.float32(1e-15)
@@ -341,8 +345,8 @@ class ClassicalSeparator:
         for i, (a, b) in enumerate(blocks):
             spec, _, off = cached if cached is not None else mag(a, b)
             hb = h[:, off : off + spec.shape[0]]
-            pt = (wt @ hb) ** 2
-            pr = (wr @ hb) ** 2
+            pt = (wt @ hb) ** MASK_POWER
+            pr = (wr @ hb) ** MASK_POWER
             mask = (pt / (pt + pr + _EPS)) * gate[None, off : off + spec.shape[0]]
             mask = np.repeat(mask, band_widths, axis=0)  # bands back to STFT bins
             target[a:b] = block_istft((spec * mask.T)[:, None, :], a, b, N_FFT, HOP, win)[:, 0]
@@ -379,17 +383,20 @@ def _prompt_weights(
     )
     presence = np.ones(n_frames, dtype=np.float32)
     if video is not None:
-        confidence = max(0.0, video.confidence)
-        if video.confidence >= MIN_CONFIDENCE:
-            score += VIDEO_VOTE * (2.0 * video.weights - 1.0)
-            presence = np.interp(frame_times, video.times, video.presence).astype(np.float32)
-        elif spans is None:
+        confidence = video.confidence
+        score += VIDEO_VOTE * (2.0 * video.weights - 1.0)
+        presence = np.interp(frame_times, video.times, video.presence).astype(np.float32)
+        gain = _confidence_gain(video.confidence)
+        if gain < 0.5 and spans is None:
+            # Not silenced outright: a faint best guess keeps a real but weakly moving
+            # source recoverable, while a silent object's target stays far below the mix.
+            presence *= np.float32(gain)
             warnings.append(
-                f"the object's motion follows none of the sound (held-out correlation "
-                f"{video.confidence:.2f}), so the target was left silent; if the object does "
-                "sound, give a span where it does or use --separator sam-audio"
+                f"the object's motion explains little of the sound (confidence "
+                f"{video.confidence:.2f}), so its target was turned down "
+                f"{-20 * np.log10(gain):.0f} dB; if the object does sound, "
+                "give a span where it does or use --separator sam-audio"
             )
-            return np.zeros(k, np.float32), np.ones(n_frames, np.float32), confidence
     if spans is not None:
         score += spans
     if video is None and spans is None:
@@ -405,6 +412,13 @@ def _prompt_weights(
         )
         gate = 1.0 - uniform_filter1d(absent.astype(np.float32), size=5, mode="nearest")
     return weights, gate * presence, confidence
+
+
+def _confidence_gain(confidence: float) -> float:
+    """The target's gain for a confidence: LOW_CONFIDENCE_GAIN at or below
+    MIN_CONFIDENCE, rising (in dB) to 1 at FULL_CONFIDENCE."""
+    x = np.clip((confidence - MIN_CONFIDENCE) / (FULL_CONFIDENCE - MIN_CONFIDENCE), 0.0, 1.0)
+    return float(LOW_CONFIDENCE_GAIN ** (1.0 - x))
 
 
 def _first_owned(a: int, t_min: int) -> int:
