@@ -46,9 +46,12 @@ MIN_CONFIDENCE = 0.2
 MAX_COMPONENTS_SHARE = 0.75
 """The object is never credited with more than this share of the components."""
 BACKGROUND_PENALTY = 0.5
+BACKGROUND_MARGIN = 0.1
+CONTRAST = 0.2
 GATE_QUANTILES = (0.3, 0.6)
 GATE_HOLD_S = 0.12
 MEMBERS = "nnls"
+DEBUG = False
 BETA_MIN = 0.08
 NULL_SHIFTS = (0.3, 0.5, 0.7)
 """Chance level is measured with the sound rotated by these fractions of the clip."""
@@ -235,8 +238,14 @@ def video_match(
         chosen = _nnls_set(hz, cs, np.ones(len(times), dtype=bool)) > BETA_MIN
     r = _corr(hz, cs)
     if bg is not None:
-        r = r - BACKGROUND_PENALTY * np.maximum(_corr(hz, bg), 0.0)
-    chosen |= r >= MEMBER_CORR
+        # A component that follows the rest of the picture clearly more than the object
+        # is another visible source's.
+        r_bg = _corr(hz, bg)
+        own = r > r_bg - BACKGROUND_MARGIN
+        # Also the object's: a component that follows it clearly more than the rest.
+        chosen = (chosen | (r >= MEMBER_CORR) | (r - r_bg >= CONTRAST)) & own
+    else:
+        chosen |= r >= MEMBER_CORR
     return VideoMatch(
         weights=chosen.astype(np.float32),
         confidence=confidence,

@@ -385,7 +385,6 @@ def _prompt_weights(
     if video is not None:
         confidence = video.confidence
         score += VIDEO_VOTE * (2.0 * video.weights - 1.0)
-        presence = np.interp(frame_times, video.times, video.presence).astype(np.float32)
         gain = _confidence_gain(video.confidence)
         if gain < 0.5 and spans is None:
             # Not silenced outright: a faint best guess keeps a real but weakly moving

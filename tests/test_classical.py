@@ -250,3 +250,41 @@ def test_block_stft_round_trip() -> None:
     np.testing.assert_allclose(part, x[a:b], atol=1e-5)
     t_lo, t_hi = frame_range(0, 10_000, n, hop)
     assert block_stft(x, 0, 10_000, n, hop, win).shape == (t_hi - t_lo + 1, 2, n // 2 + 1)
+
+
+def test_confident_when_the_object_moves_with_its_sound(case: dict) -> None:
+    out = case["to_a"]
+    assert out.confidence is not None and out.confidence > 0.5
+    assert not any("turned down" in w for w in out.warnings)
+
+
+def test_a_silent_object_gets_a_faint_target_and_a_warning() -> None:
+    """An object that moves on its own, to no sound: its target must stay far below the
+    mix (the failure must not be silent, and must not hand over the loudest sound)."""
+    s = scene(2, "tone")
+    rng = np.random.default_rng(7)
+    wander = np.abs(np.cumsum(rng.standard_normal(s["times"].size))) % 1.0  # unrelated motion
+    prompt = Prompt(video_times=s["times"], object_activity=wander.astype(np.float32))
+    out = ClassicalSeparator().separate(s["mix"], prompt)
+    level = 10 * np.log10((out.target @ out.target) / (s["mix"] @ s["mix"]))
+    assert level <= -20
+    assert out.confidence is not None and out.confidence < 0.3
+    assert any("turned down" in w for w in out.warnings)
+    assert np.max(np.abs(out.target + out.residual - s["mix"])) < 1e-4
+
+
+def test_richer_features_pick_the_curve_that_follows_the_sound(case: dict) -> None:
+    """Given several curves of which only one (here the object's size) follows sound A,
+    the separator finds it and gives A."""
+    rng = np.random.default_rng(3)
+    n = case["times"].size
+    size = 1 + 0.1 * case["act_a"]
+    feats = np.stack([rng.random(n), rng.random(n), size, rng.random(n)], axis=1)
+    prompt = Prompt(
+        video_times=case["times"],
+        object_activity=feats[:, 0].astype(np.float32),
+        object_features=feats.astype(np.float32),
+        feature_names=("motion", "shift", "area", "brightness"),
+    )
+    out = ClassicalSeparator().separate(case["mix"], prompt)
+    assert improvement(out.target, case["a"], case["mix"]) >= MIN_IMPROVEMENT_DB

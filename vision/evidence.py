@@ -10,8 +10,9 @@ is not known in advance, so the meter measures all of them per frame and the sep
 
 Camera motion would show up in every curve, so each frame is first registered to the
 previous one: the global shift is the median motion of corners tracked outside the
-object (OpenCV's Lucas-Kanade), and the previous frame is moved by that shift before
-differencing. The object's own displacement is then measured relative
+object (OpenCV's Lucas-Kanade), trusted only when most corners agree and they are spread
+over the frame (on a plain backdrop the only corners may sit on another moving object),
+and the previous frame is moved by that shift before differencing. The object's own displacement is then measured relative
 to the camera.
 
 Per frame t (frame 0 takes frame 1's values), with g the grayscale frame in [0, 1] and R
@@ -35,6 +36,7 @@ frame's shape values and zero motion.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import cv2
@@ -72,8 +74,8 @@ class EvidenceMeter:
     def __init__(self, h: int, w: int) -> None:
         self.size = (h, w)
         self._kernel = _dilation_kernel(h, w)
-        self._rows: list[list[float]] = []
-        self._bg: list[float] = []
+        self._rows = array("d")  # flat, len(FEATURES) per frame: 48 B a frame on long clips
+        self._bg = array("d")
         self._prev: tuple[np.ndarray, np.ndarray, list[float]] | None = None
 
     def add(self, frame: np.ndarray, mask: np.ndarray) -> None:
@@ -87,13 +89,13 @@ class EvidenceMeter:
         cur = cur.astype(np.float32) / np.float32(255.0)
         shape = _shape(mask, cur)
         if self._prev is None:
-            self._rows.append([0.0, 0.0, *shape_features(shape)])
+            self._rows.extend([0.0, 0.0, *shape_features(shape)])
             self._bg.append(0.0)
             self._prev = (cur, mask, shape)
             return
         prev, prev_mask, prev_shape = self._prev
         if shape[0] <= 0:  # object absent: it keeps its last shape and does not move
-            self._rows.append([0.0, 0.0, *shape_features(prev_shape)])
+            self._rows.extend([0.0, 0.0, *shape_features(prev_shape)])
             self._bg.append(self._bg[-1])
             self._prev = (cur, prev_mask, prev_shape)
             return
@@ -116,7 +118,7 @@ class EvidenceMeter:
             size = np.sqrt(max(shape[0], prev_shape[0]))
             shift = float(np.hypot(shape[1] - prev_shape[1] - dx, shape[2] - prev_shape[2] - dy))
             shift /= size
-        self._rows.append([motion, shift, *shape_features(shape)])
+        self._rows.extend([motion, shift, *shape_features(shape)])
         self._bg.append((total - in_sum) / outside if outside else 0.0)
         self._prev = (cur, mask, shape)
 
@@ -136,13 +138,22 @@ class EvidenceMeter:
         if ok.sum() < MIN_CAMERA_POINTS:
             return 0.0, 0.0
         d = (nxt - pts).reshape(-1, 2)[ok]
+        where = pts.reshape(-1, 2)[ok]
         dx, dy = np.median(d, axis=0)
+        agree = np.hypot(d[:, 0] - dx, d[:, 1] - dy) <= 1.0
+        # Corners on one moving object (a plain backdrop has no others) are not the camera:
+        # the agreeing points must be spread over at least three quarters of the frame.
+        h, w = self.size
+        quarter = (where[agree, 0] >= w / 2).astype(int) + 2 * (where[agree, 1] >= h / 2)
+        counts = np.bincount(quarter, minlength=4)
+        if agree.mean() < 0.6 or (counts >= 2).sum() < 3:
+            return 0.0, 0.0
         return float(dx), float(dy)
 
     def result(self) -> Evidence:
         """The measurements so far; size-like columns divided by their clip median."""
-        obj = np.asarray(self._rows, dtype=np.float64).reshape(-1, len(FEATURES))
-        bg = np.asarray(self._bg, dtype=np.float64)
+        obj = np.array(self._rows, dtype=np.float64).reshape(-1, len(FEATURES))  # a copy
+        bg = np.array(self._bg, dtype=np.float64)
         if len(obj) >= 2:
             obj[0, :2], bg[0] = obj[1, :2], bg[1]
         for name in ("area", "height", "width"):

@@ -239,7 +239,9 @@ def cmd_separate(args: argparse.Namespace) -> int:
     for w in manifest.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     if manifest.get("confidence") is not None:
-        print(f"confidence {manifest['confidence']:.2f}: {confidence_words(manifest['confidence'])}")
+        print(
+            f"confidence {manifest['confidence']:.2f}: {confidence_words(manifest['confidence'])}"
+        )
     print(f"{manifest['backend']}: wrote {', '.join(manifest['outputs'])} to {out}")
     return 0
 
