@@ -3,22 +3,26 @@ audio-visual (and span) evidence, turned into a weight per NMF component.
 
 Why it is built this way: a sound's components are rarely individually like the
 object's motion. A voice is spread over a dozen harmonic templates, each active on a few
-syllables, and only their *sum* rises and falls with the jaw. So instead of scoring
-components one by one, the object is credited with the *set* of components whose summed
-loudness best follows one of the object's visual curves, grown greedily one component at
-a time. Which curve matters is not assumed either: the object may show its sound as
-motion, a jolt, a change of size or height, or of brightness (``vision.evidence``), so
-each curve (its detrended level, its mirror and its rate of change, at the best lag
-within +-0.2 s) is tried, and the one whose fit holds up on *held-out* time blocks wins.
-Cross-validating matters: with 30 components and a few hundred video frames some set
-always fits in-sample, even for a silent object; held out, a chance fit falls to ~0.
+syllables, and only their *sum* rises and falls with the jaw. So the object is credited
+with the components whose non-negative (ridge) combination best follows one of the
+object's visual curves. Which curve matters is not assumed either: the object may show
+its sound as motion, a jolt, a change of size or height, or of brightness
+(``vision.evidence``), so each curve (its detrended level, its mirror and its rate of
+change, at the best lag within +-0.2 s) is tried, and the one whose fit holds up on
+*held-out* time blocks wins. Cross-validating matters: with two dozen components and a
+few hundred video frames some combination always fits in-sample, even for a silent
+object.
 
-The held-out correlation is also the confidence figure reported to the user. Below
-``MIN_CONFIDENCE`` the picture explains none of the sound, the target is left silent and
-the user is told so (a silent object must give silence, not the loudest component).
+The confidence reported to the user is that held-out correlation above chance: the same
+search is repeated with the sound rotated seconds away from the picture, and the
+confidence is ``(score - chance) / (1 - chance)``. The classical backend turns the
+target down when it is low (a silent object must give near-silence, not the loudest
+component).
 
-Components whose loudness follows the rest of the picture (``background_activity``)
-more than the object are held back: they belong to another visible source.
+Members: components with a clear weight in the fit, or whose own loudness follows the
+chosen curve (``MEMBER_CORR``), or follows it clearly more than the rest of the picture
+(``CONTRAST``, against ``background_activity``); a component that follows the rest of
+the picture more than the object (by ``BACKGROUND_MARGIN``) is another visible source's.
 
 Spans are scored separately (``span_scores``) and added; see ``model.classical``.
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import maximum_filter1d, uniform_filter1d
+from scipy.ndimage import uniform_filter1d
 from scipy.optimize import nnls
 
 from model.separator import Prompt, Span
@@ -43,15 +47,8 @@ CV_BLOCK_S = 1.0
 """Cross-validation alternates blocks of this length between fitting and testing."""
 MIN_CONFIDENCE = 0.2
 """Held-out correlation below which the picture is judged to explain none of the sound."""
-MAX_COMPONENTS_SHARE = 0.75
-"""The object is never credited with more than this share of the components."""
-BACKGROUND_PENALTY = 0.5
 BACKGROUND_MARGIN = 0.1
 CONTRAST = 0.2
-GATE_QUANTILES = (0.3, 0.6)
-GATE_HOLD_S = 0.12
-MEMBERS = "nnls"
-DEBUG = False
 BETA_MIN = 0.08
 NULL_SHIFTS = (0.3, 0.5, 0.7)
 """Chance level is measured with the sound rotated by these fractions of the clip."""
@@ -72,10 +69,6 @@ class VideoMatch:
     curve: str
     """Which visual curve matched (``feature:variant``)."""
     lag_s: float
-    presence: np.ndarray
-    """Per video frame in [0, 1]: how likely the object is sounding (from the curve)."""
-    times: np.ndarray
-    """The video frames' times that ``presence`` is given at."""
 
 
 def _zscore(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -125,31 +118,6 @@ def _shift(c: np.ndarray, lag: int) -> np.ndarray:
     else:
         out[lag:] = c[-1]
     return out
-
-
-def _greedy_set(
-    hz: np.ndarray, h: np.ndarray, c: np.ndarray, bg: np.ndarray | None, fit: np.ndarray
-) -> np.ndarray:
-    """Grow the set of components whose summed loudness best follows c on frames ``fit``."""
-    k = h.shape[0]
-    chosen = np.zeros(k, dtype=bool)
-    total = np.zeros(int(fit.sum()))
-    hf, cf = h[:, fit], _zscore(c[fit])
-    bgf = _zscore(bg[fit]) if bg is not None else None
-    best = -np.inf
-    for _ in range(int(MAX_COMPONENTS_SHARE * k)):
-        trial = total[None, :] + hf  # [K, T]: the set with each component added
-        score = _corr(trial, cf)
-        if bgf is not None:
-            score = score - BACKGROUND_PENALTY * np.maximum(_corr(trial, bgf), 0.0)
-        score[chosen] = -np.inf
-        j = int(np.argmax(score))
-        if score[j] <= best + 1e-3:
-            break
-        best = score[j]
-        chosen[j] = True
-        total = total + hf[j]
-    return chosen
 
 
 def _nnls_set(hz: np.ndarray, c: np.ndarray, fit: np.ndarray) -> np.ndarray:
@@ -232,10 +200,7 @@ def video_match(
     )
     confidence = max(0.0, (score - null) / max(1.0 - null, _EPS))
     cs = _shift(curves[ci], lag)
-    if MEMBERS == "greedy":
-        chosen = _greedy_set(hz, hv, cs, bg, np.ones(len(times), dtype=bool))
-    else:
-        chosen = _nnls_set(hz, cs, np.ones(len(times), dtype=bool)) > BETA_MIN
+    chosen = _nnls_set(hz, cs, np.ones(len(times), dtype=bool)) > BETA_MIN
     r = _corr(hz, cs)
     if bg is not None:
         # A component that follows the rest of the picture clearly more than the object
@@ -251,17 +216,7 @@ def video_match(
         confidence=confidence,
         curve=labels[ci],
         lag_s=lag / fps,
-        presence=_presence(cs, fps),
-        times=times,
     )
-
-
-def _presence(c: np.ndarray, fps: float) -> np.ndarray:
-    """Where the curve is in its lowest range the object is taken to be silent."""
-    lo, hi = np.quantile(c, GATE_QUANTILES)
-    g = np.clip((c - lo) / max(hi - lo, _EPS), 0.0, 1.0)
-    size = 2 * int(round(GATE_HOLD_S * fps)) + 1
-    return maximum_filter1d(g, size=size, mode="nearest")
 
 
 def _features(prompt: Prompt) -> tuple[np.ndarray, list[str]]:

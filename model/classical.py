@@ -381,15 +381,14 @@ def _prompt_weights(
         if has_spans
         else None
     )
-    presence = np.ones(n_frames, dtype=np.float32)
+    gain = 1.0
     if video is not None:
         confidence = video.confidence
         score += VIDEO_VOTE * (2.0 * video.weights - 1.0)
-        gain = _confidence_gain(video.confidence)
-        if gain < 0.5 and spans is None:
+        if _confidence_gain(video.confidence) < 0.5 and spans is None:
+            gain = _confidence_gain(video.confidence)
             # Not silenced outright: a faint best guess keeps a real but weakly moving
             # source recoverable, while a silent object's target stays far below the mix.
-            presence *= np.float32(gain)
             warnings.append(
                 f"the object's motion explains little of the sound (confidence "
                 f"{video.confidence:.2f}), so its target was turned down "
@@ -410,7 +409,7 @@ def _prompt_weights(
             prompt.spans, frame_times, "+"
         )
         gate = 1.0 - uniform_filter1d(absent.astype(np.float32), size=5, mode="nearest")
-    return weights, gate * presence, confidence
+    return weights, gate * np.float32(gain), confidence
 
 
 def _confidence_gain(confidence: float) -> float:
