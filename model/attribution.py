@@ -41,13 +41,15 @@ MAX_LAG_S = 0.2
 """Largest offset searched between the picture and the sound (either way)."""
 DETREND_S = 3.0
 """Slow drifts of a curve (a head turning, a light fading) over this scale are removed."""
-SMOOTH_S = 0.0
+SMOOTH_S = 0.32
 """Both sides are averaged over this long: a vibration's loudness is its jitter's mean."""
 CV_BLOCK_S = 1.0
 """Cross-validation alternates blocks of this length between fitting and testing."""
 MIN_CONFIDENCE = 0.2
 """Held-out correlation below which the picture is judged to explain none of the sound."""
 BACKGROUND_MARGIN = 0.1
+SHARES = True
+SHARE_SMOOTH = 1
 CONTRAST = 0.2
 BETA_MIN = 0.08
 NULL_SHIFTS = (0.3, 0.5, 0.7)
@@ -69,6 +71,9 @@ class VideoMatch:
     curve: str
     """Which visual curve matched (``feature:variant``)."""
     lag_s: float
+    share: np.ndarray | None = None
+    """[K, F] at ``times``: the object's share of each component over time (None: static)."""
+    times: np.ndarray | None = None
 
 
 def _zscore(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -100,7 +105,7 @@ def candidate_curves(
         steady = uniform_filter1d(level, size=smooth, mode="nearest")
         jitter = uniform_filter1d(change, size=smooth, mode="nearest")
         variants = [("level", level), ("inverse", -level), ("change", change)]
-        variants += [("steady", steady), ("jitter", jitter)] if smooth > 1 else []
+        variants += [("steady", steady)] if smooth > 1 else []
         for variant, c in variants:
             if np.std(c) > 1e-9:
                 curves.append(_zscore(c))
@@ -175,7 +180,7 @@ def video_match(
         return None
     # The sound's components at the picture's frames: mean activation over each frame.
     hop_s = float(np.median(np.diff(frame_times)))
-    width = max(1, int(round(max(1.0 / fps, SMOOTH_S) / hop_s)))
+    width = max(1, int(round(1.0 / fps / hop_s)))
     hs = uniform_filter1d(h.astype(np.float64), size=width, axis=1, mode="nearest")
     hv = np.stack([np.interp(times, frame_times, row) for row in hs])  # [K, F]
     hv = hv / (hv.mean(axis=1, keepdims=True) + _EPS) * hv.mean()  # keep loudness ratios
@@ -200,23 +205,48 @@ def video_match(
     )
     confidence = max(0.0, (score - null) / max(1.0 - null, _EPS))
     cs = _shift(curves[ci], lag)
-    chosen = _nnls_set(hz, cs, np.ones(len(times), dtype=bool)) > BETA_MIN
-    r = _corr(hz, cs)
-    if bg is not None:
-        # A component that follows the rest of the picture clearly more than the object
-        # is another visible source's.
-        r_bg = _corr(hz, bg)
-        own = r > r_bg - BACKGROUND_MARGIN
-        # Also the object's: a component that follows it clearly more than the rest.
-        chosen = (chosen | (r >= MEMBER_CORR) | (r - r_bg >= CONTRAST)) & own
-    else:
-        chosen |= r >= MEMBER_CORR
+    beta = _nnls_set(hz, cs, np.ones(len(times), dtype=bool))
+    r_bg = _corr(hz, bg) if bg is not None else None
+    chosen = _members(beta, _corr(hz, cs), r_bg)
+    share = _shares(hv, cs, bg, chosen) if SHARES else None
     return VideoMatch(
         weights=chosen.astype(np.float32),
         confidence=confidence,
         curve=labels[ci],
         lag_s=lag / fps,
+        share=share,
+        times=times,
     )
+
+
+def _shares(hv: np.ndarray, cs: np.ndarray, bg: np.ndarray | None, chosen: np.ndarray) -> np.ndarray:
+    """Each component's activation explained as object + rest of the picture + constant
+    (non-negative least squares); the object's part over the total is its share in time."""
+    obj = cs - cs.min()
+    if SHARE_SMOOTH > 1:
+        obj = uniform_filter1d(obj, size=SHARE_SMOOTH, mode="nearest")
+    cols = [obj, np.ones_like(obj)]
+    if bg is not None:
+        cols.insert(1, bg - bg.min())
+    x = np.stack(cols, axis=1)
+    x = x / (x.max(axis=0, keepdims=True) + _EPS)
+    share = np.zeros_like(hv)
+    for k in range(hv.shape[0]):
+        coef, _ = nnls(x, hv[k])
+        parts = x * coef[None, :]
+        share[k] = parts[:, 0] / (parts.sum(axis=1) + _EPS)
+    return share
+
+
+def _members(beta: np.ndarray, r: np.ndarray, r_bg: np.ndarray | None) -> np.ndarray:
+    """Which components are the object's, from their fit weight and correlations."""
+    chosen = (beta > BETA_MIN) | (r >= MEMBER_CORR)
+    if r_bg is None:
+        return chosen
+    # Also the object's: a component that follows it clearly more than the rest; not the
+    # object's: one that follows the rest of the picture more than the object.
+    chosen |= r - r_bg >= CONTRAST
+    return chosen & (r > r_bg - BACKGROUND_MARGIN)
 
 
 def _features(prompt: Prompt) -> tuple[np.ndarray, list[str]]:

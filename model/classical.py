@@ -67,6 +67,10 @@ VIDEO_VOTE = 0.5
 LOW_CONFIDENCE_GAIN = 0.05
 FULL_CONFIDENCE = 0.35
 MASK_POWER = 2
+SHARE_MODE = "gate"
+SHARE_FULL = 1.0
+SHARE_C0 = 0.4
+SHARE_C1 = 0.8
 """-26 dB: the target's level when the picture explains almost none of the sound."""
 """A component the picture credits (or not) scores +-this; spans add their contrast."""
 _EPS = 1e-9
@@ -339,14 +343,13 @@ class ClassicalSeparator:
         )
 
         # 4. Wiener masks and resynthesis on the global frame grid.
-        wt = w * weights[None, :]
-        wr = w * (1.0 - weights)[None, :]
         target = np.empty(n, dtype=np.float32)
         for i, (a, b) in enumerate(blocks):
             spec, _, off = cached if cached is not None else mag(a, b)
             hb = h[:, off : off + spec.shape[0]]
-            pt = (wt @ hb) ** MASK_POWER
-            pr = (wr @ hb) ** MASK_POWER
+            wb = weights[:, off : off + spec.shape[0]] if weights.ndim == 2 else weights[:, None]
+            pt = (w @ (wb * hb)) ** MASK_POWER
+            pr = (w @ ((1.0 - wb) * hb)) ** MASK_POWER
             mask = (pt / (pt + pr + _EPS)) * gate[None, off : off + spec.shape[0]]
             mask = np.repeat(mask, band_widths, axis=0)  # bands back to STFT bins
             target[a:b] = block_istft((spec * mask.T)[:, None, :], a, b, N_FFT, HOP, win)[:, 0]
@@ -403,6 +406,14 @@ def _prompt_weights(
             "nor background, and the target is a weak, even share of the mixture"
         )
     weights = (1.0 / (1.0 + np.exp(-(score - SCORE_BIAS) / SCORE_TAU))).astype(np.float32)
+    if video is not None and video.share is not None and SHARE_MODE:
+        share = np.stack([np.interp(frame_times, video.times, row) for row in video.share])
+        if SHARE_MODE == "pure" and spans is None:
+            weights = share.astype(np.float32)
+        elif SHARE_MODE == "gate":
+            trust = np.clip((video.confidence - SHARE_C0) / (SHARE_C1 - SHARE_C0), 0.0, 1.0)
+            share = np.clip(share / SHARE_FULL, 0, 1) ** trust
+            weights = (weights[:, None] * share).astype(np.float32)
     gate = np.ones(n_frames, dtype=np.float32)
     if any(s.sign == "-" for s in prompt.spans):
         absent = span_flags(prompt.spans, frame_times, "-") & ~span_flags(
