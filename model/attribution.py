@@ -103,7 +103,6 @@ def candidate_curves(
         change = np.abs(np.diff(x, prepend=x[:1]))
         change = uniform_filter1d(change, size=2, mode="nearest")
         steady = uniform_filter1d(level, size=smooth, mode="nearest")
-        jitter = uniform_filter1d(change, size=smooth, mode="nearest")
         variants = [("level", level), ("inverse", -level), ("change", change)]
         variants += [("steady", steady)] if smooth > 1 else []
         for variant, c in variants:
@@ -219,7 +218,9 @@ def video_match(
     )
 
 
-def _shares(hv: np.ndarray, cs: np.ndarray, bg: np.ndarray | None, chosen: np.ndarray) -> np.ndarray:
+def _shares(
+    hv: np.ndarray, cs: np.ndarray, bg: np.ndarray | None, chosen: np.ndarray
+) -> np.ndarray:
     """Each component's activation explained as object + rest of the picture + constant
     (non-negative least squares); the object's part over the total is its share in time."""
     obj = cs - cs.min()
