@@ -51,7 +51,7 @@ BACKGROUND_MARGIN = 0.1
 SHARES = True
 SHARE_SMOOTH = 1
 CONTRAST = 0.2
-BETA_MIN = 0.08
+BETA_MIN = 0.12
 NULL_SHIFTS = (0.3, 0.5, 0.7)
 """Chance level is measured with the sound rotated by these fractions of the clip."""
 RIDGE = 1.0

@@ -180,16 +180,16 @@ class Chain:
         return dis
 
     def _window(self) -> tuple[int, int, int, int]:
-        """Where the object can be in the next frame: its box, a margin, its last motion."""
+        """Where the object can be in the next frame: its box, a margin, and its last
+        motion either way (a bouncing ball or a nodding head reverses in one frame)."""
         ys = np.nonzero((self.amodal > 0.5).any(axis=1))[0]
         xs = np.nonzero((self.amodal > 0.5).any(axis=0))[0]
         y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
         margin = max(MIN_MARGIN, int(MARGIN * max(y1 - y0, x1 - x0)))
         vx, vy = self._velocity()
-        y0 = min(y0, int(y0 + vy)) - margin
-        y1 = max(y1, int(y1 + vy)) + margin
-        x0 = min(x0, int(x0 + vx)) - margin
-        x1 = max(x1, int(x1 + vx)) + margin
+        ry, rx = int(np.ceil(abs(vy))), int(np.ceil(abs(vx)))
+        y0, y1 = y0 - ry - margin, y1 + ry + margin
+        x0, x1 = x0 - rx - margin, x1 + rx + margin
         return max(0, y0), min(self.h, y1), max(0, x0), min(self.w, x1)
 
     def _velocity(self) -> tuple[float, float]:
