@@ -12,6 +12,7 @@ import cv2
 WORK_SIDE = 480  # longest side of the working resolution (px)
 MARGIN = 0.3  # the window reaches this share of the object's size beyond it (plus its motion)
 MIN_MARGIN = 24  # px, at least
+REVERSE = 0.5  # ... and this share of its last motion backwards (a bounce reverses it)
 # Optical flow (OpenCV DIS).
 FINE_PIXELS = 60_000  # windows up to this many pixels get flow at full working resolution
 GD_ITERS = 12  # DIS gradient-descent iterations per patch
