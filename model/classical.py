@@ -223,6 +223,21 @@ def _validate(audio: np.ndarray, prompt: Prompt) -> tuple[np.ndarray, bool, bool
                 raise ModelInputError("background_activity must have one value per video frame")
         if np.any(np.diff(times) <= 0):
             raise ModelInputError("video_times must be strictly increasing")
+        if prompt.object_features is not None:
+            feats = np.asarray(prompt.object_features)
+            if feats.ndim != 2 or feats.shape[0] != times.size:
+                raise ModelInputError(
+                    f"object_features must be [frames, features] with {times.size} frames, "
+                    f"got shape {feats.shape}"
+                )
+            if not np.all(np.isfinite(feats)):
+                raise ModelInputError("object_features contains NaN or infinite values")
+            names = prompt.feature_names
+            if names is not None and len(names) != feats.shape[1]:
+                raise ModelInputError(
+                    f"feature_names names {len(names)} features, object_features has "
+                    f"{feats.shape[1]}"
+                )
     for s in prompt.spans:
         if s.sign not in ("+", "-") or not s.end > s.start:
             raise ModelInputError(f"bad span {s}: sign must be + or - and end > start")

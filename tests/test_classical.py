@@ -190,6 +190,23 @@ def test_bad_inputs_are_errors() -> None:
         sep.separate(np.zeros(SR, np.float32), Prompt(spans=[Span("+", 1.0, 0.5)]))
     with pytest.raises(ModelInputError, match="not masked_video"):
         sep.separate(np.zeros(SR, np.float32), Prompt(masked_video=np.zeros((2, 4, 4, 3))))
+    times = np.arange(10) / 25
+    for feats, names in (
+        (np.ones((9, 2)), None),  # one row short
+        (np.ones(10), None),  # not [frames, features]
+        (np.full((10, 2), np.inf), None),
+        (np.ones((10, 2)), ("motion",)),  # names do not match the columns
+    ):
+        with pytest.raises(ModelInputError, match="object_features|feature_names"):
+            sep.separate(
+                np.ones(SR, np.float32),
+                Prompt(
+                    video_times=times,
+                    object_activity=np.ones(10),
+                    object_features=feats,
+                    feature_names=names,
+                ),
+            )
 
 
 def test_text_is_ignored_with_a_warning() -> None:

@@ -357,6 +357,21 @@ def test_propagate_flat_coloured_object_jumping_far():
     assert np.mean([iou(copied[t], gt[t]) for t in range(n)]) < 0.3
 
 
+def test_propagate_keeps_the_demo_ball_through_its_bounces():
+    """The bundled demo's ball, at the working size: it falls about one radius a frame and
+    goes up as fast in the next. The search window must reach behind the last motion too
+    (before, the mask was left on the floor at the first bounce, frame 16)."""
+    from scene import make_scene  # examples/scene.py (on the path via conftest)
+
+    scene = make_scene(duration=2.0, width=480, height=270, fps=25.0)
+    bg = scene.background()
+    frames, gt = zip(*[scene.frame(i, bg)[:2] for i in range(40)], strict=True)
+    frames, gt = np.stack(frames), np.stack(gt)
+    masks, _ = propagate(frames, {0: gt[0]})
+    ious = [iou(masks[t], gt[t]) for t in range(len(gt))]
+    assert min(ious) >= 0.8, np.round(ious, 2)
+
+
 def test_propagate_still_scene_keeps_thin_and_whole_masks():
     frames, _ = make_clip(n=8, tracks=[((120.0, 70.0), [(0.0, 0.0)] * 8)])
     line = np.zeros(frames.shape[1:3], bool)
