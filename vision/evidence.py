@@ -47,6 +47,8 @@ from vision.errors import MaskError
 FEATURES = ("motion", "shift", "area", "height", "width", "brightness")
 """Column names of ``Evidence.object``, in order."""
 MIN_CAMERA_POINTS = 8
+CAMERA_POINTS = 80
+"""Corners tracked per frame to measure the camera's motion."""
 """Background corners needed to measure the camera's motion; fewer: assume it is still."""
 
 
@@ -76,7 +78,7 @@ class EvidenceMeter:
         self._kernel = _dilation_kernel(h, w)
         self._rows = array("d")  # flat, len(FEATURES) per frame: 48 B a frame on long clips
         self._bg = array("d")
-        self._prev: tuple[np.ndarray, np.ndarray, list[float]] | None = None
+        self._prev: tuple[np.ndarray, np.ndarray, np.ndarray, list[float]] | None = None
 
     def add(self, frame: np.ndarray, mask: np.ndarray) -> None:
         if frame.shape[:2] != self.size or mask.shape != self.size:
@@ -85,33 +87,33 @@ class EvidenceMeter:
                 f"{self.size}"
             )
         mask = mask != 0
-        cur = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
-        cur = cur.astype(np.float32) / np.float32(255.0)
+        cur8 = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+        cur = cur8.astype(np.float32) / np.float32(255.0)
         shape = _shape(mask, cur)
         if self._prev is None:
             self._rows.extend([0.0, 0.0, *shape_features(shape)])
             self._bg.append(0.0)
-            self._prev = (cur, mask, shape)
+            self._prev = (cur, cur8, mask, shape)
             return
-        prev, prev_mask, prev_shape = self._prev
+        prev, prev8, prev_mask, prev_shape = self._prev
         if shape[0] <= 0:  # object absent: it keeps its last shape and does not move
             self._rows.extend([0.0, 0.0, *shape_features(prev_shape)])
             self._bg.append(self._bg[-1])
-            self._prev = (cur, prev_mask, prev_shape)
+            self._prev = (cur, cur8, prev_mask, prev_shape)
             return
-        dx, dy = self._camera_shift(prev, cur, mask | prev_mask)
+        region8 = cv2.dilate((mask | prev_mask).view(np.uint8), self._kernel)
+        dx, dy = self._camera_shift(prev8, cur8, region8)
         moved = cv2.warpAffine(
             prev,
             np.float32([[1, 0, dx], [0, 1, dy]]),
             (self.size[1], self.size[0]),
             borderMode=cv2.BORDER_REPLICATE,
         )
-        diff = np.abs(cur - moved)
-        region = cv2.dilate((mask | prev_mask).astype(np.uint8), self._kernel) != 0
-        inside = int(region.sum())
-        outside = region.size - inside
-        total = float(diff.sum())
-        in_sum = float(diff[region].sum()) if inside else 0.0
+        diff = cv2.absdiff(cur, moved)
+        inside = cv2.countNonZero(region8)
+        outside = region8.size - inside
+        total = float(cv2.sumElems(diff)[0])
+        in_sum = float(cv2.mean(diff, mask=region8)[0]) * inside if inside else 0.0
         motion = in_sum / inside if inside else 0.0
         shift = 0.0
         if prev_shape[0] > 0:
@@ -120,20 +122,19 @@ class EvidenceMeter:
             shift /= size
         self._rows.extend([motion, shift, *shape_features(shape)])
         self._bg.append((total - in_sum) / outside if outside else 0.0)
-        self._prev = (cur, mask, shape)
+        self._prev = (cur, cur8, mask, shape)
 
     def _camera_shift(
-        self, prev: np.ndarray, cur: np.ndarray, obj: np.ndarray
+        self, prev: np.ndarray, cur: np.ndarray, region: np.ndarray
     ) -> tuple[float, float]:
-        """The picture's global shift from prev to cur: the median motion of corner points
-        tracked (pyramidal Lucas-Kanade) outside the object; 0 without enough of them."""
-        outside = (cv2.dilate(obj.view(np.uint8), self._kernel) == 0).view(np.uint8)
-        a = (prev * 255).astype(np.uint8)
-        pts = cv2.goodFeaturesToTrack(a, 150, 0.01, 4, mask=outside)
+        """The picture's global shift from prev to cur (uint8 grey): the median motion of
+        corner points tracked (pyramidal Lucas-Kanade) outside the object's ``region``;
+        0 without enough of them."""
+        outside = (region == 0).view(np.uint8)
+        pts = cv2.goodFeaturesToTrack(prev, CAMERA_POINTS, 0.01, 4, mask=outside)
         if pts is None or len(pts) < MIN_CAMERA_POINTS:
             return 0.0, 0.0
-        b = (cur * 255).astype(np.uint8)
-        nxt, ok, _ = cv2.calcOpticalFlowPyrLK(a, b, pts, None, winSize=(15, 15), maxLevel=2)
+        nxt, ok, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, None, winSize=(11, 11), maxLevel=2)
         ok = ok.ravel() == 1
         if ok.sum() < MIN_CAMERA_POINTS:
             return 0.0, 0.0
