@@ -96,11 +96,6 @@ class EvidenceMeter:
             self._prev = (cur, cur8, mask, shape)
             return
         prev, prev8, prev_mask, prev_shape = self._prev
-        if shape[0] <= 0:  # object absent: it keeps its last shape and does not move
-            self._rows.extend([0.0, 0.0, *shape_features(prev_shape)])
-            self._bg.append(self._bg[-1])
-            self._prev = (cur, cur8, prev_mask, prev_shape)
-            return
         region8 = cv2.dilate((mask | prev_mask).view(np.uint8), self._kernel)
         dx, dy = self._camera_shift(prev8, cur8, region8)
         moved = cv2.warpAffine(
@@ -114,14 +109,18 @@ class EvidenceMeter:
         outside = region8.size - inside
         total = float(cv2.sumElems(diff)[0])
         in_sum = float(cv2.mean(diff, mask=region8)[0]) * inside if inside else 0.0
+        self._bg.append((total - in_sum) / outside if outside else 0.0)
+        if shape[0] <= 0:  # object absent: it keeps its last shape and does not move
+            self._rows.extend([0.0, 0.0, *shape_features(prev_shape)])
+            self._prev = (cur, cur8, mask, prev_shape)
+            return
         motion = in_sum / inside if inside else 0.0
         shift = 0.0
-        if prev_shape[0] > 0:
+        if prev_mask.any():  # not when it reappears: that jump is not motion
             size = np.sqrt(max(shape[0], prev_shape[0]))
             shift = float(np.hypot(shape[1] - prev_shape[1] - dx, shape[2] - prev_shape[2] - dy))
             shift /= size
         self._rows.extend([motion, shift, *shape_features(shape)])
-        self._bg.append((total - in_sum) / outside if outside else 0.0)
         self._prev = (cur, cur8, mask, shape)
 
     def _camera_shift(
