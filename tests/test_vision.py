@@ -372,6 +372,23 @@ def test_propagate_keeps_the_demo_ball_through_its_bounces():
     assert min(ious) >= 0.8, np.round(ious, 2)
 
 
+@pytest.mark.xfail(
+    reason="known limitation (issue 14): the flow tracker loses a flat-coloured box that "
+    "shakes +-18 degrees at 6 Hz (the house scene's drum) from frame ~28 on; neither the "
+    "flow nor the translation-only template re-anchoring follows the rotation",
+    strict=True,
+)
+def test_propagate_keeps_the_shaking_drum():
+    from scene import make_scene
+
+    scene = make_scene(duration=3.0, width=320, height=180, fps=25.0)
+    bg = scene.background()
+    frames, gt = zip(*[(f, b) for f, _, b in (scene.frame(i, bg) for i in range(75))], strict=True)
+    frames, gt = np.stack(frames), np.stack(gt)
+    masks, _ = propagate(frames, {0: gt[0]})
+    assert min(iou(masks[t], gt[t]) for t in range(len(gt))) >= 0.7
+
+
 def test_propagate_still_scene_keeps_thin_and_whole_masks():
     frames, _ = make_clip(n=8, tracks=[((120.0, 70.0), [(0.0, 0.0)] * 8)])
     line = np.zeros(frames.shape[1:3], bool)
