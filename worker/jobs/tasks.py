@@ -194,6 +194,11 @@ def _run_leased(
             lease.release()  # the retry must be able to take the stage
             raise
         except Exception as exc:  # noqa: BLE001 - recorded as the job's error
+            try:  # taken over meanwhile: the error is the new holder's cleanup, not the job's
+                lease.check()
+            except leases.LeaseLost as e:
+                log.warning("job %s: %s (%s); stopping without writing", job_id, e, exc)
+                raise Ignore() from None
             try:
                 _fail(ws, as_sonomask_error(exc))
             except leases.LeaseLost:
