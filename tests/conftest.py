@@ -103,6 +103,31 @@ def decode_audio(
     return x, sr
 
 
+# --------------------------------------------------------------------------- parallel runs
+#
+# CI runs the suite with pytest-xdist, `-n 3 --dist loadfile --no-loadscope-reorder`, so that
+# the tests that mostly wait on real services (recovery, queue, hostile) overlap with the
+# rest. Each test file runs in one worker (its module fixtures are built once); every service
+# test starts its own Redis on a free port, RabbitMQ vhost, workspace and worker processes
+# (tests/service.py), so the workers share nothing but the machine. The files go out longest
+# first (LONGEST_FIRST, measured; the rest in file order), so that no long file starts last.
+
+LONGEST_FIRST = (
+    "test_recovery.py",
+    "test_queue.py",
+    "test_sam_audio_cli.py",
+    "test_hostile.py",
+    "test_longform_sync.py",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering (module fixtures' tests together)
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the controller schedules files in this order
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module of small-tensor tests: on a shared 2-core machine two
