@@ -48,7 +48,6 @@ CV_BLOCK_S = 1.0
 MIN_CONFIDENCE = 0.2
 """Held-out correlation below which the picture is judged to explain none of the sound."""
 BACKGROUND_MARGIN = 0.1
-SHARES = True
 SHARE_SMOOTH = 1
 CONTRAST = 0.2
 BETA_MIN = 0.12
@@ -71,9 +70,9 @@ class VideoMatch:
     curve: str
     """Which visual curve matched (``feature:variant``)."""
     lag_s: float
-    share: np.ndarray | None = None
-    """[K, F] at ``times``: the object's share of each component over time (None: static)."""
-    times: np.ndarray | None = None
+    share: np.ndarray
+    """[K, F] at ``times``: the object's share of each component over time."""
+    times: np.ndarray
 
 
 def _zscore(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -207,7 +206,7 @@ def video_match(
     beta = _nnls_set(hz, cs, np.ones(len(times), dtype=bool))
     r_bg = _corr(hz, bg) if bg is not None else None
     chosen = _members(beta, _corr(hz, cs), r_bg)
-    share = _shares(hv, cs, bg, chosen) if SHARES else None
+    share = _shares(hv, cs, bg, chosen)
     return VideoMatch(
         weights=chosen.astype(np.float32),
         confidence=confidence,

@@ -67,10 +67,10 @@ VIDEO_VOTE = 0.5
 LOW_CONFIDENCE_GAIN = 0.05
 FULL_CONFIDENCE = 0.35
 MASK_POWER = 2
-SHARE_MODE = "gate"
-SHARE_FULL = 1.0
+"""Wiener mask exponent: target^p / (target^p + rest^p)."""
 SHARE_C0 = 0.4
 SHARE_C1 = 0.8
+"""The time-varying share is ignored below confidence SHARE_C0 and fully used from SHARE_C1."""
 """-26 dB: the target's level when the picture explains almost none of the sound."""
 """A component the picture credits (or not) scores +-this; spans add their contrast."""
 _EPS = 1e-9
@@ -421,14 +421,11 @@ def _prompt_weights(
             "nor background, and the target is a weak, even share of the mixture"
         )
     weights = (1.0 / (1.0 + np.exp(-(score - SCORE_BIAS) / SCORE_TAU))).astype(np.float32)
-    if video is not None and video.share is not None and SHARE_MODE:
+    if video is not None:
+        # The object's share of each component over time, trusted as far as the picture is.
         share = np.stack([np.interp(frame_times, video.times, row) for row in video.share])
-        if SHARE_MODE == "pure" and spans is None:
-            weights = share.astype(np.float32)
-        elif SHARE_MODE == "gate":
-            trust = np.clip((video.confidence - SHARE_C0) / (SHARE_C1 - SHARE_C0), 0.0, 1.0)
-            share = np.clip(share / SHARE_FULL, 0, 1) ** trust
-            weights = (weights[:, None] * share).astype(np.float32)
+        trust = np.clip((video.confidence - SHARE_C0) / (SHARE_C1 - SHARE_C0), 0.0, 1.0)
+        weights = (weights[:, None] * np.clip(share, 0.0, 1.0) ** trust).astype(np.float32)
     gate = np.ones(n_frames, dtype=np.float32)
     if any(s.sign == "-" for s in prompt.spans):
         absent = span_flags(prompt.spans, frame_times, "-") & ~span_flags(
