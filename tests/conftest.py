@@ -107,17 +107,20 @@ def decode_audio(
 #
 # CI runs the suite with pytest-xdist, `-n 3 --dist loadfile --no-loadscope-reorder`, so that
 # the tests that mostly wait on real services (recovery, queue, hostile) overlap with the
-# rest. Each test file runs in one worker (its module fixtures are built once); every service
-# test starts its own Redis on a free port, RabbitMQ vhost, workspace and worker processes
-# (tests/service.py), so the workers share nothing but the machine. The files go out longest
-# first (LONGEST_FIRST, measured; the rest in file order), so that no long file starts last.
+# rest. Each test file runs whole in one worker (its module fixtures are built once); every
+# service test starts its own Redis on a free port, its own RabbitMQ vhost, workspace and
+# worker processes (tests/service.py), and each worker has its own tmp_path tree, so the
+# workers share nothing but the machine. Files go out longest first (LONGEST_FIRST, measured:
+# recovery ~6-7 min, queue ~4 min, the rest ~2 min or less; then the other files in file
+# order), so that no long file starts last.
 
 LONGEST_FIRST = (
     "test_recovery.py",
     "test_queue.py",
-    "test_sam_audio_cli.py",
-    "test_hostile.py",
     "test_longform_sync.py",
+    "test_sam_audio_cli.py",
+    "test_sam_audio_model.py",
+    "test_hostile.py",
 )
 
 
