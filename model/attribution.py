@@ -48,7 +48,6 @@ CV_BLOCK_S = 1.0
 MIN_CONFIDENCE = 0.2
 """Held-out correlation below which the picture is judged to explain none of the sound."""
 BACKGROUND_MARGIN = 0.1
-SHARE_SMOOTH = 1
 CONTRAST = 0.2
 BETA_MIN = 0.12
 NULL_SHIFTS = (0.3, 0.5, 0.7)
@@ -206,7 +205,7 @@ def video_match(
     beta = _nnls_set(hz, cs, np.ones(len(times), dtype=bool))
     r_bg = _corr(hz, bg) if bg is not None else None
     chosen = _members(beta, _corr(hz, cs), r_bg)
-    share = _shares(hv, cs, bg, chosen)
+    share = _shares(hv, cs, bg)
     return VideoMatch(
         weights=chosen.astype(np.float32),
         confidence=confidence,
@@ -217,14 +216,10 @@ def video_match(
     )
 
 
-def _shares(
-    hv: np.ndarray, cs: np.ndarray, bg: np.ndarray | None, chosen: np.ndarray
-) -> np.ndarray:
+def _shares(hv: np.ndarray, cs: np.ndarray, bg: np.ndarray | None) -> np.ndarray:
     """Each component's activation explained as object + rest of the picture + constant
     (non-negative least squares); the object's part over the total is its share in time."""
     obj = cs - cs.min()
-    if SHARE_SMOOTH > 1:
-        obj = uniform_filter1d(obj, size=SHARE_SMOOTH, mode="nearest")
     cols = [obj, np.ones_like(obj)]
     if bg is not None:
         cols.insert(1, bg - bg.min())
