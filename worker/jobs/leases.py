@@ -184,6 +184,12 @@ def acquire(
     return Lease(client, job_id, stage, token, value, ttl)
 
 
+def held_stage(client: redis.Redis, job_id: str) -> str | None:
+    """The stage whose live lease the job holds now, or None."""
+    value = client.get(_lease_key(job_id))
+    return value.decode().split("|")[1] if value else None
+
+
 def expired(client: redis.Redis) -> list[tuple[str, str]]:
     """Claim every in-flight stage whose lease expired: ``(job id, lease value)`` pairs.
 

@@ -88,28 +88,40 @@ def send(job_id: str, stage: str, patient: bool = False) -> None:
 
 
 def _acquire(task: Any, ws: Workspace, name: str) -> leases.Lease:
-    """The lease on this stage, or Ignore when the message is stale or a duplicate."""
+    """The lease on this stage, or Ignore when the message is stale or a duplicate.
+
+    A finished stage queues the next one before it releases its lease, so the next stage's
+    worker can arrive while the previous stage still holds the job: it waits for that
+    release (a duplicate of the same stage is dropped at once). Dropping it instead would
+    strand the job, because the release also clears the reaper's record of it.
+    """
     m = ws.manifest()
     pending = m.get("next_stage", name)
     if pending != name:
         log.info("job %s waits for %s; dropping a stale %s message", ws.job_id, pending, name)
         raise Ignore()
     holder = f"{task.request.hostname}:{os.getpid()}"
-    deadline = time.monotonic() + leases.REDIS_WAIT_SECONDS
+    redis_deadline = time.monotonic() + leases.REDIS_WAIT_SECONDS
+    handover_deadline = time.monotonic() + 2 * SETTINGS.lease_seconds
     while True:
         try:
             lease = leases.acquire(
                 _lease_store(), ws.job_id, name, holder, SETTINGS.lease_seconds, m.get("fence", 0)
             )
-            break
+            if lease is not None:
+                return lease
+            held = leases.held_stage(_lease_store(), ws.job_id)
         except redis.RedisError as e:
-            if time.monotonic() > deadline:
+            if time.monotonic() > redis_deadline:
                 raise TransientError(f"the lease store is unreachable: {e}") from None
             time.sleep(1.0)
-    if lease is None:
-        log.info("job %s: %s is held by a live worker; dropping a duplicate", ws.job_id, name)
-        raise Ignore()
-    return lease
+            continue
+        if held == name:
+            log.info("job %s: %s is held by a live worker; dropping a duplicate", ws.job_id, name)
+            raise Ignore()
+        if held is not None and time.monotonic() > handover_deadline:
+            raise TransientError(f"stage {held} of job {ws.job_id} has not let go of the job")
+        time.sleep(0.1)  # the previous stage is between handing on and releasing
 
 
 def _record_start(task: Any, ws: Workspace, name: str, lease: leases.Lease) -> None:
