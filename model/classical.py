@@ -6,11 +6,16 @@ into K spectral templates and their activations over time (KL-divergence NMF). E
 component is then credited to the target by how well its activation follows the
 *evidence* the prompt carries:
 
-- video: ``prompt.object_activity`` (motion inside the tracked mask) should rise and
-  fall with the target's sound, ``prompt.background_activity`` (motion outside it) with
-  the rest. A component's video score is ``corr(h, object) - corr(h, background)``
-  (both Pearson, after bringing the activation to the video's time resolution), i.e.
-  "follows the object more than it follows the rest of the picture".
+- video: the object's visual curves (``prompt.object_features``: motion, jolts, size,
+  height, brightness; ``vision.evidence``) against the components' activations.
+  ``model.attribution`` credits the object with the components whose combination
+  follows one of its curves on held-out time blocks, and says how far above chance that
+  fit is (the confidence); ``prompt.background_activity`` (motion outside the mask)
+  claims components for the rest of the picture. The credit is then shared among
+  components that sound alike (``model.timbre``: a melody's notes, a ring's partials),
+  which recovers notes the picture missed and drops off-screen partials it took by
+  chance. Each component's share of the object over time scales its weight as far as
+  the confidence allows.
 - spans: ``+`` spans mark where the target sounds, ``-`` spans where it is silent.
   A component's span score is the contrast ``(m+ - m-) / (m+ + m-)`` of its mean
   activation inside ``+`` spans versus inside ``-`` spans (or outside ``+`` spans when
@@ -46,6 +51,7 @@ from threadpoolctl import threadpool_limits
 from model.attribution import MIN_CONFIDENCE, span_flags, span_scores, video_match
 from model.errors import ModelInputError
 from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Windowing
+from model.timbre import smooth_by_timbre, timbre_similarity
 
 N_FFT = 2048
 """43 ms window at 48 kHz (23 Hz bins): separates the harmonics of low voices and strings."""
@@ -353,8 +359,10 @@ class ClassicalSeparator:
                 report(0.6 + 0.2 * (i + 1) / len(blocks), "NMF activations")
 
         # 3. Score components against the prompt, globally.
+        centres_hz = (band_starts + band_widths / 2) * (MODEL_SAMPLE_RATE / N_FFT)
+        similarity = timbre_similarity(w, centres_hz, band_widths)
         weights, gate, confidence = _prompt_weights(
-            h, frame_times, n, prompt, has_video, has_spans, warnings
+            h, frame_times, n, prompt, has_video, has_spans, warnings, similarity
         )
 
         # 4. Wiener masks and resynthesis on the global frame grid.
@@ -387,9 +395,13 @@ def _prompt_weights(
     has_video: bool,
     has_spans: bool,
     warnings: list[str],
+    similarity: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float | None]:
     """How much each component is the target, a per-frame gate that silences the target
-    where a ``-`` span says it is absent, and the picture's confidence (None: no picture)."""
+    where a ``-`` span says it is absent, and the picture's confidence (None: no picture).
+
+    ``similarity`` [K, K] (``model.timbre``): the picture's credit is shared among
+    components that sound alike."""
     k, n_frames = h.shape
     score = np.zeros(k)
     confidence = None
@@ -402,7 +414,10 @@ def _prompt_weights(
     gain = 1.0
     if video is not None:
         confidence = video.confidence
-        score += VIDEO_VOTE * (2.0 * video.weights - 1.0)
+        credit = video.weights.astype(np.float64)
+        if similarity is not None:
+            credit = smooth_by_timbre(credit, similarity, h.sum(axis=1))
+        score += VIDEO_VOTE * (2.0 * credit - 1.0)
         if _confidence_gain(video.confidence) < 0.5 and spans is None:
             gain = _confidence_gain(video.confidence)
             # Not silenced outright: a faint best guess keeps a real but weakly moving

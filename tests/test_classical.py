@@ -305,3 +305,41 @@ def test_richer_features_pick_the_curve_that_follows_the_sound(case: dict) -> No
     )
     out = ClassicalSeparator().separate(case["mix"], prompt)
     assert improvement(out.target, case["a"], case["mix"]) >= MIN_IMPROVEMENT_DB
+
+
+def _harmonic_template(f0: float, tilt_db_per_khz: float, centres: np.ndarray) -> np.ndarray:
+    """A harmonic spectrum (partials at k*f0, 30 Hz wide) under a spectral envelope."""
+    spec = np.zeros_like(centres)
+    for k in range(1, int(16000 / f0)):
+        spec += np.exp(-0.5 * ((centres - k * f0) / 30.0) ** 2) * 10 ** (
+            -tilt_db_per_khz * k * f0 / 1000 / 20
+        )
+    return spec + 1e-6
+
+
+def test_timbre_groups_notes_of_one_instrument_apart_from_another() -> None:
+    """Notes of one timbre at different pitches are alike; another timbre is not."""
+    from model.timbre import timbre_similarity
+
+    starts, widths = classical._bands(classical.N_FFT // 2 + 1)
+    centres = (starts + widths / 2) * SR / classical.N_FFT
+    dark = [_harmonic_template(f, 12.0, centres) for f in (196.0, 262.0, 330.0)]
+    bright = [_harmonic_template(f, 1.0, centres) for f in (220.0, 294.0, 392.0)]
+    templates = np.stack(dark + bright, axis=1) * widths[:, None]
+    sim = timbre_similarity(templates, centres, widths)
+    same = [sim[i, j] for g in ((0, 1, 2), (3, 4, 5)) for i in g for j in g if i < j]
+    across = [sim[i, j] for i in (0, 1, 2) for j in (3, 4, 5)]
+    assert min(same) > max(across) + 0.3, (same, across)
+
+
+def test_timbre_smoothing_pulls_credit_within_a_group_only() -> None:
+    from model.timbre import smooth_by_timbre
+
+    sim = np.array(
+        [[1, 0.9, 0.9, -0.5], [0.9, 1, 0.9, -0.5], [0.9, 0.9, 1, -0.5], [-0.5] * 3 + [1]]
+    )
+    credit = np.array([1.0, 1.0, 0.0, 1.0])  # note 3 of the group was missed by the picture
+    out = smooth_by_timbre(credit, sim, np.ones(4), pull=0.5)
+    assert out[2] == pytest.approx(0.5)  # pulled halfway to its group's credit
+    assert out[0] == pytest.approx(0.75) and out[1] == pytest.approx(0.75)
+    assert out[3] == 1.0  # sounds like nothing else: keeps its own credit
