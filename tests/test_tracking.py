@@ -349,9 +349,9 @@ def tiny_sam2(tmp_path_factory) -> Path:
 
 
 def test_sam2_tracker_streams_with_bounded_memory(tiny_sam2):
-    from vision.sam2_tracker import load
+    from vision.hf_video_tracker import load
 
-    tracker = load(tiny_sam2, device="cpu")
+    tracker = load("sam2", tiny_sam2, device="cpu")
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (40, 72, 96, 3), dtype=np.uint8)
     key = np.zeros((72, 96), bool)

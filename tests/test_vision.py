@@ -471,7 +471,7 @@ def test_tracker_contract_is_propagate_and_copy_first():
     assert seen == sorted(seen) and seen[-1] == 1.0
     copy = _track(choose_tracker("copy"), frames, masks=keys)
     assert np.array_equal(copy.masks, copy_first(frames, keys)) and copy.warnings == []
-    assert set(TRACKERS) == {"flow", "copy", "sam2"}
+    assert set(TRACKERS) == {"flow", "copy", "sam2", "sam3", "edgetam"}
 
 
 def test_tracker_scales_full_size_keyframes_to_the_working_size():

@@ -1,19 +1,25 @@
 """The web page: its endpoints (in-process) and the whole page in headless Chromium.
 
-The browser test drives the real page against a real ``sonomask serve`` and a real
+The browser tests drive the real page against a real ``sonomask serve`` and a real
 ``sonomask worker`` (private Redis): open a clip, draw the ball with the mouse, add a
 correction keyframe and a span, submit, wait, play and download the results, and see a bad
-upload refused with the service's own words. Screenshots go to ``tests/_artifacts/web/``.
+upload refused with the service's own words; and the tracking preview: draw, preview, scrub
+to a later frame and see the tracked mask there, add a correction, re-track only the
+frames it decides, submit, and get the masks the preview showed. Screenshots go to
+``tests/_artifacts/web/``.
 """
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 import os
 import re
 import shutil
 import time
 from pathlib import Path
+from typing import get_args
 
 import cv2
 import httpx
@@ -24,7 +30,9 @@ from fastapi.testclient import TestClient
 from scene import first_mask, make_scene, write_clip
 from service import Redis, Server, Worker, service_env
 
+from vision.tracker import TrackerName
 from worker import media
+from worker.settings import Settings
 from worker.spec import JobSpec
 from worker.workspace import Workspace
 
@@ -171,6 +179,12 @@ def test_options_offer_sam_audio_only_with_a_model(monkeypatch, tmp_path, clips)
     o = TestClient(create_app()).get("/v1/options").json()
     assert "sam-audio" in o["separators"] and o["auto_runs"] == "sam-audio" and o["model"]
     assert str(tmp_path) not in json.dumps(o)
+    assert o["trackers"] == ["flow", "copy"]  # no tracker weights: only the weight-free ones
+    monkeypatch.setenv("SONOMASK_TRACKER_MODEL", str(tmp_path))  # SAM 2's weights
+    o = TestClient(create_app()).get("/v1/options").json()
+    assert o["trackers"][:3] == ["flow", "copy", "sam2"] and str(tmp_path) not in json.dumps(o)
+    settings = Settings.from_env()  # a tracker needing weights is offered only with its own
+    assert o["trackers"] == [t for t in get_args(TrackerName) if settings.offers_tracker(t)]
 
 
 def test_frames_are_the_frames_the_pipeline_decodes(monkeypatch, tmp_path, clips):
@@ -331,6 +345,227 @@ def test_output_links_are_signed_when_a_token_is_set(monkeypatch, tmp_path, clip
     assert abs(max(peaks["max"]) - 0.5) < 0.01 and abs(peaks["duration"] - 1.0) < 0.02
     assert c.get(f"/v1/jobs/{job_id}/peaks/masks.npz", headers=AUTH).status_code == 400
     assert c.get("/v1/jobs/nope/peaks/target.wav", headers=AUTH).status_code == 404
+
+
+# --------------------------------------------------------------------------- tracking preview
+
+
+def _ball_png(scene, frame: int, grow: int = 2) -> bytes:
+    """The ball on ``frame`` a little grown, as a person paints it (PNG, white = object)."""
+    _, ball, _ = scene.frame(frame, scene.background())
+    ball = cv2.dilate(ball, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return cv2.imencode(".png", ball * 255)[1].tobytes()
+
+
+def _track(c: TestClient, upload: str, masks: dict[int, bytes], headers=None, **spec):
+    """POST the keyframes for a tracking preview (the page's form)."""
+    files = [("mask", (f"mask-frame-{n}.png", png, "image/png")) for n, png in masks.items()]
+    fields = {"mask_frames": list(masks), **spec}
+    return c.post(
+        f"/v1/uploads/{upload}/track",
+        data={"spec": json.dumps(fields)},
+        files=files,
+        headers=headers or {},
+    )
+
+
+def _tracked(c: TestClient, upload: str, timeout: float = 60.0) -> dict:
+    """The preview's state once its run has ended."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        st = c.get(f"/v1/uploads/{upload}/track").json()
+        if st["state"] not in ("queued", "running"):
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"tracking did not finish in {timeout} s: {st}")
+
+
+def _preview_mask(c: TestClient, upload: str, n: int) -> np.ndarray:
+    r = c.get(f"/v1/uploads/{upload}/track/masks/{n}.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    return cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
+
+
+def test_tracking_preview_is_the_track_stage_and_retracks_only_what_changed(
+    monkeypatch, tmp_path, clips
+):
+    """Keyframes 0 and 40, then a correction at 20: only frames 1-39 are tracked again, the
+    rest is left as it was, and every frame's mask is the one the job's track stage makes
+    from the same three keyframes (with the same warnings)."""
+    from worker.jobs.matte import iter_masks, track_to_file
+
+    c = _client(monkeypatch, tmp_path, clips["folder"])
+    scene = make_scene(duration=3.0, width=160, height=96, fps=25.0)
+    up = c.post("/v1/uploads", json={"path": "scene.mp4"}).json()["id"]
+    assert c.get(f"/v1/uploads/{up}/track").json()["state"] == "none"
+    assert c.get(f"/v1/uploads/{up}/track/masks/3.png").status_code == 404
+    keys = {0: _ball_png(scene, 0), 40: _ball_png(scene, 40)}
+    r = _track(c, up, keys, tracker="flow")
+    assert r.status_code == 202 and r.json()["state"] in ("queued", "running", "done")
+    st = _tracked(c, up)
+    assert st["state"] == "done" and st["error"] is None, st
+    assert st["frames"] == 75 and st["working_size"] == [160, 96]
+    assert st["tracked"] == [[0, 74]] and st["retracked"] == [[0, 74]]
+
+    # Mark frame 60 (after keyframe 40) in the stored masks: a correction at 20 must not
+    # touch it, whereas frames 1-39 must be tracked again.
+    folder = tmp_path / "jobs" / ".uploads" / up / "track"
+    from worker import arrays
+
+    with arrays.open_npy(folder / "masks.npy", writable=True) as masks:
+        kept, before = masks[60].copy(), masks[30].copy()
+        masks[60] = np.ones_like(kept)
+        masks[30] = np.zeros_like(before)
+    keys[20] = _ball_png(scene, 20)
+    st = _tracked(c, up) if _track(c, up, dict(sorted(keys.items()))).status_code == 202 else {}
+    assert st["state"] == "done" and st["keyframes"] == [0, 20, 40], st
+    assert st["retracked"] == [[1, 39]] and st["frames_retracked"] == 39
+    with arrays.open_npy(folder / "masks.npy", writable=True) as masks:
+        assert masks[60].all()  # not re-tracked
+        assert masks[30].any()  # re-tracked
+        masks[60] = kept
+    # The same keyframes again: nothing to track.
+    st = _tracked(c, up) if _track(c, up, dict(sorted(keys.items()))).status_code == 202 else {}
+    assert st["retracked"] == [] and st["frames_retracked"] == 0 and st["tracked"] == [[0, 74]]
+
+    # What the job's track stage makes from the same keyframes, frame by frame.
+    for n, png in keys.items():
+        (tmp_path / f"key{n}.png").write_bytes(png)
+    frames = sorted(keys)
+    spec = JobSpec(
+        video=str(clips["scene"]),
+        masks=[str(tmp_path / f"key{n}.png") for n in frames],
+        mask_frames=frames,
+    )
+    job_warnings = track_to_file(spec, tmp_path / "masks.npz", settings=Settings.from_env())
+    job = list(iter_masks(tmp_path / "masks.npz"))
+    assert len(job) == 75
+    for n, m in enumerate(job):
+        assert np.array_equal(_preview_mask(c, up, n), m > 0), n
+    assert st["warnings"] == job_warnings
+
+
+def test_tracking_segments():
+    """Which frames each segment decides, and which keyframes it is tracked from: for flow,
+    the keyframes either side; for a tracker with a memory of the whole clip, all of them."""
+    from worker.http.tracking import plan, runs
+
+    segs = plan(75, {0: "a", 40: "b"}, "flow", local=True)
+    assert [(s.first, s.last, s.lo, s.hi, s.keys) for s in segs] == [
+        (0, 0, 0, 0, (0,)),
+        (1, 39, 0, 40, (0, 40)),
+        (40, 40, 40, 40, (40,)),
+        (41, 74, 40, 74, (40,)),
+    ]
+    again = plan(75, {0: "a", 20: "c", 40: "b"}, "flow", local=True)
+    new = [s for s in again if s.key not in {t.key for t in segs}]
+    assert runs([(s.first, s.last) for s in new]) == [[1, 39]]
+    redrawn = plan(75, {0: "a", 40: "B"}, "flow", local=True)  # keyframe 40 drawn again
+    new = [s for s in redrawn if s.key not in {t.key for t in segs}]
+    assert runs([(s.first, s.last) for s in new]) == [[1, 74]]
+    assert [s.first for s in plan(75, {10: "a"}, "flow", local=True)] == [0, 10, 11]
+    (whole,) = plan(75, {10: "a", 40: "b"}, "sam2", local=False)
+    assert (whole.first, whole.last, whole.keys) == (0, 74, (10, 40))
+    assert plan(75, {10: "a", 40: "c"}, "sam2", local=False)[0].key != whole.key
+
+
+def test_tracking_preview_refuses_bad_input(monkeypatch, tmp_path, clips):
+    """Every field is checked with a one-line message; nothing lands outside the session."""
+    c = _client(monkeypatch, tmp_path, clips["folder"])
+    up = _upload(c, clips["mp4"]).json()["id"]
+    good = np.zeros((96, 160), np.uint8)
+    good[30:50, 30:60] = 255
+    png = cv2.imencode(".png", good)[1].tobytes()
+
+    def refused(r, status: int, words: str) -> None:
+        assert r.status_code == status, (r.status_code, r.text)
+        detail = r.json()["detail"]
+        assert words in detail and "\n" not in detail, detail
+
+    def post(frames, masks, **spec):
+        files = [("mask", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+        body = json.dumps({"mask_frames": frames, **spec})
+        return c.post(f"/v1/uploads/{up}/track", data={"spec": body}, files=files)
+
+    refused(post([75], [png]), 422, "the video has 75 frames (0-74)")
+    refused(post([-1], [png]), 400, "mask_frames.0")
+    refused(post(["x"], [png]), 400, "mask_frames.0")
+    refused(post([10**12], [png]), 400, "mask_frames.0")
+    refused(post([3, 3], [png, png]), 400, "frame 3 twice")
+    refused(post([0, 5], [png]), 400, "1 'mask' file(s) but 2 mask_frames")
+    no_masks = [("spec", (None, json.dumps({"mask_frames": []})))]
+    r = c.post(f"/v1/uploads/{up}/track", files=no_masks)
+    refused(r, 400, "send at least one 'mask'")
+    small = cv2.imencode(".png", good[:10, :10])[1].tobytes()
+    refused(post([0], [small]), 422, "is 10x10 but the video is 160x96")
+    empty = cv2.imencode(".png", np.zeros((96, 160), np.uint8))[1].tobytes()
+    refused(post([0], [empty]), 422, "no white pixels")
+    refused(post([0], [b"not an image"]), 422, "the mask of frame 0")
+    refused(post([0], [png], tracker="nope"), 400, "tracker")
+    refused(post([0], [png], tracker="sam2"), 422, "weights")
+    refused(post([0], [png], tracker_model="/etc"), 400, "tracker_model")
+    refused(post([0], [png], video="/etc/passwd"), 400, "not used by tracking")
+    r = c.post(f"/v1/uploads/{up}/track", data={"spec": "[1]"}, files=[("mask", ("m", png))])
+    refused(r, 400, "JSON object")
+    r = c.post(f"/v1/uploads/{up}/track", data={"spec": "{nope"}, files=[("mask", ("m", png))])
+    assert r.status_code == 400
+    r = c.post(f"/v1/uploads/{up}/track", data={"spec": "{}"}, files=[("mask", ("m", png))])
+    refused(r, 400, "mask_frames")
+    r = c.post(
+        f"/v1/uploads/{up}/track",
+        data={"spec": '{"mask_frames": [0]}', "path": "../x"},
+        files=[("mask", ("m", png))],
+    )
+    refused(r, 400, "unknown form field")
+    r = c.post(f"/v1/uploads/{up}/track", json={"mask_frames": [0]})
+    refused(r, 415, "multipart/form-data")
+    for bad in ("0123456789abcdef", "ZZZZ", "..%2F..%2Fetc", "%2E%2E"):
+        r = c.post(f"/v1/uploads/{bad}/track", data={"spec": "{}"}, files=[("mask", ("m", png))])
+        assert r.status_code == 404, r.text
+        assert c.get(f"/v1/uploads/{bad}/track").status_code == 404
+        assert c.get(f"/v1/uploads/{bad}/track/masks/0.png").status_code == 404
+    assert post([0], [png]).status_code == 202
+    st = _tracked(c, up)
+    assert st["state"] == "done" and st["keyframes"] == [0]
+    assert c.get(f"/v1/uploads/{up}/track/masks/0.png").status_code == 200
+    for n in (75, -1, 10**30):
+        refused(c.get(f"/v1/uploads/{up}/track/masks/{n}.png"), 404, "outside 0..74")
+    assert c.get(f"/v1/uploads/{up}/track/masks/x.png").status_code in (400, 404)
+
+    # One run at a time: while one holds the session's lock, another is refused.
+    lock = tmp_path / "jobs" / ".uploads" / up / "track" / ".lock"
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        refused(post([0], [png]), 409, "still running")
+    finally:
+        os.close(fd)
+    assert post([0], [png]).status_code == 202
+    _tracked(c, up)
+
+    # Nothing was written outside the session's folder, and nothing temporary is left.
+    root = tmp_path / "jobs"
+    outside = [p for p in root.rglob("*") if ".uploads" not in p.relative_to(root).parts]
+    assert outside == [], outside
+    assert sorted(p.name for p in (root / ".uploads").iterdir()) == [up]
+    left = [p.name for p in (root / ".uploads" / up / "track").iterdir()]
+    assert not [n for n in left if n.startswith(".in-") or n.startswith(".frames-")], left
+
+
+def test_tracking_preview_needs_the_token(monkeypatch, tmp_path, clips):
+    c = _client(monkeypatch, tmp_path, clips["folder"], token=TOKEN)
+    up = c.post("/v1/uploads", json={"path": "clip.mp4"}, headers=AUTH).json()["id"]
+    png = cv2.imencode(".png", np.full((96, 160), 255, np.uint8))[1].tobytes()
+    assert _track(c, up, {0: png}).status_code == 401
+    assert c.get(f"/v1/uploads/{up}/track").status_code == 401
+    assert c.get(f"/v1/uploads/{up}/track/masks/0.png").status_code == 401
+    assert _track(c, up, {0: png}, headers=AUTH).status_code == 202
+    t0 = time.monotonic()
+    while c.get(f"/v1/uploads/{up}/track", headers=AUTH).json()["state"] != "done":
+        assert time.monotonic() - t0 < 60
+        time.sleep(0.05)
+    assert c.get(f"/v1/uploads/{up}/track/masks/0.png").status_code == 401
+    assert c.get(f"/v1/uploads/{up}/track/masks/0.png", headers=AUTH).status_code == 200
 
 
 # --------------------------------------------------------------------------- the browser
@@ -565,3 +800,136 @@ def test_the_page_end_to_end(live, tmp_path):
         browser.close()
     assert not errors, errors
     assert time.monotonic() - t0 < 120
+
+
+def _paint(page, scene, frame: int) -> None:
+    """Go to ``frame`` and paint the ball there with the brush, as a person would."""
+    size = (scene.width, scene.height)
+    r = scene.radius()
+    page.fill("#frame-number", str(frame))
+    page.press("#frame-number", "Enter")
+    page.locator(f"#frame-img[data-frame='{frame}']").wait_for()
+    (ax, ay), _, _ = scene.positions(frame)
+    page.click("[data-tool=brush]")
+    page.locator("#brush-size").fill(str(2 * r))
+    page.mouse.move(*_to_screen(page, "#draft-canvas", ax - 4, ay, size))
+    page.mouse.down()
+    for dx, dy in ((4, -4), (4, 4), (-4, 4), (0, 0)):
+        page.mouse.move(*_to_screen(page, "#draft-canvas", ax + dx, ay + dy, size), steps=3)
+    page.mouse.up()
+    page.get_by_role("button", name=f"Go to keyframe {frame}").wait_for()
+
+
+def _box(page, scene, frame: int) -> None:
+    """Go to ``frame`` and drag a box around the ball there."""
+    size = (scene.width, scene.height)
+    r = scene.radius()
+    page.fill("#frame-number", str(frame))
+    page.press("#frame-number", "Enter")
+    page.locator(f"#frame-img[data-frame='{frame}']").wait_for()
+    (bx, by), _, _ = scene.positions(frame)
+    page.click("[data-tool=box]")
+    page.mouse.move(*_to_screen(page, "#draft-canvas", bx - r - 2, by - r - 2, size))
+    page.mouse.down()
+    page.mouse.move(*_to_screen(page, "#draft-canvas", bx + r + 2, by + r + 2, size), steps=5)
+    page.mouse.up()
+    page.get_by_role("button", name=f"Go to keyframe {frame}").wait_for()
+
+
+def _overlay_alpha(page, x: int, y: int) -> int:
+    """Opacity of the tracked-mask overlay at video pixel (x, y) (0: nothing drawn)."""
+    return page.evaluate(
+        f"document.querySelector('#track-canvas').getContext('2d')"
+        f".getImageData({x}, {y}, 1, 1).data[3]"
+    )
+
+
+@pytest.mark.slow
+def test_preview_tracking_in_the_page(live):
+    """Draw the ball on frame 0 and a box on frame 60, preview the tracking, scrub to frame
+    30 and see the tracked mask on the ball, add a correction there, re-track: only frames
+    1-59 are tracked again and the page says so. Submit: the job's masks are the preview's."""
+    sync_playwright = _playwright()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    scene, base = live["scene"], live["server"].url
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 900})
+        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        page.set_default_timeout(20_000)
+        page.add_init_script(f"localStorage.setItem('sonomask.token', {json.dumps(TOKEN)})")
+
+        def shot(name: str) -> None:
+            page.wait_for_timeout(350)  # let smooth scrolling settle
+            page.locator("#editor").screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+        page.goto(base + "/")
+        page.locator("body[data-ready=true]").wait_for()
+        page.set_input_files("#file-input", str(live["clip"]))
+        page.locator("#frame-img[data-frame='0']").wait_for()
+        upload = page.evaluate("location.hash").split("=", 1)[1]
+        assert page.locator("#track-status[data-state=none]").count() == 1
+        assert page.is_disabled("#track-button")  # nothing drawn yet
+
+        _paint(page, scene, 0)
+        _box(page, scene, 60)
+        page.click("#track-button")
+        page.locator("#track-status[data-state=done][data-run='1']").wait_for(timeout=90_000)
+        status = page.inner_text("#track-status")
+        assert "Tracked frames 0–99 with flow" in status, status
+
+        # Scrub to frame 30: the tracked mask is drawn over the ball, nowhere far from it.
+        page.fill("#frame-number", "30")
+        page.press("#frame-number", "Enter")
+        page.locator("#frame-img[data-frame='30']").wait_for()
+        page.locator("#track-canvas[data-frame='30'][data-run='1']").wait_for()
+        (cx, cy), (dx, dy), _ = scene.positions(30)
+        assert _overlay_alpha(page, cx, cy) == 255
+        assert _overlay_alpha(page, dx, dy) == 0 and _overlay_alpha(page, 2, 2) == 0
+        area = int(page.get_attribute("#track-canvas", "data-area"))
+        ball = np.pi * scene.radius() ** 2
+        assert 0.5 * ball < area < 2.5 * ball, (area, ball)
+        page.locator("#frame-slider").focus()
+        page.evaluate("window.scrollTo(0, 0)")
+        shot("07-preview-tracking")
+
+        # A correction keyframe on frame 30, then re-track: only the frames between the
+        # keyframes either side of it (0 and 60) are tracked again.
+        assert page.is_disabled("#track-button")  # nothing changed yet
+        _box(page, scene, 30)
+        assert page.is_enabled("#track-button")
+        assert "The keyframes changed since" in page.inner_text("#track-status")
+        assert page.inner_text("#track-button") == "Re-track changes"
+        page.click("#track-button")
+        page.locator("#track-status[data-state=done][data-run='2']").wait_for(timeout=90_000)
+        status = page.inner_text("#track-status")
+        assert "Re-tracked frames 1–59" in status and "kept their masks" in status, status
+        doc = httpx.get(f"{base}/v1/uploads/{upload}/track", headers=AUTH).json()
+        assert doc["retracked"] == [[1, 59]] and doc["keyframes"] == [0, 30, 60], doc
+        page.locator("#track-canvas[data-frame='30'][data-run='2']").wait_for()
+        assert _overlay_alpha(page, cx, cy) == 255
+        page.fill("#frame-number", "45")  # a re-tracked frame
+        page.press("#frame-number", "Enter")
+        page.locator("#track-canvas[data-frame='45'][data-run='2']").wait_for()
+        (cx, cy), _, _ = scene.positions(45)
+        assert _overlay_alpha(page, cx, cy) == 255 and _overlay_alpha(page, 2, 2) == 0
+        page.locator("#frame-slider").focus()
+        page.evaluate("window.scrollTo(0, 0)")
+        shot("08-correction")
+
+        # Submit: the keyframes go with the job, whose masks are the preview's.
+        page.click("#submit")
+        page.locator("#job-state.succeeded").wait_for(timeout=120_000)
+        job_id = page.inner_text("#job-id").strip()
+        spec = json.loads((live["root"] / "jobs" / job_id / "spec.json").read_text())
+        assert [k["frame"] for k in spec["keyframes"]] == [0, 30, 60]
+        browser.close()
+    assert not errors, errors
+    links = httpx.get(f"{base}/v1/jobs/{job_id}/links", headers=AUTH).json()["outputs"]
+    masks = np.load(io.BytesIO(httpx.get(base + links["masks.npz"], timeout=30).content))["masks"]
+    assert masks.shape == (100, scene.height, scene.width)
+    for n, job_mask in enumerate(masks):
+        png = httpx.get(f"{base}/v1/uploads/{upload}/track/masks/{n}.png", headers=AUTH)
+        shown = cv2.imdecode(np.frombuffer(png.content, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
+        assert np.array_equal(shown, job_mask > 0), n

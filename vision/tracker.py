@@ -26,16 +26,18 @@ Conventions, the same for every tracker:
   (whose working-size mask is the keyframe's own) it puts the user's full-size mask back.
   Without ``size`` both sizes are the frames'.
 - A box: flow and copy track the pixels it covers (that rectangle is its keyframe's
-  mask, kept exactly); SAM 2 segments the object inside it, and its output, not the
-  rectangle, is that frame's mask (the frame is not in ``exact``).
+  mask, kept exactly); the video models (SAM 2, SAM 3, EdgeTAM) segment the object inside
+  it, and their output, not the rectangle, is that frame's mask (the frame is not in
+  ``exact``).
 - What the user gave is checked: a keyframe outside the clip, an empty mask, a mask or
   box not of ``size``, or frames that are not uint8 RGB raise ``MaskError`` with a
-  one-line message. SAM 2 weights that are missing or unreadable raise
-  ``TrackerLoadError`` from ``choose_tracker``, before any frame is read.
+  one-line message. A video model's weights that are missing, unreadable or of another
+  model raise ``TrackerLoadError`` from ``choose_tracker``, before any frame is read.
 
 The flow tracker lives in ``vision.propagate`` (its insides in ``vision.flow``), copy
-beside it, SAM 2 in ``vision.sam2_tracker``; what they share for output (mask storage,
-progress, warnings) is in ``vision.sink``.
+beside it, SAM 2, SAM 3 and EdgeTAM (transformers' video models) in
+``vision.hf_video_tracker``; what they share for output (mask storage, progress, warnings)
+is in ``vision.sink``.
 """
 
 from __future__ import annotations
@@ -56,8 +58,11 @@ from vision.masks import (
 )
 from vision.sink import ProgressCallback
 
-TrackerName = Literal["flow", "copy", "sam2"]
-TRACKERS: tuple[TrackerName, ...] = ("flow", "copy", "sam2")
+TrackerName = Literal["flow", "copy", "sam2", "sam3", "edgetam"]
+TRACKERS: tuple[TrackerName, ...] = ("flow", "copy", "sam2", "sam3", "edgetam")
+# The trackers that run a model and need its weights (the others need none): SAM 2, SAM 3's
+# tracker, EdgeTAM. A server offers one only when its weights are configured.
+WEIGHTED_TRACKERS: tuple[TrackerName, ...] = ("sam2", "sam3", "edgetam")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vision.tracker import TRACKERS
 from worker.errors import BadInput, SonomaskError
 from worker.settings import Settings, go_offline
 
@@ -57,17 +58,20 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tracker",
-        choices=["flow", "copy", "sam2"],
+        choices=list(TRACKERS),
         default="flow",
         help="how the mask follows the object: flow (default, optical flow, no weights), "
-        "sam2 (SAM 2 video model, needs --tracker-model), copy (no tracking)",
+        "copy (no tracking), or a video model run only with its weights (--tracker-model or "
+        "SONOMASK_TRACKER_MODEL): sam2 (SAM 2), sam3 (SAM 3's tracker), edgetam (EdgeTAM, "
+        "fast on small GPUs)",
     )
     p.add_argument(
         "--tracker-model",
         metavar="PATH",
         default=None,
-        help="SAM 2 weights for --tracker sam2: a transformers folder or a Hub id in the "
-        "Hugging Face cache (or SONOMASK_TRACKER_MODEL)",
+        help="weights for --tracker sam2/sam3/edgetam: a folder saved by transformers or a Hub "
+        "id already in the Hugging Face cache (nothing is downloaded); default: the tracker's "
+        "entry in SONOMASK_TRACKER_MODEL (sam3:PATH, edgetam:PATH, or a plain PATH for sam2)",
     )
     if p.prog.endswith(" track"):  # the matte exports of `sonomask track`
         p.add_argument(
@@ -203,6 +207,16 @@ def _fix_span_args(argv: list[str]) -> list[str]:
 
 
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
+    settings = getattr(args, "settings", None)
+    if (
+        args.command in ("separate", "track")
+        and settings is not None
+        and not getattr(args, "tracker_model", None)
+        and not settings.offers_tracker(args.tracker)
+    ):  # a video model with no weights at all: say so before decoding anything
+        from worker.stages.track import missing_weights
+
+        raise missing_weights(args.tracker)
     return {
         "video": args.video,
         "masks": args.mask,

@@ -8,6 +8,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vision.tracker import WEIGHTED_TRACKERS
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -25,8 +27,12 @@ class Settings:
     job_ttl: float = 7 * 24 * 3600
     # What clients may choose (worker/stages/models.py resolve_model): operator-named models only.
     models: dict[str, str] = field(default_factory=dict)  # SONOMASK_MODELS name -> path
-    tracker_model: str | None = None  # SONOMASK_TRACKER_MODEL, the default SAM 2 weights
-    tracker_models: dict[str, str] = field(default_factory=dict)  # SONOMASK_TRACKER_MODELS
+    # Trackers' weights (sam2, sam3, edgetam): SONOMASK_TRACKER_MODEL gives each tracker's
+    # default, SONOMASK_TRACKER_MODELS the names a spec may choose; each value is
+    # [TRACKER:]WEIGHTS, the tracker sam2 when none is named.
+    tracker_defaults: dict[str, str] = field(default_factory=dict)  # tracker -> weights
+    tracker_models: dict[str, str] = field(default_factory=dict)  # name -> weights
+    tracker_model_for: dict[str, str] = field(default_factory=dict)  # name -> its tracker
     webhook_allow: tuple[str, ...] = ()  # SONOMASK_WEBHOOK_ALLOW hosts, IPs, CIDRs
     allow_downloads: bool = False  # SONOMASK_ALLOW_DOWNLOADS: workers may reach the HF Hub
     # The HTTP API (worker/http/).
@@ -53,8 +59,7 @@ class Settings:
             visibility_timeout=int(_positive(env, "SONOMASK_VISIBILITY_TIMEOUT", 6 * 3600)),
             job_ttl=_positive(env, "SONOMASK_JOB_TTL", 7 * 24 * 3600),
             models=_named(env, "SONOMASK_MODELS"),
-            tracker_model=env.get("SONOMASK_TRACKER_MODEL") or None,
-            tracker_models=_named(env, "SONOMASK_TRACKER_MODELS"),
+            **_tracker_weights(env),
             webhook_allow=tuple(
                 h.strip() for h in env.get("SONOMASK_WEBHOOK_ALLOW", "").split(",") if h.strip()
             ),
@@ -68,6 +73,64 @@ class Settings:
             body_timeout=_positive(env, "SONOMASK_BODY_TIMEOUT", 30.0),
             debug=bool(env.get("SONOMASK_DEBUG")),
         )
+
+    @property
+    def tracker_model(self) -> str | None:
+        """The default SAM 2 weights (``--tracker sam2`` without a ``tracker_model``)."""
+        return self.tracker_default("sam2")
+
+    def tracker_default(self, tracker: str) -> str | None:
+        """The weights ``tracker`` runs when a spec names none: its SONOMASK_TRACKER_MODEL
+        entry, else the first by name of its SONOMASK_TRACKER_MODELS; None without any."""
+        if tracker in self.tracker_defaults:
+            return self.tracker_defaults[tracker]
+        names = self.tracker_model_names(tracker)
+        return self.tracker_models[names[0]] if names else None
+
+    def tracker_model_names(self, tracker: str) -> list[str]:
+        """The SONOMASK_TRACKER_MODELS names a spec may choose for ``tracker``, sorted."""
+        return sorted(n for n, t in self.tracker_model_for.items() if t == tracker)
+
+    def offers_tracker(self, tracker: str) -> bool:
+        """Whether this server can run ``tracker``: flow and copy always, a video model only
+        when its weights are configured (so the page and the CLI offer it only then)."""
+        return tracker not in WEIGHTED_TRACKERS or self.tracker_default(tracker) is not None
+
+
+def _tracker_weights(env: os._Environ[str] | dict[str, str]) -> dict[str, dict[str, str]]:
+    """SONOMASK_TRACKER_MODEL and SONOMASK_TRACKER_MODELS as Settings' three tracker fields.
+
+    ``/models/sam2-tiny`` or ``/models/sam2-tiny,sam3:/models/sam3`` (one default per
+    tracker); ``tiny=/models/sam2-tiny,big=sam3:/models/sam3`` (names)."""
+    defaults: dict[str, str] = {}
+    var = "SONOMASK_TRACKER_MODEL"
+    for item in env.get(var, "").split(","):
+        if item.strip():
+            tracker, weights = _tracker_and_weights(var, item.strip())
+            if tracker in defaults:
+                raise ValueError(f"{var}: two default weights for tracker {tracker}; give one")
+            defaults[tracker] = weights
+    models: dict[str, str] = {}
+    made_for: dict[str, str] = {}
+    var = "SONOMASK_TRACKER_MODELS"
+    for name, value in _named(env, var).items():
+        made_for[name], models[name] = _tracker_and_weights(var, value)
+    return {"tracker_defaults": defaults, "tracker_models": models, "tracker_model_for": made_for}
+
+
+def _tracker_and_weights(var: str, value: str) -> tuple[str, str]:
+    """``sam3:/models/sam3`` as ("sam3", "/models/sam3"); without a tracker, sam2's."""
+    head, sep, rest = value.partition(":")
+    if not sep or not _TRACKER_PREFIX.fullmatch(head):
+        return "sam2", value  # a plain path or Hub id (a drive letter is not a tracker)
+    if head not in WEIGHTED_TRACKERS or not rest.strip():
+        raise ValueError(
+            f"{var}: {value!r} is not [TRACKER:]WEIGHTS (TRACKER: {', '.join(WEIGHTED_TRACKERS)})"
+        )
+    return head, rest.strip()
+
+
+_TRACKER_PREFIX = re.compile(r"[a-z][a-z0-9]+")
 
 
 def _lease_url(env: os._Environ[str] | dict[str, str]) -> str:

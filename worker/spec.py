@@ -132,7 +132,8 @@ class JobSpec(BaseModel):
     tracker_model: str | None = Field(
         default=None,
         max_length=MAX_MODEL_NAME,
-        description="SAM 2 model: over HTTP a name from SONOMASK_TRACKER_MODELS (tracker sam2)",
+        description="weights for tracker sam2, sam3 or edgetam: over HTTP a name from "
+        "SONOMASK_TRACKER_MODELS made for that tracker (default: the tracker's own)",
     )
     audio_stream: int = Field(default=0, ge=0, le=1024, description="index among audio streams")
     reconstruct: Literal["masked", "generative"] = "masked"

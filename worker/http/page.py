@@ -15,6 +15,13 @@ elsewhere at run time). It needs a few things the job API does not give:
 - ``GET  /v1/uploads/{id}``: that probe info again.
 - ``GET  /v1/uploads/{id}/frames/{n}.jpg``: frame ``n`` exactly (``?max=`` longest side).
 - ``GET  /v1/uploads/{id}/peaks``: waveform peaks of the audio, on the picture's clock.
+- ``POST /v1/uploads/{id}/track``: the tracking preview (``worker.http.tracking``): the
+  keyframes drawn so far (multipart ``mask`` files and ``spec`` ``{"mask_frames",
+  "tracker", "tracker_model"}``, as ``POST /v1/jobs`` takes them) tracked through the clip
+  by the job's own tracker, in the background; only frames whose keyframes changed since
+  the last preview are tracked again. ``202`` with the state.
+- ``GET  /v1/uploads/{id}/track``: that state (progress, frames re-tracked, warnings).
+- ``GET  /v1/uploads/{id}/track/masks/{n}.png``: frame ``n``'s tracked mask, video size.
 - ``GET  /v1/jobs/{id}/peaks/{name}``: waveform peaks of a finished job's WAV stem.
 - ``GET  /v1/jobs/{id}/links``: a URL per output that ``<video>``, ``<audio>`` and download
   links can use without an ``Authorization`` header: signed and expiring when a token is set
@@ -30,6 +37,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -40,17 +48,18 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from vision.tracker import TrackerName
 from worker import media
 from worker.errors import BadInput
-from worker.http import links, paths, peaks, sessions
+from worker.http import links, paths, peaks, sessions, tracking
 from worker.http.context import ApiSettings, job_or_404, output_or_404
 from worker.http.problems import errors
 from worker.http.safejson import json_body
 from worker.http.staging import Staging
 from worker.jobs import store
-from worker.spec import Mode, SeparatorName
+from worker.spec import MAX_KEYFRAMES, Mode, SeparatorName
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -142,13 +151,13 @@ def router(cfg: ApiSettings, authorize: Callable[..., None]) -> APIRouter:
         base = cfg.base
         model = base.model is not None or bool(base.models)
         separators = [s for s in get_args(SeparatorName) if s != "sam-audio" or model]
-        sam2 = base.tracker_model is not None or bool(base.tracker_models)
         return {
             "separators": separators,
             "default_separator": "auto",
             "auto_runs": "sam-audio" if base.model is not None else "classical",
-            # SAM 2 needs its weights, like SAM Audio: offered only when configured.
-            "trackers": [t for t in get_args(TrackerName) if t != "sam2" or sam2],
+            # Every tracker but flow and copy needs weights, like SAM Audio: offered only
+            # when the operator configured weights for it (Settings.offers_tracker).
+            "trackers": [t for t in get_args(TrackerName) if base.offers_tracker(t)],
             "default_tracker": "flow",
             "modes": list(get_args(Mode)),
             "default_mode": "both",
@@ -188,6 +197,7 @@ def router(cfg: ApiSettings, authorize: Callable[..., None]) -> APIRouter:
         return {"configured": True, "files": files, "truncated": truncated}
 
     _upload_routes(r, cfg, auth)
+    _track_routes(r, cfg, auth)
     _job_routes(r, cfg, auth)
     return r
 
@@ -270,6 +280,99 @@ def _upload_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
             part.write_text(json.dumps(doc, separators=(",", ":")))
             os.replace(part, cache)
         return Response(cache.read_bytes(), media_type="application/json")
+
+
+_OPENAPI_TRACK = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["mask", "spec"],
+                    "properties": {
+                        "mask": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "mask PNGs at the video's size (white = object), "
+                            "in the order of mask_frames",
+                        },
+                        "spec": {
+                            "type": "string",
+                            "description": "JSON: mask_frames (required), tracker, tracker_model",
+                            "example": json.dumps({"mask_frames": [0, 40], "tracker": "flow"}),
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _track_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
+    """The tracking preview of an upload: start it, follow it, read its masks."""
+    web = ["web page"]
+    slots = threading.Semaphore(max(1, cfg.heavy // 2))  # previews tracking at once
+
+    @r.post(
+        "/v1/uploads/{upload_id}/track",
+        tags=web,
+        status_code=202,
+        dependencies=auth,
+        response_model=tracking.TrackState,
+        openapi_extra=_OPENAPI_TRACK,
+        responses=errors(400, 401, 404, 409, 413, 415, 422),
+    )
+    async def track_upload(upload_id: str, request: Request) -> dict[str, Any]:
+        """Track the keyframes drawn so far through the clip as the job will, in the
+        background (follow it with ``GET``); frames the changed keyframes do not decide
+        keep their masks."""
+        folder = sessions.session_dir(cfg, upload_id)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(
+                415, "send multipart/form-data: 'mask' files (PNG, white = object) and 'spec'"
+            )
+        form = await request.form(max_files=MAX_KEYFRAMES, max_fields=MAX_KEYFRAMES + 8)
+        try:
+            unknown = set(form.keys()) - {"mask", "spec"}
+            if unknown:
+                shown = sorted(k[:40] for k in unknown)[:8]
+                raise HTTPException(400, f"unknown form field(s) {shown}; send mask and spec")
+            masks = form.getlist("mask")
+            if any(not isinstance(m, UploadFile) for m in masks):
+                raise HTTPException(400, "each 'mask' field must be a file (PNG, white = object)")
+            raw = form.get("spec") or "{}"
+            if not isinstance(raw, str):
+                raw = (await raw.read(tracking.MAX_SPEC_BYTES + 1)).decode("utf-8", "replace")
+            meta = sessions.read_meta(folder)
+            files = [m for m in masks if isinstance(m, UploadFile)]
+            return await cfg.offload(tracking.start, folder, meta, raw, files, cfg.base, slots)
+        finally:
+            await form.close()
+
+    @r.get(
+        "/v1/uploads/{upload_id}/track",
+        tags=web,
+        dependencies=auth,
+        response_model=tracking.TrackState,
+        responses=errors(401, 404),
+    )
+    def get_track(upload_id: str) -> dict[str, Any]:
+        """The tracking preview: state, progress, the frames it re-tracked, warnings."""
+        return tracking.state(sessions.session_dir(cfg, upload_id))
+
+    @r.get(
+        "/v1/uploads/{upload_id}/track/masks/{n}.png",
+        tags=web,
+        dependencies=auth,
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **errors(401, 404)},
+    )
+    def get_track_mask(upload_id: str, n: int) -> Response:
+        """Frame ``n``'s tracked mask at the video's size (PNG, white = object)."""
+        png = tracking.mask_png(sessions.session_dir(cfg, upload_id), n)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 def _job_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:

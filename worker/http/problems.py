@@ -24,7 +24,8 @@ WHY = {
     403: "Refused: a file outside the media root, missing or unreadable, or a bad signed link.",
     404: "No such job, upload, output or frame (it may have expired).",
     408: "The request body did not arrive in time (SONOMASK_BODY_TIMEOUT).",
-    409: "The job is still stopping after a cancel; try again in a few seconds.",
+    409: "Busy: the job is still stopping after a cancel, or the upload's tracking preview "
+    "is still running; try again in a few seconds.",
     413: "The upload or body is larger than this server accepts.",
     415: "Unsupported Content-Type for this request.",
     422: "The request is well-formed but its media cannot be used (not a video, mask size, "

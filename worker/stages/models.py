@@ -1,15 +1,16 @@
-"""Which weights a job may load, and which separator runs: one place for both choices."""
+"""Which weights a job may load (separator and tracker), and which separator runs."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
 
 from model.separator import Separator, Windowing
+from vision.choose import model_title
+from vision.tracker import TRACKERS, WEIGHTED_TRACKERS
 from worker.errors import BadInput
 from worker.settings import Settings
 from worker.spec import JobSpec
@@ -35,32 +36,58 @@ def local_models() -> Iterator[None]:
         _LOCAL_MODELS.reset(token)
 
 
-def resolve_model(
-    requested: str | None, settings: Settings, kind: Literal["model", "tracker_model"] = "model"
-) -> str | None:
-    """The weights a job may load: its ``model``/``tracker_model`` NAME from the operator's
-    list (``SONOMASK_MODELS`` / ``SONOMASK_TRACKER_MODELS``), else the default
-    (``SONOMASK_MODEL`` / ``SONOMASK_TRACKER_MODEL``). A path or Hub id is taken as is only
-    inside ``local_models()``; anywhere else it is refused, so no client can make a worker
-    open a server path or download a repository."""
-    if kind == "model":
-        names, default, var = settings.models, settings.model, "SONOMASK_MODELS"
-    else:
-        names, default = settings.tracker_models, settings.tracker_model
-        var = "SONOMASK_TRACKER_MODELS"
+def resolve_model(requested: str | None, settings: Settings) -> str | None:
+    """The SAM Audio weights a job may load: its ``model`` NAME from the operator's list
+    (``SONOMASK_MODELS``), else the default (``SONOMASK_MODEL``). A path or Hub id is taken
+    as is only inside ``local_models()``; anywhere else it is refused, so no client can make
+    a worker open a server path or download a repository. (Trackers' weights:
+    ``resolve_tracker_model``.)"""
+    names = settings.models
     if requested is None:
-        return default
+        return settings.model
     if requested in names:
         return names[requested]
     if _LOCAL_MODELS.get():
         return requested
+    raise _not_offered("model", requested, names, "SONOMASK_MODELS")
+
+
+def resolve_tracker_model(tracker: str, requested: str | None, settings: Settings) -> str | None:
+    """The weights the video-model ``tracker`` (sam2, sam3, edgetam) may load, as
+    ``resolve_model``: a NAME from SONOMASK_TRACKER_MODELS made for that tracker (a name
+    made for another one is refused: its weights would not load), else the tracker's
+    default (``Settings.tracker_default``); a path or Hub id only inside ``local_models()``.
+    A name is checked whatever the tracker, so flow and copy refuse what is not offered."""
+    names = settings.tracker_models
+    if requested is None:
+        return settings.tracker_default(tracker) if tracker in WEIGHTED_TRACKERS else None
+    if requested in names:
+        made_for = settings.tracker_model_for.get(requested, "sam2")
+        if tracker in WEIGHTED_TRACKERS and made_for != tracker:
+            mine = settings.tracker_model_names(tracker)
+            choose = (
+                f"choose one of: {', '.join(mine)} (or leave tracker_model out for the default)"
+                if mine
+                else f"this server has no {tracker} weights to choose"
+            )
+            raise NotOffered(
+                f"tracker_model {requested!r} is {made_for} weights, not {tracker}; {choose}"
+            )
+        return names[requested]
+    if _LOCAL_MODELS.get():
+        return requested
+    raise _not_offered("tracker_model", requested, names, "SONOMASK_TRACKER_MODELS")
+
+
+def _not_offered(kind: str, requested: str, names: Mapping[str, str], var: str) -> NotOffered:
+    """The refusal of a model name that is not in the operator's list."""
     shown = requested if len(requested) <= 60 else requested[:57] + "..."
     if names:
-        raise NotOffered(
+        return NotOffered(
             f"{kind} {shown!r} is not one this server offers; choose one of: "
             f"{', '.join(sorted(names))} (or leave {kind} out for the default)"
         )
-    raise NotOffered(
+    return NotOffered(
         f"{kind} {shown!r} is not one this server offers: it has no list of {kind}s "
         f"({var}); leave {kind} out"
     )
@@ -82,12 +109,15 @@ def check_separator_config(spec: JobSpec, settings: Settings) -> None:
 
 
 def check_tracker_config(spec: JobSpec, settings: Settings) -> None:
-    """Fail before any decoding when the SAM 2 tracker is asked for without weights."""
-    source = resolve_model(spec.tracker_model, settings, "tracker_model")
-    if spec.tracker == "sam2" and not source:
+    """Fail before any decoding when a video-model tracker (sam2, sam3, edgetam) is asked
+    for without weights, or with weights made for another tracker."""
+    source = resolve_tracker_model(spec.tracker, spec.tracker_model, settings)
+    if spec.tracker in WEIGHTED_TRACKERS and not source:
+        offered = [t for t in TRACKERS if settings.offers_tracker(t)]
         raise BadInput(
-            "tracker sam2 needs SAM 2 weights and this server has none "
-            "(SONOMASK_TRACKER_MODEL / SONOMASK_TRACKER_MODELS); use tracker flow"
+            f"tracker {spec.tracker} needs {model_title(spec.tracker)} weights and this server "
+            f"has none (SONOMASK_TRACKER_MODEL / SONOMASK_TRACKER_MODELS); use one of "
+            f"{', '.join(offered)}"
         )
 
 

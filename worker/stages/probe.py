@@ -8,7 +8,7 @@ from worker import files, media
 from worker.errors import BadInput
 from worker.settings import Settings
 from worker.stages.common import StageProgress, load_keyframe_mask, noop
-from worker.stages.models import check_separator_config
+from worker.stages.models import check_separator_config, check_tracker_config
 from worker.workspace import Workspace
 
 READS = (files.SPEC,)
@@ -40,6 +40,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     for k in spec.keyframes:  # validate masks now: a bad mask should not cost a decode
         load_keyframe_mask(k, size)
     check_separator_config(spec, settings)
+    check_tracker_config(spec, settings)
     plan = media.plan_remux(p, spec.audio_stream)
     ws.write_json(
         files.PROBE,

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from vision import masks as vmasks
-from vision.choose import choose_tracker
+from vision.choose import choose_tracker, model_title, weights_hint
 from vision.errors import MaskError, TrackerLoadError
-from vision.tracker import Tracker
+from vision.tracker import WEIGHTED_TRACKERS, Tracker
 from worker import arrays, files
 from worker.arrays import RowFile
 from worker.errors import BadInput
@@ -25,7 +25,7 @@ from worker.stages.common import (
     stage_progress,
     working_frames,
 )
-from worker.stages.models import resolve_model
+from worker.stages.models import resolve_tracker_model
 from worker.workspace import Workspace
 
 READS = (files.SPEC, files.PROBE, files.FRAMES, files.FRAME_TIMES)
@@ -60,7 +60,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
         full_keyframes[idx] = load_keyframe_mask(k, size)
         drawn[idx] = k
     prog = stage_progress(report, "track")
-    tracker = _choose_tracker(spec, settings)  # SAM 2 loads before any work file is written
+    tracker = choose_job_tracker(spec, settings)  # a model loads before any work file is written
     # Masks go straight to disk as they are made: memory stays flat however long the clip.
     with ws.atomic(files.MASKS_WORK) as work_tmp:
         work = arrays.create_npy(work_tmp, (n, wsize[1], wsize[0]), np.uint8)
@@ -87,21 +87,27 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     report("track", 1.0, "tracked")
 
 
-def _choose_tracker(spec: JobSpec, settings: Settings) -> Tracker:
-    """The job's tracker (``vision.choose.choose_tracker``) with this server's SAM 2 weights."""
-    if spec.tracker != "sam2":
+def choose_job_tracker(spec: JobSpec, settings: Settings) -> Tracker:
+    """The job's tracker (``vision.choose.choose_tracker``); a video model (sam2, sam3,
+    edgetam) with the weights this job may load (``resolve_tracker_model``)."""
+    if spec.tracker not in WEIGHTED_TRACKERS:
         return choose_tracker(spec.tracker)
-    source = resolve_model(spec.tracker_model, settings, "tracker_model")
+    source = resolve_tracker_model(spec.tracker, spec.tracker_model, settings)
     if not source:
-        raise BadInput(
-            "--tracker sam2 needs SAM 2 weights: give --tracker-model (a folder saved by "
-            "transformers, or a Hub id such as facebook/sam2.1-hiera-tiny in the Hugging Face "
-            "cache) or set SONOMASK_TRACKER_MODEL"
-        )
+        raise missing_weights(spec.tracker)
     try:
-        return choose_tracker("sam2", weights=source, device=settings.device or "auto")
+        return choose_tracker(spec.tracker, weights=source, device=settings.device or "auto")
     except TrackerLoadError as exc:
         raise BadInput(str(exc)) from None
+
+
+def missing_weights(tracker: str) -> BadInput:
+    """The one-line error for a video-model tracker run with no weights at all."""
+    env = "SONOMASK_TRACKER_MODEL" + ("" if tracker == "sam2" else f"={tracker}:WEIGHTS")
+    return BadInput(
+        f"--tracker {tracker} needs {model_title(tracker)} weights: give --tracker-model "
+        f"({weights_hint(tracker)}) or set {env}"
+    )
 
 
 def write_full_masks(

@@ -7,6 +7,7 @@ const $ = (sel) => document.querySelector(sel);
 const $$ = (sel) => Array.from(document.querySelectorAll(sel));
 const TOKEN_KEY = "sonomask.token";
 const MASK_COLOUR = "#ff4fb0";
+const TRACK_RGB = [79, 210, 255]; // the tracked mask (cyan), apart from the drawn one (pink)
 const FRAME_MAX_SIDE = 1600;
 
 const S = {
@@ -18,6 +19,8 @@ const S = {
   brush: 24,
   masks: new Map(), // frame -> canvas at the video's size (alpha = object)
   filled: new Set(), // frames whose mask is not empty
+  versions: new Map(), // frame -> edit count when its mask last changed
+  edits: 0,
   undo: new Map(), // frame -> [canvas snapshots]
   stroke: null,
   poly: [],
@@ -33,6 +36,16 @@ const S = {
   pollTimer: null,
   results: null, // {id, peaks: {target, residual}}
   ab: "target",
+};
+
+// The tracking preview (POST/GET /v1/uploads/{id}/track): the server's last state, what the
+// page sent for it, and the masks fetched for the overlay.
+const T = {
+  state: null, // the server's document: state, run, progress, tracked, retracked, ...
+  sent: null, // {tracker, versions: Map frame -> edit count} of the last finished preview
+  pending: null, // the same for the run in progress
+  poll: null,
+  cache: new Map(), // "run:frame" -> PNG blob
 };
 
 // --------------------------------------------------------------------------- API
@@ -338,13 +351,15 @@ function setVideo(info) {
   S.upload = info;
   S.masks = new Map();
   S.filled = new Set();
+  S.versions = new Map();
   S.undo = new Map();
+  resetTracking();
   S.spans = [];
   S.poly = [];
   S.peaks = null;
   $("#timeline").dataset.loaded = "false";
   const { width: w, height: h } = info;
-  for (const c of [$("#mask-canvas"), $("#draft-canvas")]) {
+  for (const c of [$("#mask-canvas"), $("#draft-canvas"), $("#track-canvas")]) {
     c.width = w;
     c.height = h;
   }
@@ -375,6 +390,7 @@ function setVideo(info) {
   renderKeyframes();
   loadPeaks();
   updateSummary();
+  loadTracking();
   reveal($("#draw-h"));
 }
 
@@ -412,6 +428,7 @@ function showFrame(n) {
   updateHint();
   FV.wanted = n;
   pumpFrames();
+  pumpTracked();
 }
 
 /** Fetch the wanted frame; while one loads, later requests collapse into the newest. */
@@ -527,6 +544,7 @@ function commit() {
       break;
     }
   }
+  S.versions.set(S.frame, ++S.edits);
   if (filled) {
     let stored = S.masks.get(S.frame);
     if (!stored) {
@@ -786,6 +804,7 @@ function renderKeyframes() {
 function removeKeyframe(n) {
   S.masks.delete(n);
   S.filled.delete(n);
+  S.versions.set(n, ++S.edits);
   S.undo.delete(n);
   if (n === S.frame) renderMask();
   renderKeyframes();
@@ -859,6 +878,15 @@ function drawTimeline() {
   for (let t = 0; t <= D + 1e-9; t += step) {
     ctx.fillRect(xOf(t), h - 6, 1, 6);
     ctx.fillText(`${+t.toFixed(1)}s`, xOf(t) + 3, h - 4);
+  }
+  const st = T.state;
+  if (st && st.tracked.length) {
+    // The frames with a tracked mask (dim), and those the last run tracked (bright).
+    const fw = w / Math.max(1, S.upload.frames);
+    ctx.fillStyle = "rgba(79, 210, 255, 0.35)";
+    for (const [a, b] of st.tracked) ctx.fillRect(xOf(timeOf(a)), 10, (b - a + 1) * fw, 3);
+    ctx.fillStyle = "#4fd2ff";
+    for (const [a, b] of st.retracked) ctx.fillRect(xOf(timeOf(a)), 10, (b - a + 1) * fw, 3);
   }
   ctx.fillStyle = MASK_COLOUR;
   for (const n of S.filled) {
@@ -969,6 +997,196 @@ function bindTimeline() {
   });
 }
 
+// --------------------------------------------------------------------------- tracking preview
+
+const RUNNING = ["queued", "running"];
+const fmtRuns = (runs) => runs.map(([a, b]) => (a === b ? `${a}` : `${a}–${b}`)).join(", ");
+
+function resetTracking() {
+  if (T.poll) clearTimeout(T.poll);
+  Object.assign(T, { state: null, sent: null, pending: null, poll: null, cache: new Map() });
+  const c = $("#track-canvas");
+  c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  delete c.dataset.frame;
+  showError("#track-error", "");
+}
+
+/** Whether the keyframes or the tracker changed since the last finished preview. */
+function trackingStale() {
+  if (!T.sent) return true;
+  if (T.sent.tracker !== $("#tracker").value || T.sent.versions.size !== S.filled.size) return true;
+  for (const n of S.filled) if (T.sent.versions.get(n) !== S.versions.get(n)) return true;
+  return false;
+}
+
+/** A preview of this upload from an earlier visit (or still running): show where it is. */
+async function loadTracking() {
+  const id = S.upload.id;
+  try {
+    const st = await getJSON(`/v1/uploads/${id}/track`);
+    if (S.upload.id !== id || st.state === "none") return;
+    T.state = st;
+    if (RUNNING.includes(st.state)) pollTracking(id);
+    renderTracking();
+    pumpTracked();
+    drawTimeline();
+  } catch (err) {
+    showError("#track-error", err.message);
+  }
+}
+
+async function previewTracking() {
+  showError("#track-error", "");
+  if (!S.upload) return;
+  const frames = [...S.filled].sort((a, b) => a - b);
+  if (!frames.length) {
+    showError("#track-error", "Draw the object first: paint over it on at least one frame.");
+    return;
+  }
+  const id = S.upload.id;
+  const tracker = $("#tracker").value;
+  const pending = { tracker, versions: new Map(frames.map((n) => [n, S.versions.get(n)])) };
+  const button = $("#track-button");
+  button.disabled = true;
+  try {
+    const form = new FormData();
+    for (const n of frames) form.append("mask", await maskPng(n), `mask-frame-${n}.png`);
+    form.append("spec", JSON.stringify({ mask_frames: frames, tracker }));
+    const st = await getJSON(`/v1/uploads/${id}/track`, { method: "POST", body: form });
+    if (S.upload.id !== id) return;
+    T.pending = pending;
+    T.state = st;
+    renderTracking();
+    pollTracking(id);
+  } catch (err) {
+    showError("#track-error", err.message);
+    button.disabled = false;
+  }
+}
+
+async function pollTracking(id) {
+  if (T.poll) clearTimeout(T.poll);
+  let st;
+  try {
+    st = await getJSON(`/v1/uploads/${id}/track`);
+  } catch (err) {
+    if (!S.upload || S.upload.id !== id) return;
+    showError("#track-error", err.message);
+    T.poll = setTimeout(() => pollTracking(id), 2000);
+    return;
+  }
+  if (!S.upload || S.upload.id !== id) return;
+  T.state = st;
+  if (RUNNING.includes(st.state)) {
+    T.poll = setTimeout(() => pollTracking(id), 300);
+  } else {
+    T.poll = null;
+    if (st.state === "done" && T.pending) T.sent = T.pending;
+    T.pending = null;
+    showError("#track-error", st.error || "");
+    pumpTracked();
+  }
+  renderTracking();
+  drawTimeline();
+}
+
+function renderTracking() {
+  if (!S.upload) return;
+  const st = T.state;
+  const busy = !!st && RUNNING.includes(st.state);
+  const stale = trackingStale();
+  const button = $("#track-button");
+  button.disabled = busy || !S.filled.size || !stale;
+  button.textContent = busy ? "Tracking…" : T.sent ? "Re-track changes" : "Preview tracking";
+  const bar = $("#track-progress");
+  bar.hidden = !busy;
+  if (busy) bar.value = st.progress;
+  let text = "Preview tracking shows the mask the job will track, on every frame, before it runs.";
+  if (busy) {
+    text = st.state === "queued" ? "Waiting for the tracker…" : `Tracking: ${Math.round(st.progress * 100)}%, ${st.message}.`;
+  } else if (st && st.state === "done" && !T.sent) {
+    text = `Showing an earlier preview (keyframes ${st.keyframes.join(", ")}); press Preview tracking to track the keyframes drawn now.`;
+  } else if (st && st.state === "done") {
+    const took = st.seconds !== null ? ` in ${st.seconds.toFixed(1)} s` : "";
+    if (!st.frames_retracked) text = "Nothing changed since the last preview.";
+    else if (st.frames_retracked >= st.frames) text = `Tracked frames ${fmtRuns(st.retracked)} with ${st.tracker}${took}.`;
+    else text = `Re-tracked frames ${fmtRuns(st.retracked)}${took}; the other frames kept their masks.`;
+    text += stale
+      ? " The keyframes changed since: press Re-track changes."
+      : " Scrub to check the cyan mask; where it goes wrong, draw a correction on that frame and re-track.";
+  } else if (st && st.state === "failed") {
+    text = st.tracked.length ? "Tracking stopped; the frames tracked before keep their masks." : "";
+  }
+  const status = $("#track-status");
+  status.textContent = text;
+  status.dataset.state = st ? st.state : "none";
+  status.dataset.run = st ? String(st.run) : "0";
+  $("#track-warnings").replaceChildren(...((st && st.warnings) || []).map((w) => el("li", {}, w)));
+}
+
+const TV = { loading: false };
+
+/** Draw the tracked mask of the frame shown over the picture (cyan), fetching it when needed;
+ * while one loads, later frames collapse into the newest, as for the pictures. */
+async function pumpTracked() {
+  if (TV.loading || !S.upload) return;
+  TV.loading = true;
+  try {
+    for (;;) {
+      const n = S.frame;
+      const id = S.upload.id;
+      const st = T.state;
+      const run = st ? st.run : 0;
+      let bmp = null;
+      if (st && st.tracked.some(([a, b]) => a <= n && n <= b)) {
+        const key = `${run}:${n}`;
+        let blob = T.cache.get(key);
+        try {
+          if (!blob) {
+            blob = await (await api(`/v1/uploads/${id}/track/masks/${n}.png`)).blob();
+            T.cache.set(key, blob);
+            if (T.cache.size > 300) T.cache.delete(T.cache.keys().next().value);
+          }
+          bmp = await createImageBitmap(blob);
+        } catch (err) {
+          if (err.status !== 404) showError("#track-error", err.message);
+        }
+      }
+      if (S.upload && S.upload.id === id && S.frame === n && (T.state ? T.state.run : 0) === run) {
+        paintTracked(bmp, n, run);
+        break;
+      }
+    }
+  } finally {
+    TV.loading = false;
+  }
+}
+
+function paintTracked(bmp, n, run) {
+  const c = $("#track-canvas");
+  const { width: w, height: h } = S.upload;
+  const ctx = c.getContext("2d", { willReadFrequently: true });
+  ctx.clearRect(0, 0, w, h);
+  let area = 0;
+  if (bmp) {
+    ctx.drawImage(bmp, 0, 0, w, h);
+    const img = ctx.getImageData(0, 0, w, h);
+    const d = img.data;
+    for (let i = 0; i < d.length; i += 4) {
+      const on = d[i] >= 128;
+      area += on;
+      d[i] = TRACK_RGB[0];
+      d[i + 1] = TRACK_RGB[1];
+      d[i + 2] = TRACK_RGB[2];
+      d[i + 3] = on ? 255 : 0;
+    }
+    ctx.putImageData(img, 0, 0);
+  }
+  c.dataset.frame = bmp ? String(n) : "";
+  c.dataset.run = String(run);
+  c.dataset.area = String(area);
+}
+
 // --------------------------------------------------------------------------- submit
 
 function currentMode() {
@@ -981,6 +1199,7 @@ function updateSummary() {
   const sp = S.spans.length;
   $("#submit-summary").textContent =
     `${k} keyframe${k === 1 ? "" : "s"}` + (sp ? `, ${sp} span${sp === 1 ? "" : "s"}` : "") + ` on ${S.upload.name}.`;
+  renderTracking();
 }
 
 async function submitJob(e) {
@@ -1282,6 +1501,9 @@ function bindEditor() {
   $("#undo").addEventListener("click", undo);
   $("#clear-frame").addEventListener("click", clearFrame);
   $("#show-mask").addEventListener("change", (e) => $("#stage").classList.toggle("hide-mask", !e.target.checked));
+  $("#show-track").addEventListener("change", (e) => $("#stage").classList.toggle("hide-track", !e.target.checked));
+  $("#track-button").addEventListener("click", previewTracking);
+  $("#tracker").addEventListener("change", renderTracking);
   $("#frame-slider").addEventListener("input", (e) => showFrame(+e.target.value));
   $("#frame-number").addEventListener("change", (e) => showFrame(+e.target.value));
   $("#prev-frame").addEventListener("click", () => showFrame(S.frame - 1));
