@@ -1,6 +1,6 @@
 """Tracking accuracy (DAVIS J, F, J&F) and speed: synthetic scenes and real footage.
 
-    python benchmarks/tracking.py [--size 854x480] [--trackers flow,copy] [--scenes a,b]
+    python benchmarks/tracking.py [--size 854x480] [--trackers flow,flow-refine,copy] [--scenes a,b]
                                   [--keyframes 0] [--threads N] [--variant 1]
                                   [--synthetic-only | --real-only] [--objects a,b]
                                   [--half dev|heldout] [--json PATH]
@@ -24,7 +24,6 @@ to be tuned on; their means are reported apart.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.real_clips import clips as real  # noqa: E402
 from benchmarks.tracking_scenes import SCENES, make_sequence  # noqa: E402
+from vision.flow.refine import STATS as REFINE_STATS  # noqa: E402
 from vision.metrics import boundary_f, region_similarity, score_sequence  # noqa: E402
 from vision.propagate import copy_first, propagate  # noqa: E402
 
@@ -49,13 +49,11 @@ def _flow(frames: np.ndarray, keys: dict[int, np.ndarray]) -> np.ndarray:
     return propagate(frames, keys)[0]
 
 
-def _flow_plain(frames: np.ndarray, keys: dict[int, np.ndarray]) -> np.ndarray:
-    return propagate(frames, keys, refine=False)[0]
+def _flow_refine(frames: np.ndarray, keys: dict[int, np.ndarray]) -> np.ndarray:
+    return propagate(frames, keys, refine=True)[0]
 
 
-TRACKERS: dict[str, Tracker] = {"flow": _flow, "copy": copy_first}
-if "refine" in inspect.signature(propagate).parameters:  # the flow tracker without refinement
-    TRACKERS["flow-plain"] = _flow_plain
+TRACKERS: dict[str, Tracker] = {"flow": _flow, "flow-refine": _flow_refine, "copy": copy_first}
 
 
 def _keyframes(spec: str, n: int) -> list[int]:
@@ -68,6 +66,13 @@ def _keyframes(spec: str, n: int) -> list[int]:
 
 
 Result = tuple[float, float, float, float]  # J, F, fps, fps per CPU-second
+
+
+def _refine_share(seconds: float) -> str:
+    """The appearance refinement's share of a run's wall time, when it ran."""
+    if not REFINE_STATS.frames:
+        return ""
+    return f"  refine {100 * REFINE_STATS.seconds / seconds:4.1f} %"
 
 
 def run(
@@ -83,6 +88,7 @@ def run(
             raise SystemExit(f"{name}: the object is not visible on keyframe(s) {keys}")
         n = len(seq.frames)
         for tracker in trackers:
+            REFINE_STATS.reset()
             t0, c0 = time.perf_counter(), time.process_time()
             masks = TRACKERS[tracker](seq.frames, key_masks)
             seconds = time.perf_counter() - t0
@@ -91,7 +97,7 @@ def run(
             results[tracker][name] = (j, f, n / seconds, n / cpu)
             print(
                 f"  {tracker:>5} {name:<13} J {j:.3f}  F {f:.3f}  J&F {(j + f) / 2:.3f}  "
-                f"{n / seconds:6.1f} fps  {n / cpu:6.1f} fps/CPU",
+                f"{n / seconds:6.1f} fps  {n / cpu:6.1f} fps/CPU{_refine_share(seconds)}",
                 file=sys.stderr,
             )
     return results
@@ -172,6 +178,7 @@ def run_real(
         for tracker in trackers:
             for mode in modes:
                 keys = real_keyframes(seq, mode)
+                REFINE_STATS.reset()
                 t0, c0 = time.perf_counter(), time.process_time()
                 masks = TRACKERS[tracker](seq.frames, keys)
                 seconds = max(time.perf_counter() - t0, 1e-9)
@@ -181,7 +188,8 @@ def run_real(
                 results[tracker][mode][obj.name] = res
                 print(
                     f"  {tracker:>5} {mode:<5} {obj.name:<13} ({obj.half}) J {j:.3f}  "
-                    f"F {f:.3f}  J&F {res.jf:.3f}  {res.fps:6.1f} fps  {res.fps_cpu:6.1f} fps/CPU",
+                    f"F {f:.3f}  J&F {res.jf:.3f}  {res.fps:6.1f} fps  {res.fps_cpu:6.1f} fps/CPU"
+                    f"{_refine_share(seconds)}",
                     file=sys.stderr,
                 )
     return results

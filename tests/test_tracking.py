@@ -110,18 +110,23 @@ def test_flow_beats_copy_on_real_photo_scenes():
 def test_keyframe_corrections_improve_a_drifting_track():
     seq = make_sequence("morph", size=SMALL)  # shape keeps changing one way: one key drifts
     n = len(seq.frames)
-    scores = {}
-    for keys in ((0,), (0, n - 1), (0, n // 2, n - 1)):
-        progress: list[float] = []
-        masks, _ = propagate(seq.frames, {k: seq.masks[k] for k in keys}, _collect(progress))
-        assert progress == sorted(progress) and progress[-1] == 1.0
-        for k in keys:
-            assert np.array_equal(masks[k], seq.masks[k])
-        j, f = score_sequence(masks, seq.masks, skip=set(keys))
-        scores[keys] = (j + f) / 2
-    one, two, three = scores.values()
-    assert one < 0.9, scores  # the single keyframe drifts ...
+    scores: dict[tuple[bool, tuple[int, ...]], float] = {}
+    for refine in (False, True):
+        for keys in ((0,), (0, n - 1), (0, n // 2, n - 1)):
+            progress: list[float] = []
+            masks, _ = propagate(
+                seq.frames, {k: seq.masks[k] for k in keys}, _collect(progress), refine=refine
+            )
+            assert progress == sorted(progress) and progress[-1] == 1.0
+            for k in keys:
+                assert np.array_equal(masks[k], seq.masks[k])
+            j, f = score_sequence(masks, seq.masks, skip=set(keys))
+            scores[refine, keys] = (j + f) / 2
+    one, two, three, r_one, r_two, r_three = scores.values()
+    assert one < 0.9, scores  # the carried keyframe alone drifts ...
     assert two > one + 0.05 and three > two, scores  # ... and each correction helps
+    # The refinement follows the changing outline (issue 14) and corrections still help.
+    assert r_one > one + 0.01 and r_three > r_two > r_one, scores
 
 
 def _collect(into: list[float]):  # noqa: ANN202 - a progress callback

@@ -389,6 +389,64 @@ def test_propagate_keeps_the_shaking_drum():
     assert min(iou(masks[t], gt[t]) for t in range(len(gt))) >= 0.7
 
 
+def _emerging_clip(n: int = 41) -> tuple[np.ndarray, np.ndarray]:
+    """An object rising from behind a desk (a flat band across the bottom): a quarter of
+    it shows on frame 0, all of it by the end. Truth: its visible part."""
+    (w, h), rx, ry, desk = (256, 160), 30, 40, 110
+    rng = np.random.default_rng(11)
+    bg = _background(h, w, rng)
+    tex, shape = _object(rx, ry, rng)
+    frames = np.empty((n, h, w, 3), np.uint8)
+    gt = np.zeros((n, h, w), np.uint8)
+    for t in range(n):
+        cy = 130.0 - 1.6 * t
+        m = np.float32([[1, 0, 128 - rx], [0, 1, cy - ry]])
+        o, a = cv2.warpAffine(tex, m, (w, h)), cv2.warpAffine(shape, m, (w, h))
+        a[desk:] = 0
+        img = bg * (1 - a[..., None]) + o * a[..., None]
+        img[desk:] = (90, 70, 60)
+        frames[t] = np.clip(img + rng.normal(0, 2, img.shape), 0, 255)
+        gt[t] = a > 0.5
+    return frames, gt
+
+
+def test_refinement_grows_the_mask_over_an_emerging_object():
+    """Issue 14: a mask drawn on the part that shows must grow with the object as more
+    of it comes out (the chain alone keeps the keyframe's quarter), and not into the desk."""
+    frames, gt = _emerging_clip()
+    assert gt[-1].sum() > 3 * gt[0].sum()
+    masks, _ = propagate(frames, {0: gt[0]}, refine=True)
+    plain, _ = propagate(frames, {0: gt[0]}, refine=False)
+    assert iou(plain[-1], gt[-1]) < 0.5  # without refinement it stays small
+    ious = [iou(masks[t], gt[t]) for t in range(len(gt))]
+    assert ious[-1] >= 0.8 and np.mean(ious) >= 0.8, np.round(ious, 2)
+    assert not masks[:, 112:].any()  # never into the desk
+
+
+def test_refinement_does_not_spill_into_a_look_alike_background():
+    """A static patch of the object's own texture touches the object's lower edge while the
+    object slides along it: the mask must not spread into the patch."""
+    n, (w, h), rx, ry = 40, (256, 144), 24, 18
+    rng = np.random.default_rng(12)
+    bg = _background(h, w, rng)
+    tex, shape = _object(rx, ry, rng)
+    patch, _ = _object(100, 20, np.random.default_rng(12))  # same colours, other pattern
+    bg[70 + ry : 70 + ry + 41, 20:221] = patch
+    frames = np.empty((n, h, w, 3), np.uint8)
+    gt = np.zeros((n, h, w), np.uint8)
+    for t in range(n):
+        m = np.float32([[1, 0, 60 + 2.0 * t - rx], [0, 1, 70 - ry + 0.5]])
+        o, a = cv2.warpAffine(tex, m, (w, h)), cv2.warpAffine(shape, m, (w, h))
+        img = bg * (1 - a[..., None]) + o * a[..., None]
+        frames[t] = np.clip(img + rng.normal(0, 2, img.shape), 0, 255)
+        gt[t] = a > 0.5
+    masks, _ = propagate(frames, {0: gt[0]}, refine=True)
+    ious = [iou(masks[t], gt[t]) for t in range(n)]
+    grown = [masks[t].sum() / gt[t].sum() for t in range(n)]
+    assert min(ious) >= 0.85, np.round(ious, 2)
+    assert max(grown) <= 1.15, np.round(grown, 2)
+
+
 def test_propagate_still_scene_keeps_thin_and_whole_masks():
     frames, _ = make_clip(n=8, tracks=[((120.0, 70.0), [(0.0, 0.0)] * 8)])
     line = np.zeros(frames.shape[1:3], bool)

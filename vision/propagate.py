@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from vision.flow.chain import Chain
-from vision.flow.params import KERNEL3, WORK_SIDE
+from vision.flow.params import KERNEL3, REFINE, WORK_SIDE
 from vision.masks import check_clip, check_keyframe_index, check_keyframe_mask
 from vision.sink import MaskSink, ProgressCallback, ProgressTicker, track_warnings
 from vision.tracker import Clip, KeyframeTracker, Tracking
@@ -56,21 +56,33 @@ def _validate(frames: np.ndarray, keyframes: Mapping[int, np.ndarray]) -> dict[i
 class _Frames:
     """The clip at the working resolution, grey, converted on demand (a few kept)."""
 
-    def __init__(self, frames: np.ndarray) -> None:
+    def __init__(self, frames: np.ndarray, refine: bool = False) -> None:
         self.frames = frames
+        self.refine = refine  # whether chains get colour (``vision.flow.refine``)
         n, h, w, _ = frames.shape
         s = min(1.0, WORK_SIDE / max(h, w))
         self.size = (max(1, round(w * s)), max(1, round(h * s)))  # (w, h) at work resolution
         self.full = (w, h)
         self.scaled = self.size != (w, h)
         self._cache: dict[int, np.ndarray] = {}
+        self._rgb: dict[int, np.ndarray] = {}
+
+    def rgb(self, t: int) -> np.ndarray:
+        """Frame ``t`` in colour at the working resolution (for the refinement)."""
+        c = self._rgb.get(t)
+        if c is None:
+            c = np.ascontiguousarray(self.frames[t])
+            if self.scaled:
+                c = cv2.resize(c, self.size, interpolation=cv2.INTER_AREA)
+            if len(self._rgb) >= 4:
+                self._rgb.pop(next(iter(self._rgb)))
+            self._rgb[t] = c
+        return c
 
     def gray(self, t: int) -> np.ndarray:
         g = self._cache.get(t)
         if g is None:
-            g = cv2.cvtColor(np.ascontiguousarray(self.frames[t]), cv2.COLOR_RGB2GRAY)
-            if self.scaled:
-                g = cv2.resize(g, self.size, interpolation=cv2.INTER_AREA)
+            g = cv2.cvtColor(self.rgb(t), cv2.COLOR_RGB2GRAY)
             if len(self._cache) >= 4:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[t] = g
@@ -161,6 +173,7 @@ def propagate(
     keyframes: Mapping[int, np.ndarray],
     progress: ProgressCallback | None = None,
     out: object | None = None,
+    refine: bool = REFINE,
 ) -> tuple[np.ndarray, list[str]]:
     """Track keyframe mask(s) through every frame with dense optical flow.
 
@@ -176,11 +189,14 @@ def propagate(
     take the one that still sees the object if the other lost it). Keyframes keep the
     user's mask exactly. Losing the object is not an error: it is reported in warnings
     ("object lost on frames 40–55") and the caller decides.
+
+    refine: grow and trim each chain's mask by the object's colour and motion
+    (``vision.flow.refine``); off, the keyframe's mask is only carried.
     """
     keys = _validate(frames, keyframes)
     n = frames.shape[0]
     h, w = frames.shape[1:3]
-    work = _Frames(frames)
+    work = _Frames(frames, refine)
     sink = MaskSink(n, h, w, out)
     ref_area = np.zeros(n, dtype=np.float64)  # area of the keyframe each frame leans on
     order = list(keys)
@@ -220,9 +236,10 @@ def _walk(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (t, soft work-resolution mask) walking from keyframe ``start`` (its mask
     ``key_mask``) by ``step`` up to ``stop`` (not included)."""
-    chain = Chain(work.to_work(key_mask), work.gray(start))
+    colour = work.rgb(start) if work.refine else None
+    chain = Chain(work.to_work(key_mask), work.gray(start), colour)
     for t in range(start + step, stop, step):
-        soft = chain.step(work.gray(t - step), work.gray(t))
+        soft = chain.step(work.gray(t - step), work.gray(t), work.rgb(t) if work.refine else None)
         ticker.tick(msg)
         yield t, soft
 

@@ -23,7 +23,12 @@ the object at the working resolution and:
    non-rigid part relaxes toward it in frames where the image says the keyframe looks
    more like itself without it; an object with too little texture for ECC re-anchors to
    its keyframe found again by template matching;
-6. finds the object again after it left the frame (or was lost): see ``search``.
+6. finds the object again after it left the frame (or was lost): see ``search``;
+7. refines the mask by the object's appearance (``refine``): grows it into what looks
+   like the object and moves with it, trims what does not; the change is written back
+   to the key's mask through the map (so it adds up over frames), and when the mask grew
+   beyond what the key can hold the chain re-seeds on the refined mask (the search for a
+   lost object still uses the keyframe's own).
 
 ``Chain.step`` runs these as named methods, in this order; the tuning constants are in
 ``params``, the affine algebra in ``geometry`` and the image measures in ``measure``.
@@ -78,6 +83,7 @@ from vision.flow.params import (
     OCC_TEX,
     OCC_ZONE,
     RELAX,
+    RESEED,
     REVERSE,
     SIGMA,
     SWITCH,
@@ -85,6 +91,7 @@ from vision.flow.params import (
     TRUST,
     VAR_ITERS,
 )
+from vision.flow.refine import Refiner
 
 _REPLICATE = {"borderMode": cv2.BORDER_REPLICATE}
 
@@ -118,9 +125,27 @@ class Chain:
     parts included, ``visible`` the part of it in view; ``occ_zone`` where an occluder was.
     """
 
-    def __init__(self, key_soft: np.ndarray, key_gray: np.ndarray) -> None:
+    def __init__(
+        self, key_soft: np.ndarray, key_gray: np.ndarray, key_rgb: np.ndarray | None = None
+    ) -> None:
         h, w = key_soft.shape
         self.h, self.w = h, w
+        self.prev_step: np.ndarray | None = None  # last motion (displacement affine, frame px)
+        self.best_support = 0.0
+        self.lost = False
+        self.ecc_scores: list[float] = []
+        self.reseeds = 0  # how often the refined mask became the chain's key (step 7)
+        self._dis_cache: dict[tuple[int, int, int], cv2.DISOpticalFlow] = {}
+        self._set_key(key_soft, key_gray)
+        self._first = (self.key, key_gray)  # the keyframe's own, to search for when lost
+        # Step 7: the appearance model that grows and trims the mask (``refine``); None
+        # without the keyframe's colours.
+        self.refiner = Refiner(self.key, key_rgb) if key_rgb is not None else None
+
+    def _set_key(self, key_soft: np.ndarray, key_gray: np.ndarray) -> None:
+        """Take ``key_soft`` on the frame ``key_gray`` as the mask the map leads back to:
+        the keyframe's own at the start, the refined mask on a re-seed."""
+        h, w = self.h, self.w
         self.key = key_soft.astype(np.float32)
         key_bin = self.key > 0.5
         self.key_area = float(max(1, np.count_nonzero(key_bin)))
@@ -130,10 +155,6 @@ class Chain:
         self.visible = self.key.copy()
         self.occ_zone = np.zeros((h, w), np.uint8)  # occluders and the band around them
         self.g = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-        self.prev_step: np.ndarray | None = None  # last motion (displacement affine, frame px)
-        self.best_support = 0.0
-        self.lost = False
-        self.ecc_scores: list[float] = []
         # Keyframe appearance: ECC template (object pixels, edge excluded) and search template.
         ys, xs = np.nonzero(key_bin)
         if ys.size == 0:
@@ -151,7 +172,6 @@ class Chain:
         # or a flat colour lets it slide): the mean flow confidence over the object.
         inner = self.tmask > 0
         self.textured = bool(inner.any()) and float(texture(self.templ)[inner].mean()) > TEXTURED
-        self._dis_cache: dict[tuple[int, int, int], cv2.DISOpticalFlow] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -221,10 +241,12 @@ class Chain:
 
     # ------------------------------------------------------------------ one step
 
-    def step(self, prev: np.ndarray, new: np.ndarray) -> np.ndarray:
+    def step(self, prev: np.ndarray, new: np.ndarray, rgb: np.ndarray | None = None) -> np.ndarray:
         """Move to the next frame (grey, working resolution); return its visible soft mask.
 
         The numbered steps of the module doc, in order; a lost object is searched for.
+        ``rgb``: the new frame in colour (working resolution), for the refinement (step 7;
+        skipped without it or without a refiner).
         """
         if self.lost or not (self.amodal > 0.5).any():
             self.lost = True
@@ -245,7 +267,52 @@ class Chain:
             amodal = self._sample(win.gx + win.x0 + dx, win.gy + win.y0 + dy)
             occ &= (amodal > 0.5).astype(np.uint8)
         self._commit(win, dx, dy, amodal, occ, zone)
+        if self.refiner is not None and rgb is not None and not self.lost:
+            self._refine(win, d, rgb, new, zone)
         return self.visible
+
+    def _refine(
+        self, win: _Window, d: np.ndarray, rgb: np.ndarray, new: np.ndarray, zone: np.ndarray
+    ) -> None:
+        """Step 7 of the module doc: the visible mask grown into what looks like the
+        object and moves with it, trimmed of what does not (``refine``); the chain starts
+        again from the refined mask when that changed it enough (``RESEED``)."""
+        y0, y1, x0, x1 = win.y0, win.y1, win.x0, win.x1
+        before = self.visible[y0:y1, x0:x1].copy()
+        rgb_win = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        refined = self.refiner.refine(before, rgb_win, win.a, win.b, win.bwd, d, zone)
+        if refined is None:
+            return
+        changed = np.count_nonzero((refined > 0.5) != (before > 0.5))
+        area = max(1, np.count_nonzero(before > 0.5))
+        # The hidden part (amodal but not visible) stays as the chain carries it.
+        amodal = np.maximum(refined, self.amodal[y0:y1, x0:x1] - before)
+        self.visible[y0:y1, x0:x1] = refined
+        self.amodal[y0:y1, x0:x1] = amodal
+        # Only to grow (a part the key never showed, or beyond the frame's edge, has no
+        # place in the key's mask); trimming is written back. Never while an occluder
+        # is in the way.
+        grew = np.count_nonzero(refined > 0.5) > area
+        if changed > RESEED * area and grew and not zone.any():
+            keep = (self.prev_step, self.best_support)
+            self._set_key(self.amodal, new)
+            self.prev_step, self.best_support = keep
+            self.reseeds += 1
+        elif changed and not self._cut(win):  # a part cut by the frame's edge says little
+            self._write_back(win, refined, before)
+
+    def _write_back(self, win: _Window, refined: np.ndarray, before: np.ndarray) -> None:
+        """Carry the refinement's change back to the keyframe's mask through the map, so
+        the next frames start from it and small changes add up (growth of a few pixels a
+        frame). Each changed pixel sets the keyframe pixel it maps to."""
+        y0, x0 = win.y0, win.x0
+        ys, xs = np.nonzero((refined > 0.5) != (before > 0.5))
+        kx = xs + x0 + self.dx[ys + y0, xs + x0]
+        ky = ys + y0 + self.dy[ys + y0, xs + x0]
+        value = (refined[ys, xs] > 0.5).astype(np.float32)
+        ix, iy = np.rint(kx).astype(np.int64), np.rint(ky).astype(np.int64)
+        ok = (ix >= 0) & (ix < self.w) & (iy >= 0) & (iy < self.h)
+        self.key[iy[ok], ix[ok]] = value[ok]
 
     def _open_window(self, prev: np.ndarray, new: np.ndarray) -> _Window:
         """Cut the window (``_window``) out of both frames; the DIS flow between them."""
@@ -327,12 +394,7 @@ class Chain:
         cut by the frame's edge (it is leaving).
         """
         vis = win.vis
-        cut = (
-            (win.y0 == 0 and vis[0].any())
-            or (win.y1 == self.h and vis[-1].any())
-            or (win.x0 == 0 and vis[:, 0].any())
-            or (win.x1 == self.w and vis[:, -1].any())
-        )
+        cut = self._cut(win)
         err = np.inf  # how well the chosen motion explains the new frame
         if vis.any() and not cut:
             af, bf = win.a.astype(np.float32), win.b.astype(np.float32)
@@ -345,6 +407,16 @@ class Chain:
                 motion[..., 0], motion[..., 1] = tx, ty
                 step = np.array([[0.0, 0.0, tx], [0.0, 0.0, ty]])
         return motion, step, err
+
+    def _cut(self, win: _Window) -> bool:
+        """Whether the object's visible part touches the frame's edge (leaving or entering)."""
+        vis = win.vis
+        return bool(
+            (win.y0 == 0 and vis[0].any())
+            or (win.y1 == self.h and vis[-1].any())
+            or (win.x0 == 0 and vis[:, 0].any())
+            or (win.x1 == self.w and vis[:, -1].any())
+        )
 
     def _compose(
         self, win: _Window, d: np.ndarray, step: np.ndarray
@@ -576,6 +648,8 @@ class Chain:
     def _search(self, new: np.ndarray) -> None:
         """Look for the keyframe's object in the whole frame; restart the chain where ECC
         confirms it (``search``). Until then the object is absent."""
+        if self.key is not self._first[0]:  # re-seeded: search for the keyframe's object
+            self._set_key(self._first[0], self._first[1])
         self.visible = np.zeros((self.h, self.w), np.float32)
         self.amodal = self.visible
         if not self.textured:

@@ -43,6 +43,26 @@ TEXTURED = 0.05  # mean texture confidence over the keyframe object below which 
 ECC_GAIN = 0.7  # share of ECC's correction applied per frame (damps noise, keeps up with drift)
 RELAX = 0.3  # share of the non-rigid part given up in a frame where it does not help
 ANCHOR = 1.3  # a flat object re-anchors to its keyframe when that fits at most this much worse
+# Appearance-aware refinement (refine.py): log-odds of a pixel near the edge being object.
+REFINE = (
+    False  # refine each chain's mask by colour and motion (propagate's default; off: see below)
+)
+REF_MIN_AREA = 40  # px at the working resolution: smaller masks are left as the chain has them
+REF_BAND = 0.08  # the band re-decided reaches this x the object's size (sqrt area) each side
+REF_BAND_MIN = 3  # px, at least
+REF_BAND_MAX = 16  # px, at most
+REF_CORE = 0.2  # share of the mask deeper than the band below which it is all edge: left alone
+REF_HOLD = 1.5  # log-odds the carried edge holds by (flipping a pixel takes stronger evidence)
+REF_PRIOR = 0.6  # ... plus this per px of distance to the carried edge (how hard the edge holds)
+REF_BINS = 16  # colour histogram bins per RGB channel
+REF_COLOUR_CLIP = 3.0  # most log-odds the colour model may give either way
+REF_FG_ERODE = 0.06  # the keyframe mask is eroded by this x its size for the object's colours
+REF_RING = 0.25  # the background's colours: a ring this x the object's size outside it
+REF_ADAPT = 0.05  # share of each frame's colours mixed into the model (0: keyframe only)
+REF_MOTION = 3.0  # log-odds of a pixel clearly following the object's (background's) motion
+REF_MOTION_SEP = 0.5  # px/frame: object and background motions closer than this say nothing
+REF_NOISE = 200.0  # grey-level^2 (3x3 sum): differences this small say little about motion
+RESEED = 0.06  # the chain restarts from the refined mask when it changed this share of its area
 # Finding a lost object again.
 FIND_MIN = 0.6  # normalised template score worth confirming with ECC
 FIND_SCALES = (0.8, 0.9, 1.0, 1.12, 1.25)  # sizes tried, relative to the last known one
