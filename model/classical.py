@@ -50,7 +50,14 @@ from threadpoolctl import threadpool_limits
 
 from model.attribution import MIN_CONFIDENCE, span_flags, span_scores, video_match
 from model.errors import ModelInputError
-from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Windowing
+from model.separator import (
+    MODEL_SAMPLE_RATE,
+    ObjectsSeparation,
+    ProgressCallback,
+    Prompt,
+    Separation,
+    Windowing,
+)
 from model.timbre import smooth_by_timbre, timbre_similarity
 
 N_FFT = 2048
@@ -280,32 +287,57 @@ class ClassicalSeparator:
         """Split mono 48 kHz float32 ``audio`` [N] into the prompted sound and the rest."""
         # The factorised matrices are thin: a second BLAS thread only adds contention.
         with threadpool_limits(limits=1, user_api="blas"):
-            return self._separate(audio, prompt, progress)
+            many = self._separate(audio, [prompt], progress)
+        return Separation(
+            target=many.targets[0],
+            residual=many.residual,
+            backend=self.name,
+            warnings=many.warnings[0],
+            confidence=many.confidences[0],
+        )
 
-    # ~90 lines on purpose: the steps share the block spectrogram ``mag`` and its one-block
+    def separate_objects(
+        self,
+        audio: np.ndarray,
+        prompts: list[Prompt],
+        progress: ProgressCallback | None = None,
+    ) -> ObjectsSeparation:
+        """Several objects from one factorisation of the mixture: each object scores every
+        component from its own prompt, and where several claim a component it is shared in
+        proportion to their credit (what is left goes to the residual). One object gives
+        exactly what ``separate`` gives."""
+        if not prompts:
+            raise ModelInputError("separate_objects needs at least one prompt")
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._separate(audio, prompts, progress)
+
+    # ~100 lines on purpose: the steps share the block spectrogram ``mag`` and its one-block
     # cache; cut apart they would pass half a dozen arrays back and forth.
     def _separate(
         self,
         audio: np.ndarray,
-        prompt: Prompt,
+        prompts: list[Prompt],
         progress: ProgressCallback | None = None,
-    ) -> Separation:
-        audio, has_video, has_spans = _validate(np.asarray(audio), prompt)
+    ) -> ObjectsSeparation:
+        checked = [_validate(np.asarray(audio), p) for p in prompts]
+        audio = checked[0][0]
         report = progress or (lambda f, t: None)
-        warnings: list[str] = []
-        if prompt.text:
-            warnings.append(
-                "the text prompt was ignored: the classical separator only uses the visual "
-                "and span prompts (use --separator sam-audio for text)"
-            )
+        warnings: list[list[str]] = [[] for _ in prompts]
+        for p, w in zip(prompts, warnings, strict=True):
+            if p.text:
+                w.append(
+                    "the text prompt was ignored: the classical separator only uses the "
+                    "visual and span prompts (use --separator sam-audio for text)"
+                )
         n = audio.shape[0]
         if n == 0 or float(np.max(np.abs(audio))) < 1e-8:
             report(1.0, "silent input")
-            return Separation(
-                target=np.zeros(n, np.float32),
+            return ObjectsSeparation(
+                targets=[np.zeros(n, np.float32) for _ in prompts],
                 residual=audio.copy(),
                 backend=self.name,
                 warnings=warnings,
+                confidences=[None for _ in prompts],
             )
 
         x = audio[:, None]
@@ -358,33 +390,55 @@ class ClassicalSeparator:
                 h[:, off : off + v.shape[1]] = _activations(v, w, N_ITER_ACT)
                 report(0.6 + 0.2 * (i + 1) / len(blocks), "NMF activations")
 
-        # 3. Score components against the prompt, globally.
+        # 3. Score components against each object's prompt, globally; objects that claim
+        # the same component share it in proportion to their credit.
         centres_hz = (band_starts + band_widths / 2) * (MODEL_SAMPLE_RATE / N_FFT)
         similarity = timbre_similarity(w, centres_hz, band_widths)
-        weights, gate, confidence = _prompt_weights(
-            h, frame_times, n, prompt, has_video, has_spans, warnings, similarity
-        )
+        scored = [
+            _prompt_weights(h, frame_times, n, p, hv, hs, ws, similarity)
+            for p, (_, hv, hs), ws in zip(prompts, checked, warnings, strict=True)
+        ]
+        weights = _compete([s[0] for s in scored], n_frames)
+        gates = [s[1] for s in scored]
 
-        # 4. Wiener masks and resynthesis on the global frame grid.
-        target = np.empty(n, dtype=np.float32)
+        # 4. Wiener masks (one per object and one for the rest) and resynthesis on the
+        # global frame grid.
+        targets = [np.empty(n, dtype=np.float32) for _ in prompts]
         for i, (a, b) in enumerate(blocks):
             spec, _, off = cached if cached is not None else mag(a, b)
-            hb = h[:, off : off + spec.shape[0]]
-            wb = weights[:, off : off + spec.shape[0]] if weights.ndim == 2 else weights[:, None]
-            pt = (w @ (wb * hb)) ** MASK_POWER
-            pr = (w @ ((1.0 - wb) * hb)) ** MASK_POWER
-            mask = (pt / (pt + pr + _EPS)) * gate[None, off : off + spec.shape[0]]
-            mask = np.repeat(mask, band_widths, axis=0)  # bands back to STFT bins
-            target[a:b] = block_istft((spec * mask.T)[:, None, :], a, b, N_FFT, HOP, win)[:, 0]
+            span = slice(off, off + spec.shape[0])
+            hb = h[:, span]
+            wbs = [wt[:, span] for wt in weights]
+            rest = np.maximum(1.0 - np.sum(wbs, axis=0), 0.0)
+            pts = [(w @ (wb * hb)) ** MASK_POWER for wb in wbs]
+            total = np.sum(pts, axis=0) + (w @ (rest * hb)) ** MASK_POWER + _EPS
+            for j, pt in enumerate(pts):
+                mask = (pt / total) * gates[j][None, span]
+                mask = np.repeat(mask, band_widths, axis=0)  # bands back to STFT bins
+                targets[j][a:b] = block_istft((spec * mask.T)[:, None, :], a, b, N_FFT, HOP, win)[
+                    :, 0
+                ]
             report(0.8 + 0.2 * (i + 1) / len(blocks), "masking")
-        residual = audio - target
-        return Separation(
-            target=target,
+        residual = audio - np.sum(targets, axis=0, dtype=np.float32)
+        return ObjectsSeparation(
+            targets=targets,
             residual=residual,
             backend=self.name,
             warnings=warnings,
-            confidence=confidence,
+            confidences=[s[2] for s in scored],
         )
+
+
+def _compete(weights: list[np.ndarray], n_frames: int) -> list[np.ndarray]:
+    """Each object's weight [K, T] per component and frame; where the objects' weights
+    add up to more than one, each is scaled down in proportion so together they take the
+    whole component and nothing more (one object: its weights unchanged)."""
+    full = [wt if wt.ndim == 2 else np.repeat(wt[:, None], n_frames, axis=1) for wt in weights]
+    if len(full) == 1:
+        return full
+    total = np.sum(full, axis=0)
+    over = np.maximum(total, 1.0).astype(np.float32)
+    return [(wt / over).astype(np.float32) for wt in full]
 
 
 def _prompt_weights(

@@ -67,6 +67,47 @@ class Separation:
     None when the backend cannot say."""
 
 
+@dataclass
+class ObjectsSeparation:
+    """Several objects separated from one mixture: one target per object (the prompts'
+    order) and one residual, ``residual = audio - sum(targets)``; mono float32 at
+    MODEL_SAMPLE_RATE, each as long as the input. ``warnings`` and ``confidences`` are
+    per object."""
+
+    targets: list[np.ndarray]
+    residual: np.ndarray
+    backend: str
+    warnings: list[list[str]] = field(default_factory=list)
+    confidences: list[float | None] = field(default_factory=list)
+
+
+def separate_objects(
+    separator: Separator,
+    audio: np.ndarray,
+    prompts: list[Prompt],
+    progress: ProgressCallback | None = None,
+) -> ObjectsSeparation:
+    """Separate every prompt's object from ``audio``: the backend's own
+    ``separate_objects`` when it has one (one analysis of the mixture for all), else one
+    ``separate`` per object; either way the residual is what no object took."""
+    own = getattr(separator, "separate_objects", None)
+    if own is not None:
+        return own(audio, prompts, progress)
+    targets, warnings, confidences = [], [], []
+    for j, prompt in enumerate(prompts):
+
+        def sub(f: float, m: str, j: int = j) -> None:
+            if progress is not None:
+                progress((j + f) / len(prompts), f"object {j + 1}/{len(prompts)}: {m}")
+
+        one = separator.separate(audio, prompt, sub)
+        targets.append(np.asarray(one.target, np.float32))
+        warnings.append(list(one.warnings))
+        confidences.append(one.confidence)
+    residual = np.asarray(audio, np.float32) - np.sum(targets, axis=0, dtype=np.float32)
+    return ObjectsSeparation(targets, residual, separator.name, warnings, confidences)
+
+
 def plan_windows(num_samples: int, window: int, overlap: int) -> list[tuple[int, int]]:
     """[start, end) sample ranges covering ``num_samples``.
 

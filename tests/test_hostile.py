@@ -444,3 +444,119 @@ def test_an_api_killed_mid_upload_leaves_no_staging_folder(svc, tmp_path):
         s.close()
         os.close(lock)
         api.stop()
+
+
+def _post_objects_form(svc, spec: dict | str, parts: list[tuple[str, str]]) -> httpx.Response:
+    """A multipart job with named file parts: (field name, which mask: 'a' or 'b')."""
+    masks = {
+        "a": cv2.imencode(".png", first_mask(svc.scene, "a"))[1].tobytes(),
+        "b": cv2.imencode(".png", first_mask(svc.scene, "b"))[1].tobytes(),
+    }
+    files = [("video", ("clip.mp4", (svc.media / "clip.mp4").read_bytes(), "video/mp4"))]
+    files += [(name, ("m.png", masks[which], "image/png")) for name, which in parts]
+    raw = spec if isinstance(spec, str) else json.dumps(spec)
+    return httpx.post(
+        f"{svc.server.url}/v1/jobs", headers=AUTH, files=files, data={"spec": raw}, timeout=60
+    )
+
+
+BAD_LABELS = ["../x", "", "a/b", "x" * 300, "a\u202eb", "a\x00b", "a\nb", ".hidden", "résumé"]
+
+
+def test_several_objects_fields_are_attacked(svc):
+    before = _job_folders(svc)
+    # Paths in an object's mask_paths / keyframes get the same one answer as the top level's.
+    fields = {
+        "objects[0].mask_paths[0]": lambda t: {
+            "video_path": "clip.mp4",
+            "objects": [{"label": "ball", "mask_paths": [t]}],
+        },
+        "objects[0].keyframes[0].mask": lambda t: {
+            "video_path": "clip.mp4",
+            "objects": [{"label": "ball", "keyframes": [{"mask": t, "frame": 0}]}],
+        },
+    }
+    for field, body in fields.items():
+        answers = {_refused(_post_json(svc, body(t)), 403, field) for t in TARGETS}
+        assert len(answers) == 1, answers
+    secret = str(svc.outside / "secret.png")
+    json_cases = [
+        ({"objects": [{"label": "ball", "masks": [secret]}]}, 400, "objects[0].mask_paths"),
+        ({"objects": [{"label": "ball", "boxes": [_box(svc)]}]}, 202, None),
+        (
+            {"mask_paths": ["mask.png"], "objects": [{"label": "b", "boxes": [_box(svc)]}]},
+            400,
+            "not",
+        ),
+        ({"objects": "ball"}, 400, "objects"),
+        ({"objects": [{"label": "a", "boxes": [_box(svc)]}] * 17}, 400, "objects"),
+    ]
+    for label in BAD_LABELS:  # (a NUL is refused before any field is read)
+        words = "NUL" if "\x00" in label else "label"
+        json_cases.append(({"objects": [{"label": label, "boxes": [_box(svc)]}]}, 400, words))
+    json_cases.append(
+        (
+            {
+                "objects": [
+                    {"label": "Ball", "boxes": [_box(svc)]},
+                    {"label": "ball", "boxes": [_box(svc)]},
+                ]
+            },
+            400,
+            "labels must differ",
+        )
+    )
+    json_cases.append(({"objects": [{"label": "residual", "boxes": [_box(svc)]}]}, 400, "reserved"))
+    accepted = []
+    for extra, status, words in json_cases:
+        r = _post_json(svc, {"video_path": "clip.mp4", **extra})
+        if status == 202:
+            assert r.status_code == 202, r.text
+            accepted.append(r.json()["id"])
+        else:
+            _refused(r, status, *([words] if words else []))
+    # Multipart: masks only as mask:<label> parts of objects the spec names.
+    objects = {"objects": [{"label": "ball"}, {"label": "box"}]}
+    form_cases = [
+        (objects, [("mask:ball", "a"), ("mask:drum", "b")], "names no object"),
+        (objects, [("mask:ball", "a"), ("mask:../../etc/passwd", "b")], "names no object"),
+        (objects, [("mask", "a"), ("mask:box", "b")], "not 'mask'"),
+        ({}, [("mask:ball", "a")], "spec.objects"),
+        ({"objects": [{"label": "ball", "masks": [secret]}]}, [], "objects[0].masks"),
+        ({"objects": [{"label": "ball", "mask_paths": [secret]}]}, [], "objects[0].mask_paths"),
+        (
+            {"objects": [{"label": "ball", "keyframes": [{"mask": secret, "frame": 0}]}]},
+            [],
+            "objects[0].keyframes[0].mask",
+        ),
+        (objects, [("mask:ball", "a")], "draw object 'box'"),
+    ]
+    for spec, parts, words in form_cases:
+        _refused(_post_objects_form(svc, spec, parts), 400, words)
+    assert _job_folders(svc) - before == set(accepted), "a refused request left a job behind"
+    # And the good form runs: two objects, one stem each, listed per object.
+    r = _post_objects_form(
+        svc,
+        {"objects": [{"label": "ball", "mask_frames": [0]}, {"label": "box"}], "mode": "isolate"},
+        [("mask:ball", "a"), ("mask:box", "b")],
+    )
+    assert r.status_code == 202, r.text
+    doc = _wait(svc, r.json()["id"])
+    assert doc["state"] == "succeeded", doc
+    assert [o["label"] for o in doc["objects"]] == ["ball", "box"]
+    assert "objects/ball/target.wav" in doc["objects"][0]["outputs"]
+    assert {"residual.wav", "stems.mkv", "objects/box/target.wav"} <= set(doc["outputs"])
+    url = f"{svc.server.url}/v1/jobs/{doc['id']}/outputs"
+    got = httpx.get(f"{url}/objects/box/target.wav", headers=AUTH, timeout=60)
+    assert got.status_code == 200 and got.content[:4] == b"RIFF"
+    # Only listed outputs are served: encoded climbs reach the server as '..' and miss.
+    for name in (
+        "objects%2F..%2F..%2Fspec.json",
+        "objects/%2E%2E/%2E%2E/spec.json",
+        "objects/ball/%2E%2E/%2E%2E/inputs/mask-0-0.png",
+        "objects/zzz/target.wav",
+        "spec.json",
+    ):
+        assert httpx.get(f"{url}/{name}", headers=AUTH, timeout=60).status_code == 404, name
+    for job_id in accepted:
+        _wait(svc, job_id)

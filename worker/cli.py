@@ -85,7 +85,37 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--png-dir", metavar="DIR", help="also write the matte as a PNG sequence")
 
 
+def _add_object_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--object",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="start an object (several on-screen sources, one stem each): the --mask, --box, "
+        "--mask-frame, --mask-time, --text and --span options after it, up to the next "
+        "--object, are that object's. LABEL names its folder objects/LABEL/ and its track",
+    )
+    p.add_argument(
+        "--spec",
+        metavar="FILE",
+        help='a JSON job spec (e.g. {"objects": [{"label": "guitar", "masks": '
+        '["guitar.png"]}]}); mask paths in it are relative to the file\'s folder',
+    )
+    p.add_argument(
+        "--object-videos",
+        action="store_true",
+        help="with objects: also write objects/LABEL/isolated and removed videos (per --mode)",
+    )
+    p.add_argument(
+        "--stems-format",
+        choices=["mkv", "mov"],
+        default="mkv",
+        help="with objects: stems.mkv (tracks titled by label, default) or stems.mov",
+    )
+
+
 def _add_separation_options(p: argparse.ArgumentParser) -> None:
+    _add_object_options(p)
     p.add_argument("--text", help="optional text prompt, e.g. 'dog barking' (SAM Audio)")
     p.add_argument(
         "--span",
@@ -206,6 +236,155 @@ def _fix_span_args(argv: list[str]) -> list[str]:
     return out
 
 
+_OBJECT_OPTIONS = ("--mask", "--box", "--mask-frame", "--mask-time", "--text", "--span")
+
+
+def _split_objects(argv: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The command line without its ``--object`` groups, and each group's label and options.
+
+    After an ``--object LABEL``, the per-object options (``_OBJECT_OPTIONS``, as ``--opt V``
+    or ``--opt=V``) belong to it until the next ``--object``; any other option stays the
+    job's. Options before the first ``--object`` stay where they are (and are refused with
+    objects, by ``_object_fields``)."""
+    main: list[str] = []
+    groups: list[tuple[str, list[str]]] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name = a.split("=", 1)[0]
+        if name == "--object":
+            if "=" in a:
+                label, i = a.split("=", 1)[1], i + 1
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                label, i = argv[i + 1], i + 2
+            else:
+                raise BadInput("--object needs a LABEL, e.g. --object guitar --mask guitar.png")
+            groups.append((label, []))
+            continue
+        if groups and name in _OBJECT_OPTIONS:
+            if "=" in a:
+                groups[-1][1].append(a)
+                i += 1
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                groups[-1][1].append(f"{a}={argv[i + 1]}")
+                i += 2
+            else:
+                raise BadInput(f"{a} after --object {groups[-1][0]} needs a value")
+            continue
+        main.append(a)
+        i += 1
+    return main, groups
+
+
+def _object_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="--object", add_help=False, exit_on_error=False)
+    p.add_argument("--mask", action="append", default=[])
+    p.add_argument("--box", action="append", default=[])
+    p.add_argument("--mask-frame", action="append", type=int, default=[])
+    p.add_argument("--mask-time", action="append", type=float, default=[])
+    p.add_argument("--text")
+    p.add_argument("--span", action="append", default=[])
+    return p
+
+
+def _object_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The job's ``objects`` from ``--object`` groups or ``--spec``; {} for neither."""
+    groups = getattr(args, "object_groups", [])
+    spec_file = getattr(args, "spec", None)
+    flat = [
+        opt
+        for opt, value in (
+            ("--mask", args.mask),
+            ("--box", args.box),
+            ("--mask-frame", args.mask_frame),
+            ("--mask-time", args.mask_time),
+            ("--text", getattr(args, "text", None)),
+            ("--span", getattr(args, "span", [])),
+        )
+        if value
+    ]
+    if groups and spec_file:
+        raise BadInput("give the objects either as --object groups or in --spec FILE, not both")
+    if (groups or spec_file) and flat:
+        where = "after the --object they belong to" if groups else "inside the --spec file"
+        raise BadInput(f"with several objects, give {', '.join(flat)} {where}")
+    if spec_file:
+        return _spec_file_fields(Path(spec_file))
+    if not groups:
+        return {}
+    objects = []
+    for label, opts in groups:
+        try:
+            ns = _object_parser().parse_args(opts)
+        except (argparse.ArgumentError, SystemExit) as e:
+            raise BadInput(f"--object {label[:40]!r}: {e}") from None
+        objects.append(
+            {
+                "label": label,
+                "masks": ns.mask,
+                "boxes": ns.box,
+                "mask_frames": ns.mask_frame,
+                "mask_times": ns.mask_time,
+                "text": ns.text,
+                "spans": ns.span,
+            }
+        )
+    return {"objects": objects}
+
+
+def _spec_file_fields(path: Path) -> dict[str, Any]:
+    """JobSpec fields from a JSON file (``--spec``); relative mask paths are the file's."""
+    try:
+        raw = path.read_text()
+    except OSError as e:
+        raise BadInput(f"cannot read --spec {path}: {e.strerror or e}") from None
+    try:
+        fields = json.loads(raw)
+    except ValueError as e:
+        raise BadInput(f"--spec {path} is not JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise BadInput(f"--spec {path} must hold a JSON object of job fields")
+    for key in ("video", "out"):
+        if key in fields:
+            raise BadInput(f"--spec {path}: give {key!r} on the command line, not in the file")
+    base = path.resolve().parent
+
+    def here(m: Any) -> Any:
+        return str(base / m) if isinstance(m, str) and not Path(m).is_absolute() else m
+
+    def rebase(obj: Any) -> Any:
+        if not isinstance(obj, dict):
+            return obj
+        obj = dict(obj)
+        if isinstance(obj.get("masks"), list):
+            obj["masks"] = [here(m) for m in obj["masks"]]
+        if isinstance(obj.get("keyframes"), list):
+            obj["keyframes"] = [
+                {**k, "mask": here(k["mask"])} if isinstance(k, dict) and "mask" in k else k
+                for k in obj["keyframes"]
+            ]
+        return obj
+
+    fields = rebase(fields)
+    if isinstance(fields.get("objects"), list):
+        fields["objects"] = [rebase(o) for o in fields["objects"]]
+    return fields
+
+
+def _merge(
+    fields: dict[str, Any], extra: dict[str, Any], defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """``fields`` from the command line overlaid with ``extra`` (objects or a --spec file);
+    an option given on the command line (not its default) that the file also sets is an
+    error rather than a silent choice."""
+    out = dict(fields)
+    for key, value in extra.items():
+        if key in out and out[key] != value and out[key] != defaults.get(key, out[key]):
+            raise BadInput(f"{key} is set both on the command line and in --spec; keep one")
+        out[key] = value
+    return out
+
+
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     settings = getattr(args, "settings", None)
     if (
@@ -217,15 +396,26 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         from worker.stages.track import missing_weights
 
         raise missing_weights(args.tracker)
-    return {
+    if not hasattr(args, "object") and getattr(args, "object_groups", []):
+        raise BadInput("sonomask track follows one object; use sonomask separate for several")
+    several = _object_fields(args) if hasattr(args, "object") else {}
+    base = {
         "video": args.video,
+        "tracker": args.tracker,
+        "tracker_model": getattr(args, "tracker_model", None),
+    }
+    if several:
+        return _merge(base, several, _DEFAULTS)
+    return {
+        **base,
         "masks": args.mask,
         "boxes": args.box,
         "mask_frames": args.mask_frame,
         "mask_times": args.mask_time,
-        "tracker": args.tracker,
-        "tracker_model": getattr(args, "tracker_model", None),
     }
+
+
+_DEFAULTS = {"tracker": "flow", "tracker_model": None}
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
@@ -233,9 +423,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
     from worker.progress import StageBars
     from worker.spec import JobSpec
 
-    fields = _spec_fields(args)
     out = args.out or f"{Path(args.video).stem}-sonomask"
-    spec = JobSpec.build(**fields, **_separation_fields(args), out=str(Path(out).resolve()))
+    spec = JobSpec.build(**_job_fields(args), out=str(Path(out).resolve()))
     settings = args.settings
     job_id = resumable_job_id(spec, settings)
     try:
@@ -309,7 +498,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _separation_fields(args: argparse.Namespace) -> dict[str, Any]:
+    several = {}
+    if getattr(args, "object_groups", []) or args.spec:
+        several = {"object_videos": args.object_videos, "stems_format": args.stems_format}
+    elif args.object_videos or args.stems_format != "mkv":
+        raise BadInput("--object-videos and --stems-format need --object groups or --spec")
     return {
+        **several,
         "text": args.text,
         "spans": args.span,
         "mode": args.mode,
@@ -322,6 +517,32 @@ def _separation_fields(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+_SEPARATION_DEFAULTS = {
+    "text": None,
+    "spans": [],
+    "mode": "both",
+    "separator": "auto",
+    "model": None,
+    "audio_stream": 0,
+    "reconstruct": "masked",
+    "stem_format": "pcm24",
+    "keep_original": False,
+    "object_videos": False,
+    "stems_format": "mkv",
+}
+
+
+def _job_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Every JobSpec field the command line gives (objects, a --spec file's fields)."""
+    fields = _spec_fields(args)
+    sep = _separation_fields(args)
+    if "objects" in fields:  # each object carries its own text and spans
+        sep.pop("text")
+        sep.pop("spans")
+    merged = _merge(sep, {k: v for k, v in fields.items() if k in sep}, _SEPARATION_DEFAULTS)
+    return {**fields, **merged}
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Copy the inputs into the shared workspace (workers may be other machines) and queue."""
     import shutil
@@ -332,21 +553,31 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from worker.spec import JobSpec
 
     settings = args.settings
-    spec = JobSpec.build(**_spec_fields(args), **_separation_fields(args), webhook=args.webhook)
+    spec = JobSpec.build(**_job_fields(args), webhook=args.webhook)
     check_inputs(spec, settings)
     job_id = uuid.uuid4().hex[:16]
     inputs = settings.workspace / job_id / "inputs"
     inputs.mkdir(parents=True)
     video = inputs / f"video{Path(spec.video).suffix.lower()}"
     shutil.copyfile(spec.video, video)
-    keyframes = []
-    for i, k in enumerate(spec.keyframes):
-        if k.mask:
-            dst = inputs / f"mask{i}-{Path(k.mask).name}"
-            shutil.copyfile(k.mask, dst)
-            k = k.model_copy(update={"mask": str(dst)})
-        keyframes.append(k)
-    spec = spec.model_copy(update={"video": str(video), "keyframes": keyframes})
+
+    def copied(keyframes: list[Any], tag: str) -> list[Any]:
+        out = []
+        for i, k in enumerate(keyframes):
+            if k.mask:
+                dst = inputs / f"mask{tag}{i}-{Path(k.mask).name}"
+                shutil.copyfile(k.mask, dst)
+                k = k.model_copy(update={"mask": str(dst)})
+            out.append(k)
+        return out
+
+    objects = [
+        o.model_copy(update={"keyframes": copied(o.keyframes, f"-{j}-")})
+        for j, o in enumerate(spec.objects)
+    ]
+    spec = spec.model_copy(
+        update={"video": str(video), "keyframes": copied(spec.keyframes, ""), "objects": objects}
+    )
     print(submit(spec, settings, job_id))
     return 0
 
@@ -502,7 +733,13 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = _fix_span_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        argv, groups = _split_objects(argv)
+    except BadInput as e:
+        print(f"sonomask: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
+    args.object_groups = groups
     try:
         try:  # the one Settings of this process, passed down from here
             args.settings = Settings.from_env()

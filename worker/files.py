@@ -27,4 +27,18 @@ RESIDUAL = "residual.wav"  # output: everything else
 PREVIEW = "preview.mp4"  # output: the mask over the picture, target audio
 OUTPUTS_DIR = "outputs"  # a queued job's published outputs
 
+# Several objects (JobSpec.objects): each object's own files live in objects/<label>/ under
+# the same names as the single object's (masks.npz, masks_work.npy, activity.npz,
+# target.wav, isolated<ext>, removed<ext>); what they share stays at the top (frames,
+# prompt_index, residual.wav, preview.mp4) and stems<ext> holds every stem as a track.
+OBJECTS_DIR = "objects"
+STEMS_TARGET = "stems_target.npy"  # an object's mono 48 kHz target, in its own folder
+STEMS_STEM = "stems"  # output: stems.mov / stems.mkv, picture + one track per object + residual
+
+
+def object_file(label: str, name: str) -> str:
+    """``name`` in the folder of the object ``label`` (checked by ``spec.check_label``)."""
+    return f"{OBJECTS_DIR}/{label}/{name}"
+
+
 WORK_FORMAT = 2  # bump when a stage's files change meaning: old work folders are not resumed

@@ -662,6 +662,56 @@ def _remux(
     run_ffmpeg_args(args, f"write {out_path.name}", p.duration, progress)
 
 
+STEMS_CONTAINERS = {"mkv": "matroska", "mov": "mov"}
+_STEM_CODEC = {"pcm24": "pcm_s24le", "float32": "pcm_f32le"}
+
+
+def remux_stems(
+    p: Probe,
+    n: int,
+    stems: list[tuple[str, Path]],
+    out_path: Path,
+    container: str = "mkv",
+    stem_format: str = "pcm24",
+    progress: ProgressFn | None = None,
+) -> None:
+    """Write ``out_path``: the source's picture stream-copied and one PCM audio track per
+    (title, WAV) of ``stems``, in order, each titled and handler-named by its title, at the
+    WAVs' rate and with audio stream ``n``'s channel layout, starting at the first frame.
+
+    Matroska carries both the title and the handler name of a track; MOV (ffmpeg's muxer)
+    carries the handler name only, which is what QuickTime-family NLEs show."""
+    if container not in STEMS_CONTAINERS:
+        raise BadInput(f"stems container {container!r}: choose mkv or mov")
+    offset = picture_start(p) - p.format_start
+    info = audio_info(p, n)
+    args = list(FFMPEG_QUIET)
+    args += ["-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST]
+    args += ["-i", f"file:{p.path.resolve()}"]
+    for _, wav in stems:
+        if info.channel_layout:
+            args += ["-ch_layout", info.channel_layout]
+        args += ["-itsoffset", f"{offset:.6f}", "-i", f"file:{wav.resolve()}"]
+    args += ["-map", f"0:{_video_index_among(p)}"]
+    for i in range(len(stems)):
+        args += ["-map", f"{i + 1}:a:0"]
+    args += ["-c:v", "copy", "-c:a", _STEM_CODEC.get(stem_format, "pcm_s24le")]
+    args += ["-map_metadata", "-1", "-map_metadata:s:v:0", "0:s:" + _video_index_among(p)]
+    for i, (title, _) in enumerate(stems):
+        args += [
+            f"-metadata:s:a:{i}",
+            f"title={title}",
+            f"-metadata:s:a:{i}",
+            f"handler_name={title}",
+        ]
+        args += [f"-disposition:a:{i}", "default" if i == 0 else "0"]
+    muxer = STEMS_CONTAINERS[container]
+    if muxer == "mov":
+        args += ["-movflags", "+faststart"]
+    args += ["-f", muxer, f"file:{out_path.resolve()}"]
+    run_ffmpeg_args(args, f"write {out_path.name}", p.duration, progress)
+
+
 def _timecode(p: Probe) -> str | None:
     for s in [*p.streams]:
         tc = s.raw.get("tags", {}).get("timecode")

@@ -3,6 +3,14 @@
 One pydantic model, so every entry point validates the same way and the manifest records
 exactly what ran. Flat list fields (``masks``, ``mask_frames``, ``mask_times``, ``boxes``)
 exist because that is what plugins send over HTTP; they are folded into ``keyframes``.
+
+Several objects: ``objects: [{label, masks | boxes | keyframes, mask_frames | mask_times,
+text, spans}]``, one entry per on-screen source, each with the same per-object fields the
+top level takes. The top-level form (masks/boxes/keyframes/text/spans, no ``objects``) is
+one object labelled ``object`` (``DEFAULT_LABEL``) and keeps its historic file layout
+(``target.wav`` ... at the top of the output folder); the two forms do not mix. A label
+names a folder (``objects/<label>/``) and an audio track's title, so it is checked here:
+``LABEL_RULE``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,15 @@ MAX_KEYFRAMES = 256
 MAX_PATH = 4096  # characters of a file path
 MAX_MODEL_NAME = 200
 MAX_URL = 2048
+MAX_OBJECTS = 16  # objects in one job (each is tracked and gets its own stems)
+MAX_LABEL = 40
+DEFAULT_LABEL = "object"  # the one object of the top-level (single-object) form
+RESERVED_LABELS = ("residual",)  # the residual's own track title
+LABEL_RULE = (
+    f"a label is 1-{MAX_LABEL} characters: ASCII letters, digits, '_', '-' and '.', "
+    "starting with a letter or digit and not ending with '.'"
+)
+_LABEL_RE = re.compile(rf"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{{0,{MAX_LABEL - 2}}}[A-Za-z0-9_-])?$")
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 Seconds = Annotated[float, Field(ge=0)]
 FrameIndex = Annotated[int, Field(ge=0, le=10**9)]
@@ -100,6 +117,102 @@ class Keyframe(BaseModel):
         return self
 
 
+def check_label(label: Any) -> str:
+    """The label unchanged when it can name a folder and a track title; else ValueError.
+
+    ASCII only, so no control, bidi or look-alike characters reach a file name or a
+    container's metadata; no '/', no leading '.', so it cannot climb out of ``objects/``."""
+    if not isinstance(label, str):
+        raise ValueError("label must be a string")
+    if not _LABEL_RE.match(label):
+        shown = label.encode("unicode_escape").decode()[:40]
+        raise ValueError(f"label {shown!r} is not allowed: {LABEL_RULE}")
+    if label.lower() in RESERVED_LABELS:
+        raise ValueError(f"label {label!r} is reserved (the residual's track); choose another")
+    return label
+
+
+def _fold(
+    keyframes: list[Keyframe],
+    masks: list[str],
+    boxes: list[str],
+    mask_frames: list[int],
+    mask_times: list[float],
+) -> list[Keyframe]:
+    """Flat masks/boxes with their frames or times, as keyframes (``keyframes`` if none)."""
+    if not (masks or boxes):
+        return keyframes
+    if keyframes:
+        raise ValueError("give keyframes either as 'keyframes' or as masks/boxes, not both")
+    sources: list[dict[str, Any]] = [{"mask": m} for m in masks]
+    sources += [{"box": b} for b in boxes]
+    n = len(sources)
+    if n > MAX_KEYFRAMES:
+        raise ValueError(f"{n} masks and boxes; at most {MAX_KEYFRAMES} keyframes")
+    if mask_frames and mask_times:
+        raise ValueError("give mask_frames or mask_times, not both")
+    where = mask_frames or mask_times
+    if where and len(where) != n:
+        raise ValueError(f"{n} mask(s)/box(es) but {len(where)} frame indices/times")
+    key = "frame" if mask_frames else "time"
+    for i, src in enumerate(sources):
+        if where:
+            src[key] = where[i]
+    return [Keyframe(**s) for s in sources]
+
+
+def _parse_span_list(v: Any) -> Any:
+    if isinstance(v, list):
+        return [SpanSpec.parse(s) if isinstance(s, str) else s for s in v]
+    return v
+
+
+def _strip(v: str | None) -> str | None:
+    return v.strip() or None if v is not None else None
+
+
+class ObjectSpec(BaseModel):
+    """One on-screen source of a several-object job: its label, keyframes, text and spans."""
+
+    model_config = _STRICT
+
+    label: Annotated[str, Field(min_length=1, max_length=MAX_LABEL)]
+    keyframes: list[Keyframe] = Field(default_factory=list, max_length=MAX_KEYFRAMES)
+    masks: list[PathText] = Field(default_factory=list, max_length=MAX_KEYFRAMES)
+    boxes: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=MAX_KEYFRAMES
+    )
+    mask_frames: list[FrameIndex] = Field(default_factory=list, max_length=MAX_KEYFRAMES)
+    mask_times: list[Seconds] = Field(default_factory=list, max_length=MAX_KEYFRAMES)
+    text: str | None = Field(default=None, max_length=MAX_TEXT)
+    spans: list[SpanSpec] = Field(default_factory=list, max_length=MAX_SPANS)
+
+    @field_validator("label")
+    @classmethod
+    def _check_label(cls, v: str) -> str:
+        return check_label(v)
+
+    @field_validator("spans", mode="before")
+    @classmethod
+    def _parse_spans(cls, v: Any) -> Any:
+        return _parse_span_list(v)
+
+    @field_validator("text")
+    @classmethod
+    def _strip_text(cls, v: str | None) -> str | None:
+        return _strip(v)
+
+    @model_validator(mode="after")
+    def _fold_keyframes(self) -> ObjectSpec:
+        self.keyframes = _fold(
+            self.keyframes, self.masks, self.boxes, self.mask_frames, self.mask_times
+        )
+        self.masks, self.boxes, self.mask_frames, self.mask_times = [], [], [], []
+        if not self.keyframes:
+            raise ValueError(f"draw object {self.label!r}: give it at least one mask image or box")
+        return self
+
+
 Mode = Literal["isolate", "remove", "both"]
 SeparatorName = Literal["auto", "sam-audio", "classical"]
 
@@ -121,6 +234,23 @@ class JobSpec(BaseModel):
     mask_times: list[Seconds] = Field(default_factory=list, max_length=MAX_KEYFRAMES)
     text: str | None = Field(default=None, max_length=MAX_TEXT)
     spans: list[SpanSpec] = Field(default_factory=list, max_length=MAX_SPANS)
+    objects: list[ObjectSpec] = Field(
+        default_factory=list,
+        max_length=MAX_OBJECTS,
+        description="several on-screen sources, one stem each (instead of the top-level "
+        "masks/boxes/keyframes/text/spans)",
+    )
+    object_videos: bool = Field(
+        default=False,
+        description="with objects: also write objects/<label>/isolated and removed videos "
+        "(as mode says)",
+    )
+    stems_format: Literal["mkv", "mov"] = Field(
+        default="mkv",
+        description="with objects: the multitrack stems file, stems.mkv (each track titled "
+        "and handler-named by its label) or stems.mov (handler name only: ffmpeg's MOV "
+        "muxer writes no track title)",
+    )
     mode: Mode = "both"
     separator: SeparatorName = "auto"
     model: str | None = Field(
@@ -158,36 +288,41 @@ class JobSpec(BaseModel):
     @field_validator("spans", mode="before")
     @classmethod
     def _parse_spans(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [SpanSpec.parse(s) if isinstance(s, str) else s for s in v]
-        return v
+        return _parse_span_list(v)
 
     @field_validator("text")
     @classmethod
     def _strip_text(cls, v: str | None) -> str | None:
-        return v.strip() or None if v is not None else None
+        return _strip(v)
 
     @model_validator(mode="after")
     def _fold_keyframes(self) -> JobSpec:
-        if self.masks or self.boxes:
-            if self.keyframes:
-                raise ValueError("give keyframes either as 'keyframes' or as masks/boxes, not both")
-            sources: list[dict[str, Any]] = [{"mask": m} for m in self.masks]
-            sources += [{"box": b} for b in self.boxes]
-            n = len(sources)
-            if n > MAX_KEYFRAMES:
-                raise ValueError(f"{n} masks and boxes; at most {MAX_KEYFRAMES} keyframes")
-            if self.mask_frames and self.mask_times:
-                raise ValueError("give mask_frames or mask_times, not both")
-            where = self.mask_frames or self.mask_times
-            if where and len(where) != n:
-                raise ValueError(f"{n} mask(s)/box(es) but {len(where)} frame indices/times")
-            key = "frame" if self.mask_frames else "time"
-            for i, src in enumerate(sources):
-                if where:
-                    src[key] = where[i]
-            self.keyframes = [Keyframe(**s) for s in sources]
-            self.masks, self.boxes, self.mask_frames, self.mask_times = [], [], [], []
+        if self.objects:
+            top = [
+                name
+                for name in ("keyframes", "masks", "boxes", "mask_frames", "mask_times", "spans")
+                if getattr(self, name)
+            ] + (["text"] if self.text else [])
+            if top:
+                raise ValueError(
+                    f"give each object its own masks/boxes/text/spans inside 'objects', "
+                    f"not {', '.join(top)} at the top level as well"
+                )
+            seen: set[str] = set()
+            for o in self.objects:
+                if o.label.lower() in seen:
+                    raise ValueError(f"two objects are labelled {o.label!r}; labels must differ")
+                seen.add(o.label.lower())
+            return self
+        if self.object_videos or self.stems_format != "mkv":
+            raise ValueError(
+                "object_videos and stems_format need objects; the single object has its own "
+                "isolated and removed videos"
+            )
+        self.keyframes = _fold(
+            self.keyframes, self.masks, self.boxes, self.mask_frames, self.mask_times
+        )
+        self.masks, self.boxes, self.mask_frames, self.mask_times = [], [], [], []
         if not self.keyframes:
             raise ValueError("draw the object: give at least one --mask PNG or --box x0,y0,x1,y1")
         return self
@@ -208,10 +343,36 @@ class JobSpec(BaseModel):
     def wants_removed(self) -> bool:
         return self.mode in ("remove", "both")
 
+    @property
+    def several(self) -> bool:
+        """Whether the job uses the several-object form (``objects``), even with one."""
+        return bool(self.objects)
+
+    def targets(self) -> list[ObjectSpec]:
+        """The job's objects; the top-level form as one object labelled ``DEFAULT_LABEL``."""
+        if self.objects:
+            return list(self.objects)
+        return [
+            ObjectSpec.model_construct(
+                label=DEFAULT_LABEL,
+                keyframes=self.keyframes,
+                masks=[],
+                boxes=[],
+                mask_frames=[],
+                mask_times=[],
+                text=self.text,
+                spans=self.spans,
+            )
+        ]
+
+    def all_keyframes(self) -> list[Keyframe]:
+        """Every object's keyframes, in object order."""
+        return [k for o in self.targets() for k in o.keyframes]
+
     def input_files(self) -> list[Path]:
         """Every local file the job reads, for hashing into the manifest."""
         files = [Path(self.video)]
-        files += [Path(k.mask) for k in self.keyframes if k.mask]
+        files += [Path(k.mask) for k in self.all_keyframes() if k.mask]
         return files
 
 

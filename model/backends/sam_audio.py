@@ -41,7 +41,15 @@ from model.sam_audio import (
     SAMAudioLoadError,
     SAMAudioProcessor,
 )
-from model.separator import MODEL_SAMPLE_RATE, ProgressCallback, Prompt, Separation, Span, Windowing
+from model.separator import (
+    MODEL_SAMPLE_RATE,
+    ObjectsSeparation,
+    ProgressCallback,
+    Prompt,
+    Separation,
+    Span,
+    Windowing,
+)
 from model.windows import clip_spans, crossfade_gains
 
 logger = logging.getLogger(__name__)
@@ -255,60 +263,108 @@ class SamAudioSeparator:
         progress: ProgressCallback | None = None,
     ) -> Separation:
         """Split mono 48 kHz float32 ``audio`` into target and residual (same length)."""
+        targets, residuals, warnings = self._separate(audio, [prompt], progress)
+        return Separation(
+            target=targets[0], residual=residuals[0], backend=self.name, warnings=warnings
+        )
+
+    def separate_objects(
+        self,
+        audio: np.ndarray,
+        prompts: list[Prompt],
+        progress: ProgressCallback | None = None,
+    ) -> ObjectsSeparation:
+        """Several objects as one batch per window: the mixture is encoded by the codec
+        once, each object brings its own masked video, text and spans, and the DiT solves
+        them together with the same noise as a single run (so each target equals that
+        object's ``separate``). The residual is the mixture less every target."""
+        if not prompts:
+            raise ModelInputError("separate_objects needs at least one prompt")
+        targets, _, warnings = self._separate(audio, prompts, progress)
+        audio = self._check_audio(audio)
+        residual = audio - np.sum(targets, axis=0, dtype=np.float32)
+        return ObjectsSeparation(
+            targets=targets,
+            residual=residual,
+            backend=self.name,
+            warnings=[list(warnings) for _ in prompts],
+            confidences=[None for _ in prompts],
+        )
+
+    def _separate(
+        self,
+        audio: np.ndarray,
+        prompts: list[Prompt],
+        progress: ProgressCallback | None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+        """Targets and the model's own residuals, one per prompt, window by window."""
         audio = self._check_audio(audio)
         sr = self.model.sample_rate
         if sr != MODEL_SAMPLE_RATE:
             raise ModelLoadError(f"model sample rate is {sr}, sonomask feeds {MODEL_SAMPLE_RATE}")
         n = len(audio)
         warnings: list[str] = []
-        prepared = self._prepare_prompt(prompt, n / sr, warnings)
+        prepared = [self._prepare_prompt(p, n / sr, warnings) for p in prompts]
 
         windows = self.windowing.plan(n)
         gains = [crossfade_gains(windows, i) for i in range(len(windows))]
-        target = np.zeros(n, dtype=np.float32)
-        residual = np.zeros(n, dtype=np.float32)
+        targets = [np.zeros(n, dtype=np.float32) for _ in prompts]
+        residuals = [np.zeros(n, dtype=np.float32) for _ in prompts]
         n_win = len(windows)
         no_video = []
+        objects = f" ({len(prompts)} objects)" if len(prompts) > 1 else ""
         for i, ((s, e), g) in enumerate(zip(windows, gains, strict=True)):
 
             def step(frac: float, what: str, i: int = i) -> None:
                 if progress is not None:
-                    progress((i + frac) / n_win, f"window {i + 1}/{n_win}: {what}")
+                    progress((i + frac) / n_win, f"window {i + 1}/{n_win}{objects}: {what}")
 
-            tgt, res, had_video = self._separate_window(audio[s:e], s, prepared, step)
-            if prepared.video is not None and not had_video:
+            tgts, ress, had_video = self._separate_window(audio[s:e], s, prepared, step)
+            if any(p.video is not None for p in prepared) and not had_video:
                 no_video.append(i + 1)
-            target[s:e] += g * tgt
-            residual[s:e] += g * res
+            for j in range(len(prompts)):
+                targets[j][s:e] += g * tgts[j]
+                residuals[j][s:e] += g * ress[j]
         if no_video:
             warnings.append(
                 f"no video frames fall in window(s) {no_video}; those ran without the visual prompt"
             )
         if progress is not None:
             progress(1.0, "separated")
-        return Separation(target=target, residual=residual, backend=self.name, warnings=warnings)
+        return targets, residuals, warnings
 
     def _separate_window(
-        self, chunk: np.ndarray, start: int, prompt: _PreparedPrompt, step
-    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        self, chunk: np.ndarray, start: int, prompts: list[_PreparedPrompt], step
+    ) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
+        """One window for every prompt as one batch (one codec encode of the mixture)."""
         model, proc = self.model, self.processor
         sr, hop = model.sample_rate, model.hop_length
         n = len(chunk)
         start_s, end_s = start / sr, (start + n) / sr
-        anchors = [(sp.sign, sp.start, sp.end) for sp in clip_spans(prompt.spans, start_s, end_s)]
-        videos = None
-        if prompt.video is not None:
-            frames = math.ceil(n / hop)
-            frame_times = start_s + np.arange(frames) * hop / sr
-            idx = pick_frames(prompt.times, frame_times, start_s, end_s)
-            if idx is not None:
-                clip = torch.from_numpy(np.ascontiguousarray(prompt.video[idx]))
-                videos = [clip.permute(0, 3, 1, 2)]
+        anchors = [
+            [(sp.sign, sp.start, sp.end) for sp in clip_spans(p.spans, start_s, end_s)]
+            for p in prompts
+        ]
+        videos: list[torch.Tensor] | None = []
+        for p in prompts:
+            clip = None
+            if p.video is not None:
+                frames = math.ceil(n / hop)
+                frame_times = start_s + np.arange(frames) * hop / sr
+                idx = pick_frames(p.times, frame_times, start_s, end_s)
+                if idx is not None:
+                    clip = torch.from_numpy(np.ascontiguousarray(p.video[idx])).permute(0, 3, 1, 2)
+            if clip is None:
+                videos = None  # the processor takes videos for all items or none
+                break
+            videos.append(clip)
+        b = len(prompts)
+        wave = torch.from_numpy(np.ascontiguousarray(chunk))[None]
         with port_errors():
             batch = proc(
-                descriptions=[prompt.text],
-                audios=[torch.from_numpy(np.ascontiguousarray(chunk))[None]],
-                anchors=[anchors] if anchors else None,
+                descriptions=[p.text for p in prompts],
+                audios=[wave] * b,
+                anchors=anchors if any(anchors) else None,
                 masked_videos=videos,
             )
             gen = torch.Generator().manual_seed(self.seed)
@@ -316,15 +372,17 @@ class SamAudioSeparator:
             noise = torch.randn(1, frames, 2 * model.config.latent_channels, generator=gen)
             bits = int(getattr(model.audio_codec, "watermark_bits", 16))
             message = torch.randint(0, 2, (2, bits), generator=gen, dtype=torch.float32)
+            # Every object starts from the same noise and bits as its single run would.
             result = model.separate(
                 batch,
-                noise=noise,
+                noise=noise.repeat(b, 1, 1),
                 ode_opt=self.ode_opt,
-                watermark_message=message,
+                watermark_message=message.repeat(b, 1),
                 naive=self.naive,
                 autocast_dtype=self.autocast_dtype,
                 progress=step,
+                shared_audio=b > 1,
             )
-        tgt = result.target[0][:n].float().cpu().numpy()
-        res = result.residual[0][:n].float().cpu().numpy()
-        return tgt, res, videos is not None
+        tgts = [t[:n].float().cpu().numpy() for t in result.target]
+        ress = [r[:n].float().cpu().numpy() for r in result.residual]
+        return tgts, ress, videos is not None

@@ -394,10 +394,19 @@ class SAMAudio(nn.Module):
             )
         return feats.transpose(1, 2).to(audio_features.dtype)
 
-    def get_forward_args(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def get_forward_args(self, batch: Batch, shared_audio: bool = False) -> dict[str, torch.Tensor]:
         """Encode a batch: the keyword arguments of ``forward`` except the noisy latent and
-        time (reference ``_get_forward_args`` with one candidate)."""
-        audio_features = self._get_audio_features(batch.audios)
+        time (reference ``_get_forward_args`` with one candidate).
+
+        ``shared_audio``: every item holds the same mixture (several prompts on one
+        clip), so the codec encodes it once and the batch shares its features."""
+        if shared_audio:
+            if not all(torch.equal(batch.audios[0], a) for a in batch.audios[1:]):
+                raise SAMAudioInputError("shared_audio needs the same audio in every batch item")
+            one = self._get_audio_features(batch.audios[:1])
+            audio_features = one.expand(batch.audios.shape[0], -1, -1)
+        else:
+            audio_features = self._get_audio_features(batch.audios)
         text_features, text_mask = self.text_encoder(batch.descriptions)
         masked_video_features = self._get_video_features(batch.masked_video, audio_features)
         return {
@@ -595,6 +604,7 @@ class SAMAudio(nn.Module):
         autocast_dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
         progress: ProgressFn | None = None,
+        shared_audio: bool = False,
     ) -> SeparationResult:
         """Separate each batch item into target and residual (reference ``separate``).
 
@@ -604,6 +614,8 @@ class SAMAudio(nn.Module):
         them from the global RNG after the noise, exactly as the reference, so
         ``torch.manual_seed`` reproduces reference runs. naive: evaluate the vector field the
         reference way. autocast_dtype: e.g. torch.bfloat16 for the DiT on CUDA.
+        shared_audio: every item is the same mixture with its own prompt; it is encoded
+        once (``get_forward_args``).
         """
         if predict_spans:
             raise NotImplementedError(
@@ -623,7 +635,7 @@ class SAMAudio(nn.Module):
                 progress(min(max(frac, 0.0), 1.0), what)
 
         report(0.0, "encoding")
-        forward_args = self.get_forward_args(batch)
+        forward_args = self.get_forward_args(batch, shared_audio=shared_audio)
         audio_features = forward_args["audio_features"]
         if noise is None:
             if generator is None:

@@ -5,7 +5,9 @@ Contract (keep these names): ``POST /v1/jobs`` takes multipart fields ``video`` 
 other fields), or a JSON body with ``video_path`` / ``mask_paths`` under
 ``SONOMASK_MEDIA_ROOT`` plus the same fields; it answers ``202 {"id", "state", "url"}``.
 ``GET /v1/jobs/{id}`` answers ``{"id", "state", "stage", "progress", "error", "outputs",
-"created", "finished"}``. Bad requests get a 4xx with a message a person can act on.
+"created", "finished"}`` plus ``queue_position`` (while queued) and the spec's ``name``
+and ``mode`` (``worker.http.joblist``). Bad requests get a 4xx with a message a person can
+act on.
 
 Nothing a client sends is trusted: paths go through ``worker.http.paths``, JSON through
 ``worker.http.safejson``, models through ``stages.models.resolve_model``, webhooks through
@@ -36,7 +38,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from worker.errors import BadInput, QueueUnavailable, SonomaskError
-from worker.http import paths, safejson, staging
+from worker.http import joblist, paths, safejson, staging
 from worker.http.asgi import AllowOptions, BodyGuard, BodyTimeout, BodyTooLarge
 from worker.http.context import ApiSettings, job_or_404, output_or_404
 from worker.http.problems import errors, fix_openapi
@@ -46,7 +48,7 @@ from worker.http.uploads import from_multipart, openapi_submit
 from worker.jobs import store, webhooks
 from worker.jobs.intake import check_inputs
 from worker.settings import Settings
-from worker.spec import MAX_KEYFRAMES, JobSpec, first_error
+from worker.spec import MAX_KEYFRAMES, MAX_OBJECTS, JobSpec, first_error
 from worker.stages.models import NotOffered
 
 log = logging.getLogger("sonomask.api")
@@ -58,6 +60,14 @@ class JobAccepted(BaseModel):
     id: str = Field(examples=["3f2a9c0d1e4b5a67"])
     state: str = Field(examples=["queued"])
     url: str = Field(examples=["/v1/jobs/3f2a9c0d1e4b5a67"])
+
+
+class ObjectOutputs(BaseModel):
+    label: str = Field(examples=["guitar"])
+    outputs: list[str] = Field(
+        default_factory=list, examples=[["objects/guitar/target.wav", "objects/guitar/masks.npz"]]
+    )
+    confidence: float | None = Field(default=None, ge=0, le=1)
 
 
 class JobDocument(BaseModel):
@@ -80,6 +90,28 @@ class JobDocument(BaseModel):
     )
     warnings: list[str] = Field(default_factory=list)
     bad_input: bool = False
+    message: str | None = Field(
+        default=None,
+        description="what the stage is doing now, e.g. the current object and window",
+        examples=["window 1/2, objects guitar, drum: NMF dictionary"],
+    )
+    objects: list[ObjectOutputs] | None = Field(
+        default=None,
+        description="several-object jobs: each object's label and its outputs (names as in "
+        "'outputs', e.g. objects/guitar/target.wav); null for a single-object job",
+    )
+    queue_position: int | None = Field(
+        default=None,
+        ge=1,
+        examples=[2],
+        description="while queued: 1 for the oldest queued job, 2 for the next, ... (order "
+        "of creation among all queued jobs, whichever stage they wait for: an estimate of "
+        "when a worker takes it); null otherwise",
+    )
+    name: str | None = Field(
+        default=None, examples=["take3.mov"], description="the video's file name"
+    )
+    mode: str | None = Field(default=None, examples=["both"], description="isolate | remove | both")
 
 
 class Health(BaseModel):
@@ -234,7 +266,7 @@ def _job_routes(
     @api.get("/v1/jobs", response_model=list[JobDocument], dependencies=auth, responses=errors(401))
     def list_jobs(limit: int = 50) -> list[dict[str, Any]]:
         """The most recent jobs, newest first."""
-        return store.list_jobs(cfg.base.workspace, limit=max(1, min(limit, 1000)))
+        return joblist.list_documents(cfg.base.workspace, limit=max(1, min(limit, 1000)))
 
     _job_item_routes(api, cfg, auth, cancel_fn)
 
@@ -249,10 +281,10 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
         responses=errors(401, 404),
     )
     def get_job(job_id: str) -> dict[str, Any]:
-        return store.document(job_or_404(cfg, job_id))
+        return joblist.job_document(job_or_404(cfg, job_id), cfg.base.workspace)
 
     @api.get(
-        "/v1/jobs/{job_id}/outputs/{name}",
+        "/v1/jobs/{job_id}/outputs/{name:path}",
         dependencies=auth,
         response_class=FileResponse,
         responses={
@@ -261,8 +293,9 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
         },
     )
     def get_output(job_id: str, name: str) -> FileResponse:
-        """Download one output (the file names ``sonomask separate`` writes)."""
-        return FileResponse(output_or_404(cfg, job_id, name), filename=name)
+        """Download one output (the file names ``sonomask separate`` writes; an object's
+        own outputs are ``objects/<label>/<name>``)."""
+        return FileResponse(output_or_404(cfg, job_id, name), filename=Path(name).name)
 
     @api.delete(
         "/v1/jobs/{job_id}",
@@ -275,14 +308,15 @@ def _job_item_routes(api: FastAPI, cfg: ApiSettings, auth: list[Any], cancel_fn:
         (succeeded, failed, cancelled) is deleted with all its files, then answers 404."""
         ws = job_or_404(cfg, job_id)
         doc = store.document(ws)
+        details = joblist.describe(ws)  # read before a finished job's files go
         if doc["state"] in store.FINISHED:
             _free(ws, doc, cfg.base.workspace)
-            return doc
+            return {**doc, **details}
         from worker.jobs import tasks
 
         if cancel_fn is not None:
-            return cancel_fn(job_id, cfg.base)
-        return tasks.cancel(job_id, cfg.base, wait=False)
+            return {**cancel_fn(job_id, cfg.base), **details}
+        return {**tasks.cancel(job_id, cfg.base, wait=False), **details}
 
 
 def _health_route(api: FastAPI, authorized: Callable[[Request], bool]) -> None:
@@ -326,21 +360,42 @@ def _from_json(body: dict[str, Any], cfg: ApiSettings) -> dict[str, Any]:
         raise HTTPException(400, "video_path is required")
     root = cfg.media_root
     fields["video"] = str(paths.media_file(fields.pop("video_path"), root, "video_path"))
+    _resolve_masks(fields, root, "")
+    objects = fields.get("objects")
+    if isinstance(objects, list) and len(objects) <= MAX_OBJECTS:
+        fields["objects"] = [
+            _resolve_masks(dict(o), root, f"objects[{j}].") if isinstance(o, dict) else o
+            for j, o in enumerate(objects)
+        ]
+    fields.pop("out", None)
+    return fields
+
+
+def _resolve_masks(fields: dict[str, Any], root: Path, where: str) -> dict[str, Any]:
+    """``mask_paths`` and ``keyframes[].mask`` (of the job or of one object, ``where``)
+    resolved under the media root into ``masks`` / ``keyframes``; ``masks`` is refused."""
+    if where and "masks" in fields:
+        raise HTTPException(
+            400, f"name {where}masks with {where}mask_paths (relative to the media root)"
+        )
     mask_paths = fields.pop("mask_paths", None) or []
     if not isinstance(mask_paths, list) or len(mask_paths) > MAX_KEYFRAMES:
-        raise HTTPException(400, f"mask_paths must be a list of at most {MAX_KEYFRAMES} file paths")
-    fields["masks"] = [
-        str(paths.media_file(p, root, f"mask_paths[{i}]")) for i, p in enumerate(mask_paths)
-    ]
+        raise HTTPException(
+            400, f"{where}mask_paths must be a list of at most {MAX_KEYFRAMES} file paths"
+        )
+    if mask_paths or not where:
+        fields["masks"] = [
+            str(paths.media_file(p, root, f"{where}mask_paths[{i}]"))
+            for i, p in enumerate(mask_paths)
+        ]
     keyframes = fields.get("keyframes")
     if isinstance(keyframes, list) and len(keyframes) <= MAX_KEYFRAMES:
         fields["keyframes"] = [
-            {**k, "mask": str(paths.media_file(k["mask"], root, f"keyframes[{i}].mask"))}
+            {**k, "mask": str(paths.media_file(k["mask"], root, f"{where}keyframes[{i}].mask"))}
             if isinstance(k, dict) and k.get("mask") is not None
             else k
             for i, k in enumerate(keyframes)
         ]
-    fields.pop("out", None)
     return fields
 
 
@@ -402,8 +457,13 @@ def _rebase(spec: JobSpec, old: Path, new: Path) -> JobSpec:
         path = Path(p)
         return str(new / path.relative_to(old)) if path.is_relative_to(old) else p
 
-    keyframes = [k.model_copy(update={"mask": move(k.mask)}) for k in spec.keyframes]
-    return spec.model_copy(update={"video": move(spec.video), "keyframes": keyframes})
+    def moved(keyframes: list[Any]) -> list[Any]:
+        return [k.model_copy(update={"mask": move(k.mask)}) for k in keyframes]
+
+    objects = [o.model_copy(update={"keyframes": moved(o.keyframes)}) for o in spec.objects]
+    return spec.model_copy(
+        update={"video": move(spec.video), "keyframes": moved(spec.keyframes), "objects": objects}
+    )
 
 
 app = create_app()

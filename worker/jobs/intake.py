@@ -30,7 +30,7 @@ def check_inputs(spec: JobSpec, settings: Settings) -> None:
         p = media.probe(Path(spec.video))
         p.audio(spec.audio_stream)
         check_clip(spec, p, settings)
-        for k in spec.keyframes:
+        for k in spec.all_keyframes():
             load_keyframe_mask(k, p.display_size)
     except Exception as exc:  # vision/model errors become BadInput with their message
         raise as_sonomask_error(exc) from exc
@@ -44,23 +44,28 @@ def check_clip(spec: JobSpec, p: media.Probe, settings: Settings) -> None:
             f"{p.path.name} is {dur:.0f} s long; this server takes at most "
             f"{settings.max_video_seconds:.0f} s (SONOMASK_MAX_VIDEO_SECONDS)"
         )
+    objs = spec.targets()
+    where = [f"objects[{j}]." if spec.several else "" for j in range(len(objs))]
     if dur > 0:
-        for i, s in enumerate(spec.spans):
-            if s.start >= dur or s.end > dur + SPAN_SLACK:
-                raise BadInput(
-                    f"spans[{i}] {s} is outside the clip; spans must lie within 0-{dur:.2f} s"
-                )
-        for i, k in enumerate(spec.keyframes):
-            if k.time is not None and k.time > dur:
-                raise BadInput(
-                    f"keyframes[{i}].time (mask_times) {k.time:g} s is after the end of the "
-                    f"clip ({dur:.2f} s)"
-                )
-    if any(k.frame for k in spec.keyframes):
+        for o, at in zip(objs, where, strict=True):
+            for i, s in enumerate(o.spans):
+                if s.start >= dur or s.end > dur + SPAN_SLACK:
+                    raise BadInput(
+                        f"{at}spans[{i}] {s} is outside the clip; spans must lie within "
+                        f"0-{dur:.2f} s"
+                    )
+            for i, k in enumerate(o.keyframes):
+                if k.time is not None and k.time > dur:
+                    raise BadInput(
+                        f"{at}keyframes[{i}].time (mask_times) {k.time:g} s is after the end "
+                        f"of the clip ({dur:.2f} s)"
+                    )
+    if any(k.frame for k in spec.all_keyframes()):
         count = media.frame_count(p)
-        for i, k in enumerate(spec.keyframes):
-            if k.frame is not None and k.frame >= count:
-                raise BadInput(
-                    f"keyframes[{i}].frame (mask_frames) {k.frame} does not exist; the video "
-                    f"has {count} frames (0-{count - 1})"
-                )
+        for o, at in zip(objs, where, strict=True):
+            for i, k in enumerate(o.keyframes):
+                if k.frame is not None and k.frame >= count:
+                    raise BadInput(
+                        f"{at}keyframes[{i}].frame (mask_frames) {k.frame} does not exist; the "
+                        f"video has {count} frames (0-{count - 1})"
+                    )

@@ -15,12 +15,21 @@ from typing import Any
 
 from worker import files
 from worker.errors import BadInput, SonomaskError
+from worker.stages import remux as remux_stage
 from worker.workspace import Workspace
 
 
 def output_names(ws: Workspace) -> list[str]:
     """The files a finished job publishes, in a stable order."""
     spec = ws.spec
+    if spec.several:
+        return [name for _, names in object_outputs(ws) for name in names] + [
+            files.RESIDUAL,
+            *([files.TARGET] if len(spec.objects) == 1 else []),
+            remux_stage.stems_name(spec),
+            files.PREVIEW,
+            files.MANIFEST,
+        ]
     ext = ws.read_json(files.PROBE)["remux"]["ext"]
     names = [files.TARGET, files.RESIDUAL]
     if spec.wants_isolated:
@@ -28,6 +37,20 @@ def output_names(ws: Workspace) -> list[str]:
     if spec.wants_removed:
         names.append(f"removed{ext}")
     return names + [files.MASKS, files.PREVIEW, files.MANIFEST]
+
+
+def object_outputs(ws: Workspace) -> list[tuple[str, list[str]]]:
+    """Each object's label and its own outputs (several-object form), in object order."""
+    spec = ws.spec
+    videos = remux_stage.object_videos(ws)
+    return [
+        (
+            o.label,
+            [files.object_file(o.label, files.TARGET), files.object_file(o.label, files.MASKS)]
+            + [name for name, label, _ in videos if label == o.label],
+        )
+        for o in spec.targets()
+    ]
 
 
 def publish(ws: Workspace, out_dir: Path) -> list[str]:
@@ -38,7 +61,8 @@ def publish(ws: Workspace, out_dir: Path) -> list[str]:
     try:
         for name in names:
             src = ws.file(name)
-            tmp = out_dir / f".{name}.part"
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            tmp = (out_dir / name).with_name(f".{Path(name).name}.part")
             try:
                 if name == files.MANIFEST:
                     tmp.write_text(src.read_text())
@@ -116,7 +140,15 @@ def finish_manifest(ws: Workspace) -> dict[str, Any]:
     warnings = (
         list(pj.get("warnings", [])) + m.get("track_warnings", []) + m.get("separate_warnings", [])
     )
+    several = {}
+    if ws.spec.several:
+        conf = m.get("object_confidence", {})
+        several["objects"] = [
+            {"label": label, "outputs": names, "confidence": conf.get(label)}
+            for label, names in object_outputs(ws)
+        ]
     return ws.update_manifest(
+        **several,
         state="succeeded",
         stage=None,
         progress=1.0,

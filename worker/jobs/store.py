@@ -91,7 +91,22 @@ def document(ws: Workspace) -> dict[str, Any]:
         "confidence": m.get("confidence"),
         "warnings": m.get("warnings", []),
         "bad_input": m.get("bad_input", False),
+        "message": m.get("progress_message"),
+        "objects": _objects(ws, m),
     }
+
+
+def _objects(ws: Workspace, m: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Several objects: each label with its outputs (once the job succeeded); else None."""
+    if m.get("state") == "succeeded" and not m.get("next_stage") and "objects" in m:
+        return m["objects"]
+    try:
+        spec = ws.spec
+    except (OSError, ValueError):
+        return None
+    if not spec.several:
+        return None
+    return [{"label": o.label, "outputs": [], "confidence": None} for o in spec.objects]
 
 
 def is_cancelled(ws: Workspace) -> bool:
@@ -120,7 +135,9 @@ def progress_reporter(
             else 0
         )
         overall = done + STAGE_WEIGHTS.get(stage, 0) * max(0.0, min(1.0, fraction))
-        ws.update_manifest(stage=stage, progress=round(min(overall, 0.999), 4))
+        ws.update_manifest(
+            stage=stage, progress=round(min(overall, 0.999), 4), progress_message=message[:200]
+        )
 
     return report
 

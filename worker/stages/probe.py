@@ -37,7 +37,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
             f"the audio starts {-info.offset_seconds:.3f} s before the first frame; "
             "that part is not in the stems"
         )
-    for k in spec.keyframes:  # validate masks now: a bad mask should not cost a decode
+    for k in spec.all_keyframes():  # validate masks now: a bad mask should not cost a decode
         load_keyframe_mask(k, size)
     check_separator_config(spec, settings)
     check_tracker_config(spec, settings)

@@ -26,7 +26,11 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     the working frames and masks (``MaskedFrames``): a second copy of the whole clip on
     disk would cost as much as the frames and buy nothing.
     """
-    if ws.has(files.PROMPT_INDEX, files.PROMPT_TIMES, files.ACTIVITY):
+    spec = ws.spec
+    objs = spec.targets()
+    prefix = [files.object_file(o.label, "") if spec.several else "" for o in objs]
+    activities = [p + files.ACTIVITY for p in prefix]
+    if ws.has(files.PROMPT_INDEX, files.PROMPT_TIMES, *activities):
         return
     frames, times = working_frames(ws)
     n = len(times)
@@ -36,22 +40,30 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     idx = np.clip(np.searchsorted(times, t + 1e-6, side="right") - 1, 0, n - 1)
     ws.write_npy(files.PROMPT_INDEX, idx.astype(np.int64))
     ws.write_npy(files.PROMPT_TIMES, t)
-    meter = EvidenceMeter(*frames.shape[1:3])
-    with arrays.open_npy(ws.file(files.MASKS_WORK)) as masks:
+    # One pass over the frames for every object: each frame is read once.
+    meters = [EvidenceMeter(*frames.shape[1:3]) for _ in objs]
+    masks = [arrays.open_npy(ws.file(p + files.MASKS_WORK)) for p in prefix]
+    try:
         for lo in range(0, n, MASK_CHUNK):
-            chunk, mchunk = frames.read(lo, lo + MASK_CHUNK), masks.read(lo, lo + MASK_CHUNK)
-            for frame, mask in zip(chunk, mchunk, strict=True):
-                meter.add(frame, mask)
-            report("prompt", min(1.0, (lo + MASK_CHUNK) / n), "measuring the object's motion")
-    ev = meter.result()
-    ws.write_npz(
-        files.ACTIVITY,
-        object=ev.motion,
-        background=ev.background,
-        features=ev.object,
-        feature_names=np.array(FEATURES),
-        times=times,
-    )
+            chunk = frames.read(lo, lo + MASK_CHUNK)
+            for o, meter, m in zip(objs, meters, masks, strict=True):
+                for frame, mask in zip(chunk, m.read(lo, lo + MASK_CHUNK), strict=True):
+                    meter.add(frame, mask)
+                what = f"object {o.label!r}: its motion" if spec.several else "the object's motion"
+                report("prompt", min(1.0, (lo + MASK_CHUNK) / n), f"measuring {what}")
+    finally:
+        for m in masks:
+            m.close()
+    for meter, name in zip(meters, activities, strict=True):
+        ev = meter.result()
+        ws.write_npz(
+            name,
+            object=ev.motion,
+            background=ev.background,
+            features=ev.object,
+            feature_names=np.array(FEATURES),
+            times=times,
+        )
     report("prompt", 1.0, "prompt built")
 
 

@@ -1,9 +1,17 @@
-"""Stage 6, restore: the stems back at the source rate and channel layout."""
+"""Stage 6, restore: the stems back at the source rate and channel layout.
+
+Several objects: each object's target is restored against everything else in the mix
+(the mixture less that target), and the residual is the source less every target, so the
+stems and the residual add back to the source (to float rounding and the WAVs'
+quantisation: far below 1e-4)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 
+import numpy as np
 import soundfile as sf
 
 from model.separator import MODEL_SAMPLE_RATE
@@ -30,11 +38,14 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     the whole clip while memory stays bounded by the block. Block edges fall on samples
     where the source and model clocks coincide exactly and on the STFT's frame grid.
     """
+    spec = ws.spec
+    if spec.several:
+        _run_objects(ws, report)
+        return
     if ws.has(files.TARGET, files.RESIDUAL):
         return
     from model.remix import restore, stft_size
 
-    spec = ws.spec
     target48 = arrays.open_npy(ws.file(files.STEMS_MODEL[0]))
     residual48 = arrays.open_npy(ws.file(files.STEMS_MODEL[1]))
     subtype = "FLOAT" if spec.stem_format == "float32" else "PCM_24"
@@ -68,4 +79,70 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
                     t_out.write(tgt[keep])
                     r_out.write(res[keep])
                     report("restore", min(1.0, (a + block) / n), "restoring the stems")
+    report("restore", 1.0, "stems written")
+
+
+def object_outputs(ws: Workspace) -> list[str]:
+    """The stems the several-object form writes: each object's, the residual, and for one
+    object its target at the top too (``target.wav``, as plugins expect)."""
+    objs = ws.spec.targets()
+    names = [files.object_file(o.label, files.TARGET) for o in objs] + [files.RESIDUAL]
+    return names + ([files.TARGET] if len(objs) == 1 else [])
+
+
+def _blocks(sr: int, n: int) -> tuple[int, int, int, int]:
+    """Block, margin and the source/model grid units (see ``run``)."""
+    from model.remix import stft_size
+
+    g = math.gcd(sr, MODEL_SAMPLE_RATE)
+    unit = math.lcm(sr // g, stft_size(sr) // 4)
+    unit48 = unit * MODEL_SAMPLE_RATE // sr
+    block = max(1, round(RESTORE_BLOCK_SECONDS * sr / unit)) * unit
+    margin = math.ceil(RESTORE_MARGIN_SECONDS * sr / unit) * unit
+    return block, margin, unit, unit48
+
+
+def _run_objects(ws: Workspace, report: StageProgress) -> None:
+    """Each object's stem and the residual at the source's rate and channels, by blocks."""
+    names = object_outputs(ws)
+    if ws.has(*names):
+        return
+    from model.remix import restore
+
+    spec = ws.spec
+    objs = spec.targets()
+    stems48 = [
+        arrays.open_npy(ws.file(files.object_file(o.label, files.STEMS_TARGET))) for o in objs
+    ]
+    residual48 = arrays.open_npy(ws.file(files.STEMS_MODEL[1]))
+    subtype = "FLOAT" if spec.stem_format == "float32" else "PCM_24"
+    with sf.SoundFile(str(ws.file(files.AUDIO_SOURCE))) as src, contextlib.ExitStack() as stack:
+        sr, n, channels = src.samplerate, src.frames, src.channels
+        block, margin, unit, unit48 = _blocks(sr, n)
+        fmt = "RF64" if n * channels * 4 > 3_500_000_000 else "WAV"
+        written = names[: len(objs) + 1]  # the objects' targets, then the residual
+        tmps = [stack.enter_context(ws.atomic(name)) for name in written]
+        outs = [
+            stack.enter_context(sf.SoundFile(str(t), "w", sr, channels, subtype, format=fmt))
+            for t in tmps
+        ]
+        for a in range(0, n, block):
+            lo, hi = max(0, a - margin), min(n, a + block + margin)
+            src.seek(lo)
+            chunk = src.read(hi - lo, dtype="float32", always_2d=True)
+            m_lo, m_hi = lo // unit * unit48, -(-hi // unit) * unit48
+            model = [s.read(m_lo, m_hi) for s in stems48]
+            mix = residual48.read(m_lo, m_hi) + np.sum(model, axis=0)
+            keep = slice(a - lo, a - lo + min(block, n - a))
+            rest = chunk[keep].astype(np.float64)
+            for j, target in enumerate(model):
+                tgt, _ = restore(chunk, target, mix - target, sr, method=spec.reconstruct)
+                tgt = tgt[keep]
+                outs[j].write(tgt)
+                rest -= tgt
+            outs[-1].write(rest.astype(np.float32))
+            report("restore", min(1.0, (a + block) / n), f"restoring {len(objs)} object(s)")
+    if len(objs) == 1:  # the one object's target at the top as well, as plugins expect it
+        with ws.atomic(files.TARGET) as tmp:
+            shutil.copyfile(ws.file(names[0]), tmp)
     report("restore", 1.0, "stems written")

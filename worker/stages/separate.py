@@ -1,14 +1,29 @@
 """Stage 5, separate: the model's mono copy, window by window (resumable), joined with
-complementary crossfades."""
+complementary crossfades.
+
+Several objects (``JobSpec.objects``): every window separates all objects at once
+(``model.separator.separate_objects``: the classical backend lets them compete for each
+component, SAM Audio runs them as one batch); each object's stem goes to
+``objects/<label>/stems_target.npy``, what no object took to ``stems_residual.npy``."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 
-from model.separator import MODEL_SAMPLE_RATE, Prompt, Separation, Separator, Span
+from model.separator import (
+    MODEL_SAMPLE_RATE,
+    ObjectsSeparation,
+    Prompt,
+    Separation,
+    Separator,
+    Span,
+    separate_objects,
+)
 from model.windows import crossfade_gains, window_prompt
 from worker import arrays, files
 from worker.errors import SonomaskError
@@ -29,13 +44,16 @@ READS = (
 WRITES = files.STEMS_MODEL
 
 
-def _job_prompt(ws: Workspace, separator: Separator) -> Prompt:
-    """The whole clip's prompt; video parts stay on disk until a window reads them."""
+def _job_prompt(ws: Workspace, separator: Separator, obj: Any = None) -> Prompt:
+    """The whole clip's prompt for ``obj`` (one of ``spec.targets()``; default the single
+    object); video parts stay on disk until a window reads them."""
     spec = ws.spec
-    prompt = Prompt(text=spec.text, spans=[Span(s.sign, s.start, s.end) for s in spec.spans])
+    obj = obj or spec.targets()[0]
+    prefix = files.object_file(obj.label, "") if spec.several else ""
+    prompt = Prompt(text=obj.text, spans=[Span(s.sign, s.start, s.end) for s in obj.spans])
     if separator.name == "classical":
         # The weight-free backend follows the object's motion, sampled at the frame times.
-        act = np.load(ws.file(files.ACTIVITY))
+        act = np.load(ws.file(prefix + files.ACTIVITY))
         prompt.object_activity = act["object"]
         prompt.background_activity = act["background"]
         prompt.video_times = act["times"]
@@ -45,7 +63,7 @@ def _job_prompt(ws: Workspace, separator: Separator) -> Prompt:
     else:
         # SAM Audio sees the masked frames, sampled at its feature rate.
         frames, _ = working_frames(ws)
-        masks = arrays.open_npy(ws.file(files.MASKS_WORK))
+        masks = arrays.open_npy(ws.file(prefix + files.MASKS_WORK))
         prompt.masked_video = MaskedFrames(frames, masks, np.load(ws.file(files.PROMPT_INDEX)))
         prompt.video_times = np.load(ws.file(files.PROMPT_TIMES))
     return prompt
@@ -64,9 +82,13 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     (or whose worker was killed) resumes at the first window not yet done. The joined
     stems are written row by row: memory holds one window whatever the clip's length.
     """
+    spec = ws.spec
+    if spec.several:
+        _run_objects(ws, settings, report)
+        return
     if ws.has(*files.STEMS_MODEL):
         return
-    separator = choose_separator(ws.spec, settings)
+    separator = choose_separator(spec, settings)
     with sf.SoundFile(str(ws.file(files.AUDIO_MODEL))) as audio:
         n = audio.frames
         plan = separator.windowing.plan(n, settings.window_seconds)
@@ -185,4 +207,152 @@ def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
         backend=" + ".join(sorted(backends)),
         separate_warnings=notes,
         confidence=round(float(np.mean(confidences)), 3) if confidences else None,
+    )
+
+
+# --------------------------------------------------------------------------- several objects
+
+
+def _stem_names(ws: Workspace) -> list[str]:
+    """Each object's model-rate target, then the shared residual."""
+    labels = [o.label for o in ws.spec.targets()]
+    return [files.object_file(lb, files.STEMS_TARGET) for lb in labels] + [files.STEMS_MODEL[1]]
+
+
+def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> None:
+    """Every object separated from the same windows at once (module doc), resumable."""
+    names = _stem_names(ws)
+    if ws.has(*names):
+        return
+    spec = ws.spec
+    objs = spec.targets()
+    separator = choose_separator(spec, settings)
+    with sf.SoundFile(str(ws.file(files.AUDIO_MODEL))) as audio:
+        n = audio.frames
+        plan = separator.windowing.plan(n, settings.window_seconds)
+        plan_doc = {
+            "backend": separator.name,
+            "windows": [list(w) for w in plan],
+            "objects": [o.label for o in objs],
+        }
+        if ws.has(files.WINDOWS_PLAN) and ws.read_json(files.WINDOWS_PLAN) != plan_doc:
+            shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
+        ws.write_json(files.WINDOWS_PLAN, plan_doc)
+        done = [i for i in range(len(plan)) if ws.has(_window_file(i))]
+        ws.update_manifest(separate_windows={"count": len(plan), "resumed": len(done)})
+        prompts = [_job_prompt(ws, separator, o) for o in objs]
+        whole = [_has_evidence(p) for p in prompts]
+        for i, (a, b) in enumerate(plan):
+            if i in done:
+                continue
+            audio.seek(a)
+            chunk = audio.read(b - a, dtype="float32")
+            if chunk.ndim == 2:
+                chunk = chunk[:, 0]
+            _separate_objects_window(ws, separator, prompts, whole, i, plan, chunk, report)
+    _join_object_windows(ws, plan, n, names)
+    shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
+    report("separate", 1.0, f"separated {len(objs)} object(s) with {ws.manifest().get('backend')}")
+
+
+def _separate_objects_window(
+    ws: Workspace,
+    separator: Separator,
+    prompts: list[Prompt],
+    whole: list[bool],
+    i: int,
+    plan: list[tuple[int, int]],
+    chunk: np.ndarray,
+    report: StageProgress,
+) -> None:
+    """Window ``i`` for every object; an object with nothing to go on in this stretch (the
+    classical backend: no picture, no span) gets silence there, with a warning."""
+    a, b = plan[i]
+    sr = MODEL_SAMPLE_RATE
+    labels = [o.label for o in ws.spec.targets()]
+    local = [window_prompt(p, a / sr, b / sr) for p in prompts]
+    use = [
+        j
+        for j, p in enumerate(local)
+        if separator.name != "classical" or not whole[j] or _has_evidence(p)
+    ]
+    warnings = [
+        f"{labels[j]}: no picture or span covers part of the audio; that part was left in "
+        "the residual"
+        for j in range(len(local))
+        if j not in use
+    ]
+    where = f"window {i + 1}/{len(plan)}"
+    targets = np.zeros((len(local), len(chunk)), np.float32)
+    backend, confidences = separator.name, [np.nan] * len(local)
+    if use:
+
+        def prog(f: float, m: str) -> None:
+            report(
+                "separate",
+                (i + f) / len(plan),
+                f"{where}, objects {', '.join(labels[j] for j in use)}: {m}",
+            )
+
+        result: ObjectsSeparation = separate_objects(
+            separator, chunk, [local[j] for j in use], prog
+        )
+        for j, target, notes, conf in zip(
+            use, result.targets, result.warnings, result.confidences, strict=True
+        ):
+            _check_stems(Separation(target, target, result.backend), len(chunk))
+            targets[j] = target
+            warnings += [f"{labels[j]}: {w}" for w in notes]
+            confidences[j] = np.nan if conf is None else conf
+        backend = result.backend
+    residual = chunk - targets.sum(axis=0, dtype=np.float32)
+    with ws.atomic(_window_file(i)) as tmp, tmp.open("wb") as f:
+        np.savez(
+            f,
+            targets=targets,
+            residual=residual.astype(np.float32),
+            backend=np.array(backend),
+            warnings=np.array(warnings, dtype=str),
+            confidences=np.array(confidences, dtype=np.float64),
+        )
+    report("separate", (i + 1) / len(plan), f"{where} separated")
+
+
+def _join_object_windows(
+    ws: Workspace, plan: list[tuple[int, int]], n: int, names: list[str]
+) -> None:
+    """Crossfade the windows into each object's stem and the residual, one window in memory."""
+    backends: set[str] = set()
+    warnings: dict[str, int] = {}
+    confidences: list[np.ndarray] = []
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(ws.atomic(name)) for name in names]
+        stems = [stack.enter_context(arrays.create_npy(t, (n,), np.float32)) for t in tmps]
+        for i, (a, b) in enumerate(plan):
+            with np.load(ws.file(_window_file(i))) as part:
+                gain = crossfade_gains(plan, i)
+                rows = [*part["targets"], part["residual"]]
+                for stem, row in zip(stems, rows, strict=True):
+                    acc = stem.read(a, b)
+                    acc += gain * row
+                    stem.write(a, acc)
+                backends.add(str(part["backend"]))
+                confidences.append(part["confidences"])
+                for w in part["warnings"].tolist():
+                    warnings[w] = warnings.get(w, 0) + 1
+    notes = [
+        w if c == len(plan) or len(plan) == 1 else f"{w} ({c} of {len(plan)} windows)"
+        for w, c in warnings.items()
+    ]
+    labels = [o.label for o in ws.spec.targets()]
+    table = np.array(confidences, dtype=np.float64).reshape(len(plan), len(labels))
+    per_object = {}
+    for j, lb in enumerate(labels):
+        known = table[:, j][np.isfinite(table[:, j])]
+        per_object[lb] = round(float(known.mean()), 3) if known.size else None
+    ws.update_manifest(
+        backend=" + ".join(sorted(backends)),
+        separate_warnings=notes,
+        confidence=None,
+        object_confidence=per_object,
     )

@@ -4,11 +4,24 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 const $$ = (sel) => Array.from(document.querySelectorAll(sel));
 const TOKEN_KEY = "sonomask.token";
-const MASK_COLOUR = "#ff4fb0";
-const TRACK_RGB = [79, 210, 255]; // the tracked mask (cyan), apart from the drawn one (pink)
+const LOOK_KEY = "sonomask.overlay"; // the overlay's colours and opacity, kept in the browser
+const TRACK_COLOUR = "#4fd2ff"; // the tracked mask (cyan), apart from the drawn one
 const FRAME_MAX_SIDE = 1600;
+const JOBS_SHOWN = 8; // rows of recent jobs before "Show more"
+
+// Colours an object's mask can be drawn in; object i starts with PALETTE[i]. One object is
+// drawn today; the overlay is per object (looks[i]) so several can each have their own.
+const PALETTE = [
+  { name: "pink", hex: "#ff4fb0" },
+  { name: "yellow", hex: "#ffd23f" },
+  { name: "green", hex: "#3ddc84" },
+  { name: "blue", hex: "#4f7bff" },
+  { name: "orange", hex: "#ff8a3d" },
+  { name: "white", hex: "#ffffff" },
+];
 
 const S = {
   token: localStorage.getItem(TOKEN_KEY) || "",
@@ -36,7 +49,33 @@ const S = {
   pollTimer: null,
   results: null, // {id, peaks: {target, residual}}
   ab: "target",
+  edit: null, // canvas at the video's size: the shown frame's mask being edited (alpha = object)
+  typedBox: null, // a valid box typed as numbers, previewed until it is added
+  looks: loadLooks(), // per object: {colour, opacity} of its overlay
 };
+
+/** The saved overlay looks (or the defaults): a colour from PALETTE and an opacity each. */
+function loadLooks() {
+  let saved = [];
+  try {
+    const v = JSON.parse(localStorage.getItem(LOOK_KEY) || "{}");
+    if (Array.isArray(v.looks)) saved = v.looks;
+  } catch (_) {
+    /* unreadable: the defaults */
+  }
+  const known = new Set(PALETTE.map((c) => c.hex));
+  const looks = [];
+  for (let i = 0; i < Math.max(1, saved.length); i++) {
+    const l = saved[i] || {};
+    looks.push({
+      colour: known.has(l.colour) ? l.colour : PALETTE[i % PALETTE.length].hex,
+      opacity: Number.isFinite(l.opacity) ? clamp(l.opacity, 0.1, 0.9) : 0.45,
+    });
+  }
+  return looks;
+}
+
+const lookOf = (i) => S.looks[i] || { colour: PALETTE[i % PALETTE.length].hex, opacity: 0.45 };
 
 // The tracking preview (POST/GET /v1/uploads/{id}/track): the server's last state, what the
 // page sent for it, and the masks fetched for the overlay.
@@ -135,7 +174,6 @@ function showError(sel, message) {
 const fmtTime = (t) => `${t.toFixed(2)} s`;
 const fmtBytes = (n) =>
   n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${Math.ceil(n / 1e3)} kB`;
-const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 const timeOf = (n) => n / S.upload.fps;
 const frameAt = (t) => clamp(Math.round(t * S.upload.fps), 0, S.upload.frames - 1);
 const spanText = (s) => `${s.sign}${+s.start.toFixed(2)}-${+s.end.toFixed(2)}`;
@@ -215,51 +253,132 @@ async function loadMedia() {
   }
 }
 
-let jobsShown = "";
+// The recent jobs: fetched every few seconds, shown newest first; consecutive jobs alike
+// (same video, mode, objects and state) collapse into one row, and only the first
+// JOBS.shown rows are listed until "Show more".
+const JOBS = { list: [], key: "", shown: JOBS_SHOWN, open: new Set() };
 let lastJobsRefresh = 0;
+
+const fmtDuration = (sec) => {
+  sec = Math.max(0, Math.round(sec));
+  if (sec < 60) return `${sec} s`;
+  if (sec < 3600) return `${Math.floor(sec / 60)} min ${String(sec % 60).padStart(2, "0")} s`;
+  return `${Math.floor(sec / 3600)} h ${String(Math.floor((sec % 3600) / 60)).padStart(2, "0")} min`;
+};
+
+/** "1 object" for a single-object job (``objects`` null), else the objects' labels. */
+function objectsText(objects) {
+  if (!Array.isArray(objects) || !objects.length) return "1 object";
+  const labels = objects.map((o, i) => (o && o.label) || `object ${i + 1}`);
+  return `${labels.length} objects: ${labels.join(", ")}`;
+}
+
+const MODE_TEXT = { isolate: "isolate", remove: "remove", both: "isolate + remove" };
+
+/** Where a job stands, in a few words: its queue position, stage or how long it took. */
+function jobProgressText(j) {
+  if (j.state === "queued") {
+    return j.queue_position ? `#${j.queue_position} in the queue` : "waiting for a worker";
+  }
+  if (j.state === "running") return `${j.stage || "starting"} · ${Math.round(j.progress * 100)}%`;
+  const took = j.created && j.finished ? (Date.parse(j.finished) - Date.parse(j.created)) / 1000 : NaN;
+  if (!Number.isFinite(took)) return "";
+  return j.state === "succeeded" ? `took ${fmtDuration(took)}` : `${j.state} after ${fmtDuration(took)}`;
+}
+
+const jobAlike = (j) => JSON.stringify([j.name, j.mode, objectsText(j.objects), j.state]);
+
+function groupJobs(list) {
+  const groups = [];
+  for (const j of list) {
+    const last = groups[groups.length - 1];
+    if (last && last.key === jobAlike(j)) last.jobs.push(j);
+    else groups.push({ key: jobAlike(j), jobs: [j] });
+  }
+  return groups;
+}
+
+function jobButton(j) {
+  const when = j.created ? new Date(j.created).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : "";
+  const name = j.name || j.id;
+  const mode = MODE_TEXT[j.mode] || j.mode || "";
+  const where = jobProgressText(j);
+  return el(
+    "button",
+    {
+      type: "button",
+      class: "job-row",
+      "data-job": j.id,
+      "data-state": j.state,
+      "aria-current": j.id === S.job ? "true" : "false",
+      "aria-label": `Open job ${name}, ${mode}, ${objectsText(j.objects)}, ${j.state}${where ? `, ${where}` : ""}`,
+      title: `job ${j.id}`,
+      onclick: () => openJob(j.id),
+    },
+    el("span", { class: "job-name" }, name),
+    el("span", { class: `badge ${j.state}` }, j.state),
+    el("span", { class: "job-meta" }, [mode, objectsText(j.objects)].filter(Boolean).join(" · ")),
+    el("span", { class: "job-when" }, [where, when].filter(Boolean).join(" · ")),
+  );
+}
+
+function renderJobs() {
+  const ul = $("#jobs-list");
+  const focused = document.activeElement && document.activeElement.dataset.job;
+  const list = JOBS.list;
+  if (!list.length) {
+    ul.replaceChildren(el("li", { class: "empty" }, "No jobs yet."));
+    $("#more-jobs").hidden = true;
+    return;
+  }
+  const groups = groupJobs(list);
+  const rows = [];
+  for (const g of groups.slice(0, JOBS.shown)) {
+    const [head, ...rest] = g.jobs;
+    const open = JOBS.open.has(g.key) || rest.some((j) => j.id === S.job);
+    const li = el("li", { class: "job-group" }, jobButton(head));
+    if (rest.length) {
+      li.append(
+        el(
+          "button",
+          {
+            type: "button",
+            class: "ghost small more-alike",
+            "aria-expanded": String(open),
+            onclick: () => {
+              if (open) JOBS.open.delete(g.key);
+              else JOBS.open.add(g.key);
+              renderJobs();
+            },
+          },
+          open ? `Hide ${rest.length} alike` : `+ ${rest.length} more alike`,
+        ),
+      );
+      if (open) li.append(el("ul", { class: "jobs-sub" }, ...rest.map((j) => el("li", {}, jobButton(j)))));
+    }
+    rows.push(li);
+  }
+  ul.replaceChildren(...rows);
+  const hidden = groups.length - JOBS.shown;
+  const more = $("#more-jobs");
+  more.hidden = hidden <= 0;
+  more.textContent = `Show more (${Math.max(0, hidden)})`;
+  if (focused) {
+    const again = ul.querySelector(`button[data-job="${focused}"]`);
+    if (again) again.focus();
+  }
+}
 
 async function refreshJobs() {
   lastJobsRefresh = Date.now();
   try {
-    const list = await getJSON("/v1/jobs?limit=20");
+    const list = await getJSON("/v1/jobs?limit=50");
     showError("#jobs-error", "");
-    const ul = $("#jobs-list");
     const key = JSON.stringify([S.job, list]);
-    if (key === jobsShown) return; // unchanged: keep the list (and keyboard focus) as it is
-    jobsShown = key;
-    const focused = document.activeElement && document.activeElement.dataset.job;
-    if (!list.length) {
-      ul.replaceChildren(el("li", { class: "empty" }, "No jobs yet."));
-      return;
-    }
-    ul.replaceChildren(
-      ...list.map((j) => {
-        const when = j.created ? new Date(j.created).toLocaleString() : "";
-        const extra =
-          j.state === "running" ? ` · ${j.stage || ""} ${Math.round(j.progress * 100)}%` : "";
-        return el(
-          "li",
-          {},
-          el(
-            "button",
-            {
-              type: "button",
-              "data-job": j.id,
-              "aria-current": j.id === S.job ? "true" : "false",
-              "aria-label": `Open job ${j.id}, ${j.state}`,
-              onclick: () => openJob(j.id),
-            },
-            el("code", {}, j.id),
-            el("span", { class: `badge ${j.state}` }, j.state),
-            el("span", { class: "job-when" }, when + extra),
-          ),
-        );
-      }),
-    );
-    if (focused) {
-      const again = ul.querySelector(`button[data-job="${focused}"]`);
-      if (again) again.focus();
-    }
+    if (key === JOBS.key) return; // unchanged: keep the list (and keyboard focus) as it is
+    JOBS.key = key;
+    JOBS.list = list;
+    renderJobs();
   } catch (err) {
     showError("#jobs-error", err.message);
   }
@@ -310,6 +429,7 @@ async function openWith(work, label) {
     setVideo(await work());
   } catch (err) {
     showError("#open-error", err.message);
+    if (S.upload) foldOpen(false); // the choices back beside the message, to pick another
   } finally {
     $("#upload-progress").hidden = true;
   }
@@ -363,6 +483,8 @@ function setVideo(info) {
     c.width = w;
     c.height = h;
   }
+  S.edit = newCanvas(w, h);
+  S.typedBox = null;
   const stage = $("#stage");
   stage.style.aspectRatio = `${w} / ${h}`;
   stage.style.maxWidth = `min(100%, calc(62vh * ${w / h}))`;
@@ -383,6 +505,7 @@ function setVideo(info) {
   $("#stream-field").hidden = info.audio_streams < 2;
   $("#editor").hidden = false;
   $("#prompt-panel").hidden = false;
+  foldOpen(true);
   history.replaceState(null, "", `#upload=${info.id}`);
   $("#frame-img").removeAttribute("data-frame");
   showFrame(0);
@@ -464,7 +587,7 @@ async function pumpFrames() {
 
 // --------------------------------------------------------------------------- drawing
 
-const maskCtx = () => $("#mask-canvas").getContext("2d", { willReadFrequently: true });
+const maskCtx = () => S.edit.getContext("2d", { willReadFrequently: true });
 
 function renderMask() {
   const ctx = maskCtx();
@@ -472,7 +595,160 @@ function renderMask() {
   ctx.clearRect(0, 0, S.upload.width, S.upload.height);
   const stored = S.masks.get(S.frame);
   if (stored) ctx.drawImage(stored, 0, 0);
+  renderOverlay();
   renderDraft();
+}
+
+// --------------------------------------------------------------------------- overlay
+
+const scratch = new Map(); // name -> canvas, reused between renders
+
+function scratchCanvas(name, w, h) {
+  let c = scratch.get(name);
+  if (!c || c.width !== w || c.height !== h) {
+    c = newCanvas(w, h);
+    scratch.set(name, c);
+  }
+  const ctx = c.getContext("2d");
+  ctx.globalCompositeOperation = "source-over";
+  ctx.globalAlpha = 1;
+  ctx.clearRect(0, 0, w, h);
+  return c;
+}
+
+/** ``src`` grown by ``r`` pixels (shifted copies, doubling the step: few draws for any r). */
+function dilate(src, r, name) {
+  const { width: w, height: h } = src;
+  let cur = src;
+  let left = Math.round(r);
+  let step = 1;
+  let flip = 0;
+  while (left > 0) {
+    const d = Math.min(step, left);
+    const next = scratchCanvas(`${name}${flip}`, w, h);
+    const ctx = next.getContext("2d");
+    for (const [dx, dy] of [[0, 0], [d, 0], [-d, 0], [0, d], [0, -d], [d, d], [d, -d], [-d, d], [-d, -d]]) {
+      ctx.drawImage(cur, dx, dy);
+    }
+    cur = next;
+    left -= d;
+    step *= 2;
+    flip ^= 1;
+  }
+  return cur;
+}
+
+/** ``mask``'s silhouette in one colour (alpha kept), in scratch canvas ``name``. */
+function tint(mask, colour, name) {
+  const c = scratchCanvas(name, mask.width, mask.height);
+  const ctx = c.getContext("2d");
+  ctx.drawImage(mask, 0, 0);
+  ctx.globalCompositeOperation = "source-in";
+  ctx.fillStyle = colour;
+  ctx.fillRect(0, 0, c.width, c.height);
+  ctx.globalCompositeOperation = "source-over";
+  return c;
+}
+
+/** Draw one object's mask over the picture: filled in its colour at its opacity, and
+ * outlined (its colour, then a dark edge outside) at full strength, so the edge shows over
+ * an object of the same colour too. Each object of a job will be drawn with its own look. */
+function paintOverlay(canvas, mask, look) {
+  const ctx = canvas.getContext("2d");
+  ctx.globalCompositeOperation = "source-over";
+  ctx.globalAlpha = 1;
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (!mask) return;
+  const unit = clamp(Math.round(1.25 * stageScale()), 1, 8); // ~1.25 CSS px on screen
+  const ring = scratchCanvas("ring", mask.width, mask.height);
+  const rctx = ring.getContext("2d");
+  rctx.globalAlpha = 0.85;
+  rctx.drawImage(tint(dilate(mask, 2 * unit, "grow"), "#000000", "tint"), 0, 0);
+  rctx.globalAlpha = 1;
+  rctx.drawImage(tint(dilate(mask, unit, "grow"), look.colour, "tint"), 0, 0);
+  rctx.globalCompositeOperation = "destination-out";
+  rctx.drawImage(mask, 0, 0);
+  rctx.globalCompositeOperation = "source-over";
+  ctx.drawImage(ring, 0, 0);
+  ctx.globalAlpha = look.opacity;
+  ctx.drawImage(tint(mask, look.colour, "tint"), 0, 0);
+  ctx.globalAlpha = 1;
+}
+
+let overlayQueued = false;
+
+/** The drawn mask of the frame shown, as object 0's overlay (at once, or at the next
+ * animation frame while a stroke moves). */
+function renderOverlay(soon = false) {
+  if (!S.upload || !S.edit) return;
+  if (soon) {
+    if (!overlayQueued) {
+      overlayQueued = true;
+      requestAnimationFrame(() => {
+        overlayQueued = false;
+        renderOverlay();
+      });
+    }
+    return;
+  }
+  const c = $("#mask-canvas");
+  const look = lookOf(0);
+  paintOverlay(c, S.edit, look);
+  c.dataset.colour = look.colour;
+  c.dataset.opacity = String(look.opacity);
+}
+
+/** Apply a new look to object ``i``: keep it in the browser, redraw, update the controls. */
+function setLook(i, change) {
+  while (S.looks.length <= i) S.looks.push({ ...lookOf(S.looks.length) });
+  Object.assign(S.looks[i], change);
+  try {
+    localStorage.setItem(LOOK_KEY, JSON.stringify({ looks: S.looks }));
+  } catch (_) {
+    /* private mode: the look lasts for this visit */
+  }
+  showLook();
+  renderOverlay();
+  repaintTracked();
+  drawTimeline();
+}
+
+function showLook() {
+  const look = lookOf(0);
+  for (const r of $$('input[name="mask-colour"]')) r.checked = r.value === look.colour;
+  const pct = Math.round(look.opacity * 100);
+  $("#mask-opacity").value = String(pct);
+  $("#mask-opacity-out").textContent = `${pct}%`;
+  document.documentElement.style.setProperty("--object-0", look.colour);
+}
+
+/** A coloured dot (set through the CSSOM: the page's CSP allows no inline style attribute). */
+function swatchChip(hex) {
+  const chip = el("span", { class: "chip-colour", "aria-hidden": "true" });
+  chip.style.setProperty("--c", hex);
+  return chip;
+}
+
+function bindLook() {
+  const box = $("#mask-colours");
+  for (const c of PALETTE) {
+    box.append(
+      el(
+        "label",
+        { class: "swatch", title: c.name },
+        el("input", {
+          type: "radio",
+          name: "mask-colour",
+          value: c.hex,
+          "aria-label": c.name,
+          onchange: () => setLook(0, { colour: c.hex }),
+        }),
+        swatchChip(c.hex),
+      ),
+    );
+  }
+  $("#mask-opacity").addEventListener("input", (e) => setLook(0, { opacity: +e.target.value / 100 }));
+  showLook();
 }
 
 function setTool(tool) {
@@ -524,7 +800,7 @@ function stageScale() {
 
 function snapshot() {
   const copy = newCanvas(S.upload.width, S.upload.height);
-  copy.getContext("2d").drawImage($("#mask-canvas"), 0, 0);
+  copy.getContext("2d").drawImage(S.edit, 0, 0);
   const stack = S.undo.get(S.frame) || [];
   stack.push(copy);
   if (stack.length > 20) stack.shift();
@@ -553,12 +829,13 @@ function commit() {
     }
     const sctx = stored.getContext("2d");
     sctx.clearRect(0, 0, w, h);
-    sctx.drawImage($("#mask-canvas"), 0, 0);
+    sctx.drawImage(S.edit, 0, 0);
     S.filled.add(S.frame);
   } else {
     S.masks.delete(S.frame);
     S.filled.delete(S.frame);
   }
+  renderOverlay();
   renderKeyframes();
   drawTimeline();
   updateHint();
@@ -567,8 +844,8 @@ function commit() {
 
 function paintMode(ctx, erase) {
   ctx.globalCompositeOperation = erase ? "destination-out" : "source-over";
-  ctx.fillStyle = MASK_COLOUR;
-  ctx.strokeStyle = MASK_COLOUR;
+  ctx.fillStyle = "#ffffff"; // the edit canvas keeps only coverage (alpha); colour is the overlay's
+  ctx.strokeStyle = "#ffffff";
 }
 
 function startStroke(p) {
@@ -582,6 +859,7 @@ function startStroke(p) {
   ctx.arc(p.x, p.y, S.brush / 2, 0, Math.PI * 2);
   ctx.fill();
   S.stroke = p;
+  renderOverlay(true);
 }
 
 function continueStroke(p) {
@@ -591,6 +869,7 @@ function continueStroke(p) {
   ctx.lineTo(p.x, p.y);
   ctx.stroke();
   S.stroke = p;
+  renderOverlay(true);
 }
 
 function endStroke() {
@@ -650,6 +929,79 @@ function finishBox(erase) {
   renderDraft();
 }
 
+// --------------------------------------------------------------------------- a box as numbers
+
+const BOX_FIELDS = ["x0", "y0", "x1", "y1"];
+
+/** The typed box in video pixels, or the first thing wrong with it (the service's rules:
+ * 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height). */
+function typedBox() {
+  const { width: w, height: h } = S.upload;
+  const v = {};
+  for (const k of BOX_FIELDS) {
+    const input = $(`#box-${k}`);
+    const text = input.value.trim();
+    const n = Number(text);
+    if (text === "" || !Number.isFinite(n)) {
+      return { error: `${k} is ${text === "" ? "empty" : "not a number"}: give all four corners in video pixels.`, field: k };
+    }
+    v[k] = n;
+  }
+  for (const [k, hi] of [["x0", w], ["x1", w], ["y0", h], ["y1", h]]) {
+    if (v[k] < 0 || v[k] > hi) {
+      return {
+        error: `${k} = ${v[k]} is outside the ${w}×${h} picture: x goes from 0 to ${w}, y from 0 to ${h}.`,
+        field: k,
+      };
+    }
+  }
+  if (v.x1 <= v.x0) return { error: `x1 (${v.x1}) must be greater than x0 (${v.x0}): x0 is the left edge, x1 the right.`, field: "x1" };
+  if (v.y1 <= v.y0) return { error: `y1 (${v.y1}) must be greater than y0 (${v.y0}): y0 is the top edge, y1 the bottom.`, field: "y1" };
+  // Every pixel the box overlaps, as the pipeline rasterises a box (vision/masks.py).
+  const x = Math.floor(v.x0);
+  const y = Math.floor(v.y0);
+  return { box: { x, y, w: Math.max(Math.ceil(v.x1), x + 1) - x, h: Math.max(Math.ceil(v.y1), y + 1) - y } };
+}
+
+function markBoxFields(bad) {
+  for (const k of BOX_FIELDS) $(`#box-${k}`).setAttribute("aria-invalid", String(k === bad));
+}
+
+/** While typing: preview a valid box on the picture; say nothing until Add box. */
+function previewTypedBox() {
+  if (!S.upload) return;
+  const t = typedBox();
+  S.typedBox = t.box || null;
+  if (t.box) {
+    markBoxFields(null);
+    showError("#box-error", "");
+  }
+  renderDraft();
+}
+
+function addTypedBox(e) {
+  e.preventDefault();
+  if (!S.upload) return;
+  const t = typedBox();
+  markBoxFields(t.field || null);
+  if (t.error) {
+    showError("#box-error", t.error);
+    $(`#box-${t.field}`).focus();
+    return;
+  }
+  showError("#box-error", "");
+  const { x, y, w, h } = t.box;
+  snapshot();
+  const ctx = maskCtx();
+  paintMode(ctx, $("#box-cut").checked);
+  ctx.fillRect(x, y, w, h);
+  ctx.globalCompositeOperation = "source-over";
+  S.typedBox = null;
+  commit();
+  renderDraft();
+  $("#tool-hint").textContent = `Box ${x},${y}–${x + w},${y + h} ${$("#box-cut").checked ? "cut out of" : "added to"} frame ${S.frame}.`;
+}
+
 function undo() {
   const stack = S.undo.get(S.frame);
   if (!stack || !stack.length) return;
@@ -694,6 +1046,13 @@ function renderDraft() {
     ctx.fillRect(x, y, w, h);
     ctx.setLineDash([6 * px, 4 * px]);
     ctx.strokeRect(x, y, w, h);
+    ctx.setLineDash([]);
+  }
+  if (S.typedBox) {
+    const b = S.typedBox;
+    ctx.setLineDash([4 * px, 3 * px]);
+    ctx.strokeStyle = "#ffffff";
+    ctx.strokeRect(b.x, b.y, b.w, b.h);
     ctx.setLineDash([]);
   }
   if (S.cursor && (S.tool === "brush" || S.tool === "eraser")) {
@@ -888,7 +1247,7 @@ function drawTimeline() {
     ctx.fillStyle = "#4fd2ff";
     for (const [a, b] of st.retracked) ctx.fillRect(xOf(timeOf(a)), 10, (b - a + 1) * fw, 3);
   }
-  ctx.fillStyle = MASK_COLOUR;
+  ctx.fillStyle = lookOf(0).colour;
   for (const n of S.filled) {
     const x = xOf(timeOf(n));
     ctx.beginPath();
@@ -1007,6 +1366,7 @@ function resetTracking() {
   Object.assign(T, { state: null, sent: null, pending: null, poll: null, cache: new Map() });
   const c = $("#track-canvas");
   c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  TV.silhouette = null;
   delete c.dataset.frame;
   showError("#track-error", "");
 }
@@ -1124,7 +1484,7 @@ function renderTracking() {
   $("#track-warnings").replaceChildren(...((st && st.warnings) || []).map((w) => el("li", {}, w)));
 }
 
-const TV = { loading: false };
+const TV = { loading: false, silhouette: null, canvas: null };
 
 /** Draw the tracked mask of the frame shown over the picture (cyan), fetching it when needed;
  * while one loads, later frames collapse into the newest, as for the pictures. */
@@ -1165,26 +1525,37 @@ async function pumpTracked() {
 function paintTracked(bmp, n, run) {
   const c = $("#track-canvas");
   const { width: w, height: h } = S.upload;
-  const ctx = c.getContext("2d", { willReadFrequently: true });
-  ctx.clearRect(0, 0, w, h);
   let area = 0;
+  TV.silhouette = null;
   if (bmp) {
+    // The PNG (white = object) as coverage in alpha, like the drawn masks.
+    const sil = TV.canvas && TV.canvas.width === w && TV.canvas.height === h ? TV.canvas : newCanvas(w, h);
+    TV.canvas = sil;
+    const ctx = sil.getContext("2d", { willReadFrequently: true });
+    ctx.clearRect(0, 0, w, h);
     ctx.drawImage(bmp, 0, 0, w, h);
     const img = ctx.getImageData(0, 0, w, h);
     const d = img.data;
     for (let i = 0; i < d.length; i += 4) {
       const on = d[i] >= 128;
       area += on;
-      d[i] = TRACK_RGB[0];
-      d[i + 1] = TRACK_RGB[1];
-      d[i + 2] = TRACK_RGB[2];
+      d[i] = d[i + 1] = d[i + 2] = 255;
       d[i + 3] = on ? 255 : 0;
     }
     ctx.putImageData(img, 0, 0);
+    TV.silhouette = sil;
   }
+  repaintTracked();
   c.dataset.frame = bmp ? String(n) : "";
   c.dataset.run = String(run);
   c.dataset.area = String(area);
+}
+
+/** The tracked mask in cyan, outlined, at object 0's opacity (the same look as the drawn one
+ * but its own colour, so what was drawn and what was tracked stay apart). */
+function repaintTracked() {
+  if (!S.upload) return;
+  paintOverlay($("#track-canvas"), TV.silhouette, { colour: TRACK_COLOUR, opacity: lookOf(0).opacity });
 }
 
 // --------------------------------------------------------------------------- submit
@@ -1255,8 +1626,9 @@ function openJob(id) {
   $("#job-state").textContent = "…";
   $("#job-state").className = "badge";
   $("#job-stage").textContent = "";
+  $("#job-what").textContent = "";
   history.replaceState(null, "", `#job=${id}`);
-  for (const b of $$("#jobs-list button")) b.setAttribute("aria-current", String(b.dataset.job === id));
+  for (const b of $$("#jobs-list button[data-job]")) b.setAttribute("aria-current", String(b.dataset.job === id));
   pollJob(id);
 }
 
@@ -1287,10 +1659,17 @@ function renderJob(doc) {
   badge.textContent = doc.state;
   badge.className = `badge ${doc.state}`;
   let stage = "";
-  if (doc.state === "queued") stage = "waiting for a worker";
-  else if (doc.state === "running") stage = doc.stage ? `stage: ${doc.stage}` : "starting";
+  if (doc.state === "queued") {
+    // Waiting for a worker: before its first stage, or between two (progress already made).
+    const where = doc.queue_position ? `#${doc.queue_position} in the queue` : "in the queue";
+    stage = `${where}, waiting for a worker${doc.progress > 0 ? " for its next stage" : ""}`;
+  } else if (doc.state === "running") stage = doc.stage ? `stage: ${doc.stage}` : "starting";
   else if (doc.backend) stage = `separator: ${doc.backend}`;
   $("#job-stage").textContent = stage;
+  $("#job-stage").dataset.position = doc.queue_position ? String(doc.queue_position) : "";
+  $("#job-what").textContent = [doc.name, MODE_TEXT[doc.mode] || doc.mode, objectsText(doc.objects)]
+    .filter(Boolean)
+    .join(" · ");
   $("#job-progress").value = doc.progress;
   $("#job-percent").textContent = `${Math.round(doc.progress * 100)}%`;
   showError("#job-error", doc.error || "");
@@ -1404,7 +1783,7 @@ function drawWaves() {
     ctx.clearRect(0, 0, w, h);
     const D = resultDuration();
     const active = S.ab === name;
-    drawWaveform(ctx, S.results.peaks[name], 0, w, h, D, active ? (name === "target" ? MASK_COLOUR : "#4fd2ff") : "#5c6374");
+    drawWaveform(ctx, S.results.peaks[name], 0, w, h, D, active ? (name === "target" ? "#ff4fb0" : "#4fd2ff") : "#5c6374");
     ctx.fillStyle = "#ffffff";
     ctx.fillRect((t / D) * w - 1, 0, 2, h);
   }
@@ -1457,21 +1836,27 @@ function bindPlayers() {
       applyAB();
     });
   }
-  $("#results").addEventListener("keydown", (e) => {
-    if (e.target.matches("input[type=text], input[type=number]")) return;
-    const key = e.key.toLowerCase();
-    if (key === "a" || key === "b") {
-      S.ab = key === "a" ? "target" : "residual";
-      applyAB();
-      e.preventDefault();
-      e.stopPropagation();
-    }
-  });
 }
 
 // --------------------------------------------------------------------------- wiring
 
+/** Fold the open panel to one line once a video is open (or unfold it again). */
+function foldOpen(folded) {
+  const panel = $("#open-panel");
+  panel.classList.add("opened");
+  panel.classList.toggle("again", !folded);
+  const b = $("#open-another");
+  b.hidden = false;
+  b.setAttribute("aria-expanded", String(!folded));
+  b.textContent = folded ? "Open another video" : "Keep this video";
+}
+
 function bindOpen() {
+  $("#open-another").addEventListener("click", () => {
+    const folded = $("#open-panel").classList.contains("again");
+    foldOpen(folded);
+    if (!folded) $("#file-input").focus();
+  });
   $("#file-input").addEventListener("change", (e) => {
     const f = e.target.files[0];
     if (f) openFile(f);
@@ -1520,6 +1905,13 @@ function bindEditor() {
     $("#span-start").value = $("#span-end").value = "";
   });
   $("#audio-stream").addEventListener("change", loadPeaks);
+  $("#box-form").addEventListener("submit", addTypedBox);
+  $("#box-form").addEventListener("input", previewTypedBox);
+  $("#box-numbers").addEventListener("toggle", () => {
+    S.typedBox = $("#box-numbers").open && S.upload ? typedBox().box || null : null;
+    renderDraft();
+  });
+  bindLook();
   $("#draft-canvas").addEventListener("keydown", (e) => {
     const moves = { ArrowLeft: -1, ArrowRight: 1 };
     if (e.key in moves) {
@@ -1531,33 +1923,72 @@ function bindEditor() {
   bindTimeline();
 }
 
+/** Whether keys typed at ``t`` are text (a field, a select's type-ahead), not shortcuts. */
+function typing(t) {
+  if (!t || !t.matches) return false;
+  if (t.isContentEditable || t.matches("textarea, select")) return true;
+  const plain = ["checkbox", "radio", "range", "button", "submit", "reset", "color", "file"];
+  return t.matches("input") && !plain.includes(t.type);
+}
+
+/** One keyboard scheme for the whole page (listed in the "Keys" dialog and docs/web.md):
+ * each key means one thing wherever the focus is, except while typing in a field. */
 function bindShortcuts() {
   document.addEventListener("keydown", (e) => {
-    if (!S.upload || $("#token-dialog").open) return;
+    if (e.defaultPrevented || e.isComposing) return;
+    if (document.querySelector("dialog[open]")) return; // a dialog has the keyboard (Esc closes)
     const t = e.target;
-    if (t.matches && t.matches("input, select, textarea, video, audio")) return;
-    if (t.closest && t.closest("#results")) return;
-    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
+    if (typing(t)) return;
+    const key = e.key;
+    const lower = key.length === 1 ? key.toLowerCase() : key;
+    if ((e.ctrlKey || e.metaKey) && !e.altKey && lower === "z") {
+      if (!S.upload) return;
       undo();
       e.preventDefault();
       return;
     }
     if (e.ctrlKey || e.metaKey || e.altKey) return;
-    if (S.poly.length && e.key === "Enter") closePolygon(false);
-    else if (S.poly.length && e.key === "Escape") cancelPolygon();
-    else if (S.poly.length && e.key === "Backspace") {
+    const onControl = t.matches && t.matches("button, a[href], summary, input, video, audio");
+    if (key === "?") return void (showKeys(), e.preventDefault());
+    if (key === "1" || key === "2") {
+      S.ab = key === "1" ? "target" : "residual";
+      applyAB();
+      return void e.preventDefault();
+    }
+    if (key === " " && !onControl && S.results && !$("#results").hidden) {
+      const v = $("#preview-video");
+      if (v.paused) v.play().catch(() => {});
+      else v.pause();
+      return void e.preventDefault();
+    }
+    if (!S.upload) return;
+    if (S.poly.length && !onControl && key === "Enter") closePolygon(false);
+    else if (S.poly.length && key === "Escape") cancelPolygon();
+    else if (S.poly.length && key === "Backspace") {
       S.poly.pop();
       renderDraft();
-    } else if (t.tagName === "BUTTON" && (e.key === "Enter" || e.key === " ")) return;
-    else {
-      const tool = { b: "brush", e: "eraser", p: "polygon", x: "box" }[e.key.toLowerCase()];
+    } else {
+      const tool = { b: "brush", e: "eraser", p: "polygon", x: "box" }[lower];
+      const step = e.shiftKey || key === "<" || key === ">" ? 10 : 1; // Shift+, Shift+. type < >
       if (tool) setTool(tool);
-      else if (e.key === "[") setBrush(S.brush * 0.8);
-      else if (e.key === "]") setBrush(S.brush * 1.25 + 1);
-      else return;
+      else if (key === "[") setBrush(S.brush * 0.8);
+      else if (key === "]") setBrush(S.brush * 1.25 + 1);
+      else if (key === "," || key === "<") showFrame(S.frame - step);
+      else if (key === "." || key === ">") showFrame(S.frame + step);
+      else if (lower === "m") {
+        const box = $("#show-mask");
+        box.checked = !box.checked;
+        box.dispatchEvent(new Event("change"));
+      } else return;
     }
     e.preventDefault();
   });
+}
+
+function showKeys() {
+  const d = $("#keys-dialog");
+  if (!d.open) d.showModal();
+  $("#keys-close").focus();
 }
 
 function bindToken() {
@@ -1592,9 +2023,16 @@ async function init() {
   $("#cancel-job").addEventListener("click", cancelJob);
   $("#reopen-video").addEventListener("click", () => S.job && openJobVideo(S.job));
   $("#refresh-jobs").addEventListener("click", refreshJobs);
+  $("#more-jobs").addEventListener("click", () => {
+    JOBS.shown += JOBS_SHOWN;
+    renderJobs();
+  });
+  $("#keys-button").addEventListener("click", showKeys);
   window.addEventListener("resize", () => {
     drawTimeline();
     drawWaves();
+    renderOverlay(true);
+    repaintTracked();
   });
   try {
     await loadOptions();
