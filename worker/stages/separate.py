@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -93,12 +94,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
         n = audio.frames
         plan = separator.windowing.plan(n, settings.window_seconds)
         plan_doc = {"backend": separator.name, "windows": [list(w) for w in plan]}
-        if ws.has(files.WINDOWS_PLAN) and ws.read_json(files.WINDOWS_PLAN) != plan_doc:
-            shutil.rmtree(
-                ws.file(files.WINDOWS_DIR), ignore_errors=True
-            )  # another backend's windows
-        ws.write_json(files.WINDOWS_PLAN, plan_doc)
-        done = [i for i in range(len(plan)) if ws.has(_window_file(i))]
+        done = _windows_done(ws, plan_doc)
         if done:
             report(
                 "separate",
@@ -108,13 +104,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
         ws.update_manifest(separate_windows={"count": len(plan), "resumed": len(done)})
         prompt = _job_prompt(ws, separator)
         whole_has_evidence = _has_evidence(prompt)
-        for i, (a, b) in enumerate(plan):
-            if i in done:
-                continue
-            audio.seek(a)
-            chunk = audio.read(b - a, dtype="float32")
-            if chunk.ndim == 2:
-                chunk = chunk[:, 0]
+        for i, chunk in _pending_windows(audio, plan, done):
             _separate_window(ws, separator, prompt, i, plan, chunk, whole_has_evidence, report)
     _join_windows(ws, plan, n)
     shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
@@ -123,6 +113,27 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
 
 def _window_file(i: int) -> str:
     return f"{files.WINDOWS_DIR}/{i:05d}.npz"
+
+
+def _windows_done(ws: Workspace, plan_doc: dict[str, Any]) -> list[int]:
+    """The windows already separated under this plan (a run with another backend, plan or
+    objects left windows that do not belong to it: they are dropped)."""
+    if ws.has(files.WINDOWS_PLAN) and ws.read_json(files.WINDOWS_PLAN) != plan_doc:
+        shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
+    ws.write_json(files.WINDOWS_PLAN, plan_doc)
+    return [i for i in range(len(plan_doc["windows"])) if ws.has(_window_file(i))]
+
+
+def _pending_windows(
+    audio: sf.SoundFile, plan: list[tuple[int, int]], done: list[int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Each window not yet separated, read from the model-rate audio as mono float32."""
+    for i, (a, b) in enumerate(plan):
+        if i in done:
+            continue
+        audio.seek(a)
+        chunk = audio.read(b - a, dtype="float32")
+        yield i, chunk[:, 0] if chunk.ndim == 2 else chunk
 
 
 def _separate_window(
@@ -235,20 +246,11 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
             "windows": [list(w) for w in plan],
             "objects": [o.label for o in objs],
         }
-        if ws.has(files.WINDOWS_PLAN) and ws.read_json(files.WINDOWS_PLAN) != plan_doc:
-            shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
-        ws.write_json(files.WINDOWS_PLAN, plan_doc)
-        done = [i for i in range(len(plan)) if ws.has(_window_file(i))]
+        done = _windows_done(ws, plan_doc)
         ws.update_manifest(separate_windows={"count": len(plan), "resumed": len(done)})
         prompts = [_job_prompt(ws, separator, o) for o in objs]
         whole = [_has_evidence(p) for p in prompts]
-        for i, (a, b) in enumerate(plan):
-            if i in done:
-                continue
-            audio.seek(a)
-            chunk = audio.read(b - a, dtype="float32")
-            if chunk.ndim == 2:
-                chunk = chunk[:, 0]
+        for i, chunk in _pending_windows(audio, plan, done):
             _separate_objects_window(ws, separator, prompts, whole, i, plan, chunk, report)
     _join_object_windows(ws, plan, n, names)
     shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
