@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import run_cli
+from tiny_trackers import BUILDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -37,148 +38,9 @@ FRAMES = 30
 BOX_FRAME = 12
 
 
-def _tiny_sam3(folder: Path) -> Path:
-    """SAM 3's tracker with random weights, a 112 px input and a 2-layer ViT."""
-    import torch
-    from transformers import (
-        Sam2VideoVideoProcessor,
-        Sam3ImageProcessor,
-        Sam3TrackerVideoConfig,
-        Sam3TrackerVideoModel,
-        Sam3TrackerVideoProcessor,
-    )
-    from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
-
-    s, patch, hidden = 112, 14, 128
-    grid = s // patch
-    vit = Sam3ViTConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=s,
-        patch_size=patch,
-        window_size=4,
-        global_attn_indexes=[1],
-        pretrain_image_size=s,
-    )
-    vision = Sam3VisionConfig(
-        backbone_config=vit,
-        fpn_hidden_size=hidden,
-        backbone_feature_sizes=[[4 * grid] * 2, [2 * grid] * 2, [grid] * 2],
-    )
-    config = Sam3TrackerVideoConfig(
-        vision_config=vision,
-        prompt_encoder_config={"hidden_size": hidden, "image_size": s, "patch_size": patch},
-        mask_decoder_config=_MASK_DECODER,
-        image_size=s,
-        num_maskmem=3,
-        max_object_pointers_in_encoder=4,
-        memory_attention_hidden_size=hidden,
-        memory_attention_num_layers=1,
-        memory_attention_feed_forward_hidden_size=64,
-        **_MEMORY,
-    )
-    torch.manual_seed(0)
-    _sees_the_object(Sam3TrackerVideoModel(config)).save_pretrained(folder)
-    size = {"height": s, "width": s}
-    Sam3TrackerVideoProcessor(
-        image_processor=Sam3ImageProcessor(
-            size=size, mask_size={"height": s // 4, "width": s // 4}
-        ),
-        video_processor=Sam2VideoVideoProcessor(size=size),
-    ).save_pretrained(folder)
-    return folder
-
-
-def _tiny_edgetam(folder: Path) -> Path:
-    """EdgeTAM with random weights, a 128 px input, a small Hiera and a small perceiver."""
-    import torch
-    from transformers import (
-        EdgeTamVideoConfig,
-        EdgeTamVideoModel,
-        Sam2ImageProcessor,
-        Sam2VideoProcessor,
-        Sam2VideoVideoProcessor,
-    )
-    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
-
-    s, hidden = 128, 128
-    backbone = Sam2HieraDetConfig(
-        hidden_size=8,
-        image_size=[s, s],
-        blocks_per_stage=[1, 1, 2, 1],
-        embed_dim_per_stage=[8, 16, 32, 64],
-        num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[4, 4, 4, 4],
-        global_attention_blocks=[3],
-        window_positional_embedding_background_size=[2, 2],
-    )
-    vision = Sam2VisionConfig(
-        backbone_config=backbone,
-        backbone_channel_list=[64, 32, 16, 8],
-        backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
-        fpn_hidden_size=hidden,
-    )
-    config = EdgeTamVideoConfig(
-        vision_config=vision,
-        prompt_encoder_config={"hidden_size": hidden, "image_size": s, "patch_size": 16},
-        mask_decoder_config=_MASK_DECODER,
-        image_size=s,
-        num_maskmem=3,
-        max_object_pointers_in_encoder=4,
-        memory_attention_hidden_size=hidden,
-        memory_attention_num_layers=1,
-        memory_attention_mlp_hidden_size=64,
-        memory_attention_rope_feat_sizes=[s // 16, s // 16],
-        memory_attention_rope_k_sizes=[4, 4],
-        perceiver_resampler_num_latents=16,
-        perceiver_resampler_num_latents_2d=16,
-        perceiver_resampler_hidden_size=64,
-        perceiver_resampler_mlp_intermediate_size=64,
-        perceiver_resampler_attention_head_dim=64,  # one head as wide as the resampler
-        perceiver_resampler_num_layers=1,
-        **_MEMORY,
-    )
-    torch.manual_seed(0)
-    _sees_the_object(EdgeTamVideoModel(config)).save_pretrained(folder)
-    size = {"height": s, "width": s}
-    Sam2VideoProcessor(  # EdgeTAM's checkpoints name SAM 2's processor
-        image_processor=Sam2ImageProcessor(size=size),
-        video_processor=Sam2VideoVideoProcessor(size=size),
-    ).save_pretrained(folder)
-    return folder
-
-
-def _sees_the_object(model):  # noqa: ANN001, ANN202
-    """Bias the object-score head to "present": a random head may say "no object" on every
-    frame, and the worker rightly refuses a track lost everywhere but the keyframe."""
-    import torch
-
-    with torch.no_grad():
-        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(8.0)
-    return model.eval()
-
-
-_MASK_DECODER = {
-    "hidden_size": 128,
-    "mlp_dim": 64,
-    "num_attention_heads": 2,
-    "iou_head_hidden_dim": 32,
-}
-_MEMORY = {
-    "memory_encoder_hidden_size": 128,
-    "memory_encoder_output_channels": 64,  # narrower than the features, as in the checkpoints
-    "mask_downsampler_embed_dim": 128,
-    "memory_fuser_embed_dim": 128,
-    "memory_fuser_intermediate_dim": 64,
-}
-BUILDERS = {"sam3": _tiny_sam3, "edgetam": _tiny_edgetam}
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random SAM 3 tracker and EdgeTAM checkpoints, each in its own folder."""
+    """Tiny random SAM 2, SAM 3 tracker and EdgeTAM checkpoints, each in its own folder."""
     pytest.importorskip("transformers")
     return {name: build(tmp_path_factory.mktemp(name)) for name, build in BUILDERS.items()}
 
@@ -283,6 +145,69 @@ def test_corrections_and_bad_keyframes(weights, one_torch_thread):
     assert np.array_equal(masks[5], key) and isinstance(warnings, list)
     with pytest.raises(MaskError, match="empty"):
         model.propagate(frames, {0: np.zeros((48, 64), bool)})
+
+
+@pytest.mark.parametrize("name", ["sam2", "sam3", "edgetam"])
+def test_several_objects_are_one_session_and_each_comes_out_as_alone(
+    name, weights, clip, one_torch_thread
+):
+    """Three objects joining at different keyframes (a mask on 0; a box on 12 and a mask
+    correction on 20; a mask on 25): one pass reads each frame once per direction, and each
+    object's masks equal, pixel for pixel, what it gets tracked alone (each object keeps
+    its own memory, as in SAM 2's video predictor); then they are made exclusive."""
+    from vision.hf_video_tracker import load
+    from vision.objects import ObjectKeyframes, track_objects
+
+    _, _, drawn, frames, truth = clip
+    n = len(frames)
+    first = resize_masks(drawn, WORK).astype(bool)
+    second = np.zeros(WORK[::-1], bool)
+    second[5:25, 50:80] = True
+    third = np.zeros(WORK[::-1], bool)
+    third[30:50, 10:30] = True
+    box = _box_around(resize_masks(truth, WORK))
+    keys = [{0: first}, {12: box, 20: second}, {25: third}]
+    model = load(name, weights[name], device="cpu")
+
+    before = model.frames_read
+    together = model.propagate_objects(frames, keys)
+    read_together = model.frames_read - before
+    alone = []
+    for k in keys:
+        before = model.frames_read
+        alone.append((model.propagate(frames, k)[0], model.frames_read - before))
+    # forward from frame 0 to the end, backward from frame 25 (the last first keyframe) to 0
+    assert read_together == n + 26
+    assert [c for _, c in alone] == [n, (n - 12) + 13, (n - 25) + 26]
+    for (masks, warnings), (masks_alone, _) in zip(together, alone, strict=True):
+        assert np.array_equal(masks, masks_alone)
+        assert all(isinstance(w, str) for w in warnings)
+
+    # Through the worker's path: the tracker is a JointTracker, so one session serves all.
+    tracker = choose_tracker(name, weights=weights[name], device="cpu")
+    objects = [
+        ObjectKeyframes("a", masks={0: first}),
+        ObjectKeyframes("b", masks={20: second}, boxes={12: box}),
+        ObjectKeyframes("c", masks={25: third}),
+    ]
+    outs = [np.zeros((n, WORK[1], WORK[0]), np.uint8) for _ in objects]
+    seen: list[float] = []
+    before = model.frames_read
+    results, order = track_objects(
+        lambda j: tracker, frames, WORK, objects, outs, lambda f, m: seen.append(f)
+    )
+    assert model.frames_read - before == n + 26
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert [r.exact for r in results] == [{0}, {20}, {25}]
+    assert order.shape == (n, 3)
+    claimed = sum(o.astype(int) for o in outs)
+    assert claimed.max() <= 1  # exclusive
+    counts = sum(m.astype(int) for m, _ in alone)
+    for j, (masks_alone, _) in enumerate(alone):
+        mine = masks_alone.astype(bool)
+        assert not (outs[j].astype(bool) & ~mine).any()  # nothing gained
+        uncontested = mine & (counts == 1)
+        assert np.array_equal(outs[j].astype(bool) & uncontested, uncontested)  # nor lost
 
 
 def test_missing_or_wrong_weights_fail_in_one_line(weights, tmp_path):

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import ffmpeg, run_cli
+from tiny_trackers import tiny_sam2 as build_tiny_sam2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -286,71 +287,10 @@ def test_object_lost_on_every_frame_is_an_error(tmp_path, odd_clip, monkeypatch)
 # ----------------------------------------------------------------------------- SAM 2
 
 
-def _tiny_sam2(folder: Path) -> Path:
-    """A SAM 2 video model with random weights and a 128 px input, saved like a checkpoint."""
-    import torch
-    from transformers import (
-        Sam2ImageProcessor,
-        Sam2VideoConfig,
-        Sam2VideoModel,
-        Sam2VideoProcessor,
-        Sam2VideoVideoProcessor,
-    )
-    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
-
-    s, hidden = 128, 128
-    backbone = Sam2HieraDetConfig(
-        hidden_size=8,
-        image_size=[s, s],
-        blocks_per_stage=[1, 1, 2, 1],
-        embed_dim_per_stage=[8, 16, 32, 64],
-        num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[4, 4, 4, 4],
-        global_attention_blocks=[3],
-        window_positional_embedding_background_size=[2, 2],
-    )
-    vision = Sam2VisionConfig(
-        backbone_config=backbone,
-        backbone_channel_list=[64, 32, 16, 8],
-        backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
-        fpn_hidden_size=hidden,
-    )
-    config = Sam2VideoConfig(
-        vision_config=vision,
-        prompt_encoder_config={"hidden_size": hidden, "image_size": s, "patch_size": 16},
-        mask_decoder_config={
-            "hidden_size": hidden,
-            "mlp_dim": 64,
-            "num_attention_heads": 2,
-            "iou_head_hidden_dim": 32,
-        },
-        image_size=s,
-        num_maskmem=3,
-        max_object_pointers_in_encoder=4,
-        memory_attention_hidden_size=hidden,
-        memory_attention_num_layers=1,
-        memory_attention_feed_forward_hidden_size=64,
-        memory_attention_rope_feat_sizes=[s // 16, s // 16],
-        memory_encoder_hidden_size=hidden,
-        memory_encoder_output_channels=64,  # the memory attention's key/value width is fixed
-        mask_downsampler_embed_dim=hidden,
-        memory_fuser_embed_dim=hidden,
-        memory_fuser_intermediate_dim=64,
-    )
-    torch.manual_seed(0)
-    Sam2VideoModel(config).eval().save_pretrained(folder)
-    size = {"height": s, "width": s}
-    Sam2VideoProcessor(
-        image_processor=Sam2ImageProcessor(size=size),
-        video_processor=Sam2VideoVideoProcessor(size=size),
-    ).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_sam2(tmp_path_factory) -> Path:
     pytest.importorskip("transformers")
-    return _tiny_sam2(tmp_path_factory.mktemp("sam2"))
+    return build_tiny_sam2(tmp_path_factory.mktemp("sam2"))
 
 
 def test_sam2_tracker_streams_with_bounded_memory(tiny_sam2):

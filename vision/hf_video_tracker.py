@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -173,7 +173,59 @@ def _load(tracker: str, source: str, device: str) -> VideoModel:
         raise TrackerLoadError(f"could not load {family.title} from {source}: {first}") from None
     finally:
         hf_logging.enable_progress_bar()
-    return VideoModel(net.to(device).eval(), processor, device, family)
+    return VideoModel(_objects_apart(net).to(device).eval(), processor, device, family)
+
+
+def _objects_apart(net: Any) -> Any:
+    """Keep several objects of one session from changing each other's masks, as in SAM 2's
+    own video predictor, where each object's memory is encoded as its own prompt says.
+
+    transformers (5.x) encodes the memories of all objects on a frame in one batch with
+    one flag, ``is_mask_from_pts=any(...)``: on a frame where one object gets a prompt,
+    every other object's memory is encoded from its binarised mask, and its next frames
+    change. Here the batch is split by that flag (one call per kind, same maths per
+    object). EdgeTAM's mask-as-output path also returns object scores one dimension short,
+    so a prompted object and a tracked one cannot be concatenated on the same frame; the
+    missing dimension is added (the value, and a single object's result, are unchanged).
+    """
+    encode = getattr(net, "_batch_encode_memories", None)  # EdgeTAM encodes one at a time
+
+    def encode_by_kind(
+        inference_session: Any,
+        frame_idx: int,
+        objects_needing_memory_encoding: list[int],
+        high_res_masks_for_memory: list[Any],
+        object_score_logits_for_memory: list[Any],
+        is_mask_from_pts_per_obj: list[bool],
+    ) -> None:
+        for kind in (False, True):
+            pick = [i for i, k in enumerate(is_mask_from_pts_per_obj) if k is kind]
+            if pick:
+                encode(
+                    inference_session=inference_session,
+                    frame_idx=frame_idx,
+                    objects_needing_memory_encoding=[
+                        objects_needing_memory_encoding[i] for i in pick
+                    ],
+                    high_res_masks_for_memory=[high_res_masks_for_memory[i] for i in pick],
+                    object_score_logits_for_memory=[
+                        object_score_logits_for_memory[i] for i in pick
+                    ],
+                    is_mask_from_pts_per_obj=[kind] * len(pick),
+                )
+
+    if encode is not None:
+        net._batch_encode_memories = encode_by_kind
+    as_output = net._use_mask_as_output
+
+    def mask_as_output(*args: Any, **kwargs: Any) -> Any:
+        out = as_output(*args, **kwargs)
+        if out.object_score_logits is not None and out.object_score_logits.dim() == 2:
+            out.object_score_logits = out.object_score_logits.unsqueeze(-1)
+        return out
+
+    net._use_mask_as_output = mask_as_output
+    return net
 
 
 def _local_model_type(folder: Path) -> str:
@@ -224,6 +276,7 @@ class VideoModel:
         self.keep = max(int(cfg.num_maskmem), int(cfg.max_object_pointers_in_encoder)) + 1
         self.peak_frames_held = 0  # largest number of frames the session held at once
         self.peak_outputs_held = 0  # largest number of per-frame outputs it held
+        self.frames_read = 0  # frames read and encoded, every session together
 
     def propagate(
         self,
@@ -238,66 +291,113 @@ class VideoModel:
         frame index -> mask [h, w] or box (x0, y0, x1, y1). out: where the masks go, as in
         ``vision.propagate.propagate``. Returns (masks uint8 [F, h, w], warnings).
         """
-        keys = _validate(frames, keyframes)
+        return self.propagate_objects(frames, [keyframes], progress, [out])[0]
+
+    def propagate_objects(
+        self,
+        frames: np.ndarray,
+        keyframes: Sequence[Mapping[int, Prompt]],
+        progress: ProgressCallback | None = None,
+        outs: Sequence[object | None] | None = None,
+    ) -> list[tuple[np.ndarray, list[str]]]:
+        """Track several objects through the frames as one multi-object session (the way
+        the SAM 2 video predictor tracks several object ids): each frame is read and
+        encoded once for all of them, and each object keeps its own memory, so an object
+        comes out as it would alone.
+
+        keyframes: one mapping per object (frame index -> mask or box). Each object joins
+        the session on its first keyframe: forward from the earliest first keyframe to
+        the end, then backward from the latest first keyframe to frame 0, each object
+        output only before its own first keyframe there. outs: one ``out`` per object.
+        Returns (masks, warnings) per object.
+        """
+        keys = [_validate(frames, k) for k in keyframes]
         n, h, w = frames.shape[:3]
-        sink = MaskSink(n, h, w, out)
-        order = sorted(keys)
-        first = order[0]
+        outs = list(outs) if outs is not None else [None] * len(keys)
+        sinks = [MaskSink(n, h, w, o) for o in outs]
+        firsts = [min(k) for k in keys]
         title = self.family.title
-        ticker = ProgressTicker(max(1, n - 1), progress)
-        exact = {k: v for k, v in keys.items() if isinstance(v, np.ndarray)}
-        for t, m in self._stream(frames, keys, range(first, n), reverse=False):
-            sink.put(t, exact.get(t, m))
-            if t != first:
-                ticker.tick(f"{title} tracking forward from frame {first}")
-        if first > 0:
-            only_first = {first: keys[first]}
-            for t, m in self._stream(frames, only_first, range(first, -1, -1), reverse=True):
-                if t != first:
-                    sink.put(t, m)
-                    ticker.tick(f"{title} tracking backward from frame {first}")
+        ticks = (n - min(firsts)) + max(firsts)  # frames streamed forward, then backward
+        ticker = ProgressTicker(max(1, ticks - 1), progress)
+        exact = [{t: v for t, v in k.items() if isinstance(v, np.ndarray)} for k in keys]
+        start = min(firsts)
+        for t, masks in self._stream(frames, keys, range(start, n), reverse=False):
+            for j, m in masks.items():
+                sinks[j].put(t, exact[j].get(t, m))
+            if t != start:
+                ticker.tick(f"{title} tracking forward from frame {start}")
+        if max(firsts) > 0:
+            only_first = [{firsts[j]: k[firsts[j]]} for j, k in enumerate(keys)]
+            back = max(firsts)
+            for t, masks in self._stream(frames, only_first, range(back, -1, -1), reverse=True):
+                for j, m in masks.items():
+                    if t < firsts[j]:
+                        sinks[j].put(t, m)
+                if t != back:
+                    ticker.tick(f"{title} tracking backward from frame {back}")
         ticker.finish()
-        ref_area = np.zeros(n)
-        for t in range(n):
-            ref_area[t] = sink.areas[min(order, key=lambda k: abs(k - t))]
-        return sink.masks, track_warnings(sink, order, ref_area)
+        results = []
+        for j, sink in enumerate(sinks):
+            order = sorted(keys[j])
+            ref_area = np.array(
+                [sink.areas[min(order, key=lambda k: abs(k - t))] for t in range(n)]
+            )
+            results.append((sink.masks, track_warnings(sink, order, ref_area)))
+        return results
 
     def _stream(
-        self, frames: np.ndarray, prompts: Mapping[int, Prompt], order: range, reverse: bool
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Run the model over ``order`` one frame at a time; yield (t, mask uint8 [h, w])."""
+        self,
+        frames: np.ndarray,
+        prompts: Sequence[Mapping[int, Prompt]],
+        order: range,
+        reverse: bool,
+    ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+        """Run the model over ``order`` one frame at a time, object j (id j + 1) joining
+        on its first prompt; yield (t, {j: mask uint8 [h, w]}) for the objects present."""
         import torch
 
         h, w = frames.shape[1:3]
         session = self.processor.init_video_session(
             inference_device=self.device, dtype=torch.float32
         )
+        joined: set[int] = set()
         with torch.inference_mode():
             for t in order:
                 pixels = self.processor(images=np.array(frames[t]), return_tensors="pt")
-                prompt = prompts.get(t)
-                if isinstance(prompt, np.ndarray):
-                    self.processor.add_inputs_to_inference_session(
-                        session, frame_idx=t, obj_ids=1, input_masks=prompt
-                    )
-                elif prompt is not None:
-                    self.processor.add_inputs_to_inference_session(
-                        session,
-                        frame_idx=t,
-                        obj_ids=1,
-                        input_boxes=[[list(prompt)]],
-                        original_size=(h, w),
-                    )
+                self.frames_read += 1
+                new_inputs = []
+                for j, per_object in enumerate(prompts):
+                    prompt = per_object.get(t)
+                    if isinstance(prompt, np.ndarray):
+                        self.processor.add_inputs_to_inference_session(
+                            session, frame_idx=t, obj_ids=j + 1, input_masks=prompt
+                        )
+                    elif prompt is not None:
+                        self.processor.add_inputs_to_inference_session(
+                            session,
+                            frame_idx=t,
+                            obj_ids=j + 1,
+                            input_boxes=[[list(prompt)]],
+                            original_size=(h, w),
+                        )
+                    if prompt is not None:
+                        joined.add(j)
+                        new_inputs.append(j + 1)
+                if new_inputs:  # each add_inputs call names only its own object as new
+                    session.obj_with_new_inputs = new_inputs
+                if not joined:
+                    continue
                 out = self.model(
                     inference_session=session,
                     frame=pixels.pixel_values[0],
                     frame_idx=t,
                     reverse=reverse,
                 )
-                mask = self.processor.post_process_masks(
+                masks = self.processor.post_process_masks(
                     [out.pred_masks], original_sizes=[[h, w]], binarize=True
                 )[0]
-                yield t, mask.reshape(-1, h, w)[0].cpu().numpy().astype(np.uint8)
+                masks = masks.reshape(-1, h, w).cpu().numpy().astype(np.uint8)
+                yield t, {int(i) - 1: masks[k] for k, i in enumerate(out.object_ids)}
                 self._prune(session, t)
 
     def _prune(self, session: Any, t: int) -> None:
@@ -334,12 +434,30 @@ class VideoModelTracker(KeyframeTracker):
         self.name = model.family.tracker
 
     def _track(self, clip: Clip, progress: ProgressCallback | None) -> Tracking:
-        prompts: dict[int, Prompt] = {
-            k: kf.mask if kf.box is None else kf.box for k, kf in clip.keyframes.items()
-        }
-        masks, warnings = self.model.propagate(clip.frames, prompts, progress, clip.out)
-        exact = frozenset(k for k, kf in clip.keyframes.items() if kf.box is None)
-        return Tracking(masks, self.name, warnings, exact)
+        return self.propagate_clips([clip], progress)[0]
+
+    def propagate_clips(
+        self, clips: Sequence[Clip], progress: ProgressCallback | None = None
+    ) -> list[Tracking]:
+        """Several objects' clips (the same frames, one object's keyframes each) tracked as
+        one multi-object session (``VideoModel.propagate_objects``); ``JointTracker``."""
+        frames = clips[0].frames
+        if any(c.frames is not frames for c in clips):
+            raise ValueError("a multi-object session tracks one set of frames")
+        prompts = [
+            {k: kf.mask if kf.box is None else kf.box for k, kf in c.keyframes.items()}
+            for c in clips
+        ]
+        outs = self.model.propagate_objects(frames, prompts, progress, [c.out for c in clips])
+        return [
+            Tracking(
+                masks,
+                self.name,
+                warnings,
+                frozenset(k for k, kf in c.keyframes.items() if kf.box is None),
+            )
+            for c, (masks, warnings) in zip(clips, outs, strict=True)
+        ]
 
 
 def _validate(frames: np.ndarray, keyframes: Mapping[int, Prompt]) -> dict[int, Prompt]:

@@ -1,11 +1,10 @@
 """Several objects tracked over the same frames, made exclusive where they overlap.
 
 Why: a job with several on-screen sources (``JobSpec.objects``) decodes its frames once and
-tracks every object from those same working frames, one tracker per object through the
-``Tracker`` contract (``vision.tracker``): the trackers are independent, so any tracker
-works; they run one after the other (a video model's one loaded instance serves every
-object).
-SAM 2 / SAM 3 as one multi-object session is not done: each object is its own session.
+tracks every object from those same working frames through the ``Tracker`` contract
+(``vision.tracker``). A video model (SAM 2, SAM 3, EdgeTAM: a ``JointTracker``) tracks them
+all as one multi-object session, each frame read and encoded once; any other tracker runs
+once per object, one after the other.
 
 Exclusivity: a pixel belongs to at most one object. Where two tracked masks overlap on a
 frame, the *nearer* object is the one whose appearance the contested pixels show: the
@@ -32,7 +31,7 @@ import numpy as np
 
 from vision.masks import Box, Size
 from vision.sink import ProgressCallback
-from vision.tracker import Tracker, Tracking
+from vision.tracker import JointTracker, Tracker, Tracking
 
 BINS = 8  # histogram bins per RGB channel
 FLIP_MARGIN = 0.25  # nats per pixel the other object must win by to reverse a pair's order
@@ -119,14 +118,46 @@ def track_objects(
 
         return tracker.propagate(sub)
 
-    # One after the other: the flow tracker's insides are not safe to run in threads side
-    # by side (two objects tracked at once came out different from each alone).
-    results = [follow(j) for j in range(n_obj)]
+    if (
+        n_obj > 1
+        and all(t is trackers[0] for t in trackers)
+        and isinstance(trackers[0], JointTracker)
+    ):
+        results = _follow_together(trackers[0], frames, size, objects, outs, report)
+    else:
+        # One after the other: the flow tracker's insides are not safe to run in threads
+        # side by side (two objects tracked at once came out different from each alone).
+        results = [follow(j) for j in range(n_obj)]
     report(0.9, "making the objects exclusive")
     looks = [_appearance(frames, r.masks, obj) for r, obj in zip(results, objects, strict=True)]
     order = resolve_overlaps(frames, outs, looks)
     report(1.0, f"tracked {n_obj} object(s)")
     return results, order
+
+
+def _follow_together(
+    tracker: JointTracker,
+    frames: np.ndarray,
+    size: Size,
+    objects: Sequence[ObjectKeyframes],
+    outs: Sequence[object],
+    report: ProgressCallback,
+) -> list[Tracking]:
+    """Every object in one multi-object session: one clip of keyframes each, one pass."""
+    clips = []
+    for obj, out in zip(objects, outs, strict=True):
+        tracker.init(frames, size=size, out=out)
+        for i, m in obj.masks.items():
+            tracker.add_mask(i, m)
+        for i, b in obj.boxes.items():
+            tracker.add_box(i, b)
+        clips.append(tracker.clip())
+    labels = ", ".join(repr(o.label) for o in objects)
+
+    def sub(f: float, m: str) -> None:
+        report(0.9 * f, f"objects {labels} together: {m}")
+
+    return tracker.propagate_clips(clips, sub)
 
 
 def _appearance(frames: np.ndarray, masks: np.ndarray, obj: ObjectKeyframes) -> Appearance:

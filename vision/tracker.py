@@ -37,13 +37,15 @@ Conventions, the same for every tracker:
 The flow tracker lives in ``vision.propagate`` (its insides in ``vision.flow``), copy
 beside it, SAM 2, SAM 3 and EdgeTAM (transformers' video models) in
 ``vision.hf_video_tracker``; what they share for output (mask storage, progress, warnings)
-is in ``vision.sink``.
+is in ``vision.sink``. A tracker that can follow several objects in one pass (the video
+models, as SAM 2's multi-object session) is also a ``JointTracker``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -130,6 +132,23 @@ class Tracker(Protocol):
         ...
 
 
+@runtime_checkable
+class JointTracker(Tracker, Protocol):
+    """A tracker that can also follow several objects over the same frames in one pass
+    (SAM 2's multi-object session): each object's keyframes are collected as one ``Clip``
+    (``init``, ``add_mask``/``add_box``, ``clip``), then all are tracked together."""
+
+    def clip(self) -> Clip:
+        """The clip and keyframes given since ``init`` (one object's)."""
+        ...
+
+    def propagate_clips(
+        self, clips: Sequence[Clip], progress: ProgressCallback | None = None
+    ) -> list[Tracking]:
+        """Every object's masks (into each clip's ``out``), in one pass over the frames."""
+        ...
+
+
 class KeyframeTracker:
     """The bookkeeping every tracker shares: ``init``, ``add_mask`` and ``add_box`` check
     what they are given and scale it to the working size the same way for every tracker
@@ -163,6 +182,10 @@ class KeyframeTracker:
         sx, sy = w / width, h / height
         x0, y0, x1, y1 = box
         clip.keyframes[idx] = Keyframe(idx, mask, (x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+
+    def clip(self) -> Clip:
+        """The clip and keyframes given since ``init``."""
+        return self._need_clip()
 
     def propagate(self, progress: ProgressCallback | None = None) -> Tracking:
         """Every frame's mask (``Tracker.propagate``)."""
