@@ -5,8 +5,9 @@ The browser tests drive the real page against a real ``sonomask serve`` and a re
 correction keyframe and a span, submit, wait, play and download the results, and see a bad
 upload refused with the service's own words; and the tracking preview: draw, preview, scrub
 to a later frame and see the tracked mask there, add a correction, re-track only the
-frames it decides, submit, and get the masks the preview showed. Screenshots go to
-``tests/_artifacts/web/``.
+frames it decides, submit, and get the masks the preview showed; and several objects:
+add, name and draw a second one, submit one job and play each object's stem. Screenshots
+go to ``tests/_artifacts/web/``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import get_args
+from urllib.parse import urlparse
 
 import cv2
 import httpx
@@ -992,6 +994,241 @@ def test_preview_tracking_in_the_page(live):
         png = httpx.get(f"{base}/v1/uploads/{upload}/track/masks/{n}.png", headers=AUTH)
         shown = cv2.imdecode(np.frombuffer(png.content, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
         assert np.array_equal(shown, job_mask > 0), n
+
+
+def _drag(page, scene, x0: float, y0: float, x1: float, y1: float) -> None:
+    """Drag a box with the Box tool from video pixel (x0, y0) to (x1, y1), on the frame shown."""
+    size = (scene.width, scene.height)
+    page.click("[data-tool=box]")
+    page.mouse.move(*_to_screen(page, "#draft-canvas", x0, y0, size))
+    page.mouse.down()
+    page.mouse.move(*_to_screen(page, "#draft-canvas", x1, y1, size), steps=5)
+    page.mouse.up()
+
+
+def _chip_colour(page, label: str) -> list[int]:
+    """The colour of an object's chip in the objects list (its overlay colour)."""
+    hex_ = page.evaluate(
+        f"document.querySelector(\".chip.obj[data-label='{label}'] .chip-colour\")"
+        ".style.getPropertyValue('--c')"
+    )
+    return _hex(hex_.strip())
+
+
+@pytest.mark.slow
+def test_several_objects_in_the_page(live):
+    """Two objects in one job: the ball painted as today, a second object added, named (a
+    bad label refused with one line), drawn as a box on the drum; each object keeps its own
+    keyframes, colour, text and spans, the overlay marks the selected one, the tracking
+    preview follows the selected one. Submitted as one job with mask:<label> parts; the
+    results offer each object's stem and the residual, and each plays with the picture."""
+    sync_playwright = _playwright()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    scene, base = live["scene"], live["server"].url
+    r = scene.radius()
+    (ax, ay), (bx, by), _ = scene.positions(0)  # the ball, the drum (not shaking at 0 s)
+    dw, dh = round(1.1 * r), round(0.8 * r)  # the drum's half width and height
+    with sync_playwright() as pw:
+        browser, page, errors = _browser(pw)
+        page.add_init_script(f"localStorage.setItem('sonomask.token', {json.dumps(TOKEN)})")
+        _open_clip(page, base, live["clip"])
+
+        # One object, as today: no name to give, no word about objects in the preview.
+        assert page.locator(".chip.obj").count() == 1 and page.is_hidden("#object-name")
+        assert page.is_hidden("#track-scope")
+        _paint(page, scene, 0)
+        assert page.get_attribute(".chip.obj", "data-keyframes") == "1"
+
+        # A second object: selected at once, with a colour of its own and its name to give.
+        page.click("#add-object")
+        assert page.locator(".chip.obj").count() == 2 and page.is_visible("#object-name")
+        assert page.evaluate("document.activeElement.id") == "object-label"
+        assert page.locator(".chip.obj.current[data-index='1']").count() == 1
+        assert page.locator("#keyframe-list .chip").count() == 0  # its own keyframes: none
+        for bad, words in (
+            ("the drum", 'The label "the drum" has a space: use only ASCII letters'),
+            ("drum!", 'has "!"'),
+            ("Residual", "is reserved for everything else"),
+            ("OBJECT-1", 'Objects 1 and 2 are both labelled "OBJECT-1"'),
+            (".drum", "must start with a letter or a digit"),
+        ):
+            page.fill("#object-label", bad)
+            page.locator("#object-error:not([hidden])").wait_for()
+            message = page.inner_text("#object-error")
+            assert words in message and "\n" not in message, message
+            assert page.get_attribute("#object-label", "aria-invalid") == "true"
+        page.click("#submit")  # refused here, before anything is sent
+        assert "must start with a letter or a digit" in page.inner_text("#submit-error")
+        page.fill("#object-label", "drum")
+        assert page.is_hidden("#object-error")
+        _drag(page, scene, bx - dw - 3, by - dh - 3, bx + dw + 3, by + dh + 3)
+        page.get_by_role("button", name="Go to keyframe 0").wait_for()
+        assert page.get_attribute(".chip.obj[data-label=drum]", "data-keyframes") == "1"
+
+        # The overlay: the selected object (the drum) in its colour at its opacity, the other
+        # (the ball) in its own colour at half of it; both outlined.
+        ball_c, drum_c = _chip_colour(page, "object-1"), _chip_colour(page, "drum")
+        assert ball_c != drum_c
+        assert _hex(page.get_attribute("#mask-canvas", "data-colour")) == drum_c
+        assert _near(_rgba(page, "#mask-canvas", bx, by), [*drum_c, FILL])
+        assert _near(_rgba(page, "#mask-canvas", ax, ay), [*ball_c, FILL / 2], tol=6)
+        assert _rgba(page, "#mask-canvas", bx + dw + 3, by)[3] >= 200  # the drum's outline
+        assert _rgba(page, "#mask-canvas", ax + r + 5, ay)[3] >= 200  # the ball's outline
+        assert _rgba(page, "#mask-canvas", (ax + bx) // 2, ay)[3] == 0
+
+        # Switch to the ball and name it: now it is drawn at full opacity, the drum dimmed.
+        page.click(".chip.obj[data-index='0'] .obj-pick")
+        assert page.locator(".chip.obj.current[data-index='0']").count() == 1
+        page.fill("#object-label", "ball")
+        assert _near(_rgba(page, "#mask-canvas", ax, ay), [*ball_c, FILL])
+        assert _near(_rgba(page, "#mask-canvas", bx, by), [*drum_c, FILL / 2], tol=6)
+        assert "Keyframes of ball" in page.inner_text("#keyframes-label")
+
+        # A third object, removed again (nothing drawn on it: nothing to confirm).
+        page.click("#add-object")
+        assert page.get_attribute(".chip.obj.current", "data-label") == "object-1"
+        assert _chip_colour(page, "object-1") not in (ball_c, drum_c)
+        page.click(".chip.obj[data-index='2'] .x")
+        assert page.locator(".chip.obj").count() == 2
+        page.click(".chip.obj[data-label=ball] .obj-pick")
+
+        # Each object its own text and spans.
+        page.fill("#text-prompt", "a red ball")
+        page.fill("#span-start", "0.4")
+        page.fill("#span-end", "1.4")
+        page.click("#span-form button[type=submit]")
+        page.click(".chip.obj[data-label=drum] .obj-pick")
+        assert page.input_value("#text-prompt") == ""
+        assert "No spans" in page.inner_text("#span-list")
+        page.fill("#text-prompt", "a rattling drum")
+        page.click(".span-sign[data-sign='-']")
+        page.fill("#span-start", "0")
+        page.fill("#span-end", "1")
+        page.click("#span-form button[type=submit]")
+        page.click(".chip.obj[data-label=ball] .obj-pick")
+        assert page.input_value("#text-prompt") == "a red ball"
+        assert "0.40–1.40" in page.inner_text("#span-list")
+        assert "− silent" not in page.inner_text("#span-list")
+        summary = page.inner_text("#submit-summary")
+        assert "2 objects" in summary and "ball (1 keyframe, 1 span)" in summary, summary
+
+        # The tracking preview follows the selected object, and says so.
+        page.click(".chip.obj[data-label=drum] .obj-pick")
+        assert "the selected one (drum)" in page.inner_text("#track-scope")
+        page.click("#track-button")
+        page.locator("#track-status[data-state=done]").wait_for(timeout=90_000)
+        status = page.inner_text("#track-status")
+        assert status.startswith("drum: Tracked frames 0–99"), status
+        page.locator("#track-canvas[data-frame='0']").wait_for()
+        assert _overlay_alpha(page, bx, by) > 0 and _overlay_alpha(page, ax, ay) == 0
+        page.click(".chip.obj[data-label=ball] .obj-pick")
+        assert page.inner_text("#track-button") == "Preview tracking"
+        assert "Showing the tracking of drum" in page.inner_text("#track-status")
+        page.click(".chip.obj[data-label=drum] .obj-pick")
+        page.locator("#frame-slider").focus()
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(350)
+        page.screenshot(path=str(ARTIFACTS / "13-objects.png"))
+
+        # One job for both objects.
+        page.click("#submit")
+        page.locator("#job-panel:not([hidden])").wait_for()
+        page.locator("#job-state.succeeded").wait_for(timeout=180_000)
+        job_id = page.inner_text("#job-id").strip()
+        assert "2 objects: ball, drum" in page.inner_text("#job-what")
+        row = page.locator(f"#jobs-list button[data-job='{job_id}']")
+        row.wait_for()
+        assert "2 objects: ball, drum" in row.text_content()
+
+        # The results: one stem per object and the residual, each with its player.
+        page.locator("#results:not([hidden]) #downloads a").first.wait_for()
+        stems = page.eval_on_selector_all(
+            "#stem-audios audio", "as => as.map(a => [a.dataset.stem, a.getAttribute('src')])"
+        )
+        assert [k for k, _ in stems] == ["object:ball", "object:drum", "residual"], stems
+        for (_, src), name in zip(
+            stems,
+            ("objects/ball/target.wav", "objects/drum/target.wav", "residual.wav"),
+            strict=True,
+        ):
+            assert urlparse(src).path.endswith(f"/{job_id}/{name}"), (src, name)
+        labels = page.locator("#stem-list .stem-title").all_inner_texts()
+        assert labels == ["ball", "drum", "everything else"], labels
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('#stem-audios audio'),
+                      document.querySelector('#preview-video')].every(m =>
+                 m.src && !m.error && m.readyState >= 1 && Math.abs(m.duration - 4) < 0.2)""",
+            timeout=20_000,
+        )
+        page.wait_for_function(  # every waveform is drawn: the peaks of objects/<label>/...
+            "() => S.results && Object.keys(S.results.peaks).length === 3", timeout=20_000
+        )
+        # Keys 1, 2, 3 pick a stem wherever the focus is; the others stay muted.
+        page.locator("#downloads a").first.focus()
+        for key, stem in (("2", "object:drum"), ("3", "residual"), ("1", "object:ball")):
+            page.keyboard.press(key)
+            assert page.is_checked(f"input[name=ab][value='{stem}']")
+            unmuted = page.eval_on_selector_all(
+                "#stem-audios audio", "as => as.filter(a => !a.muted).map(a => a.dataset.stem)"
+            )
+            assert unmuted == [stem], (key, unmuted)
+        page.wait_for_function("() => document.querySelector('#preview-video').readyState >= 2")
+        page.evaluate("document.querySelector('#preview-video').currentTime = 0.5")
+        page.wait_for_function(
+            "() => { const v = document.querySelector('#preview-video');"
+            " return !v.seeking && v.readyState >= 2; }"
+        )
+        page.wait_for_timeout(400)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.locator("#results").screenshot(path=str(ARTIFACTS / "14-objects-results.png"))
+
+        # Play: every stem plays along with the picture; each in turn is the one heard.
+        page.evaluate("document.querySelector('#preview-video').play()")
+        playing = """() => { const v = document.querySelector('#preview-video');
+            return v.currentTime > 1.0 && [...document.querySelectorAll('#stem-audios audio')]
+              .every(a => !a.paused && !a.error && Math.abs(a.currentTime - v.currentTime) < 0.25); }"""
+        page.wait_for_function(playing, timeout=10_000)
+        for key, stem in (("1", "object:ball"), ("2", "object:drum"), ("3", "residual")):
+            page.keyboard.press(key)
+            sel = f"#stem-audios audio[data-stem='{stem}']"
+            t1 = page.evaluate(f'document.querySelector("{sel}").currentTime')
+            page.wait_for_timeout(300)
+            heard = page.evaluate(
+                f'(() => {{ const a = document.querySelector("{sel}");'
+                " return [a.currentTime, a.muted, a.paused, a.error && a.error.code]; })()"
+            )
+            assert heard[0] > t1 and heard[1:] == [False, False, None], (stem, t1, heard)
+        page.evaluate("document.querySelector('#preview-video').pause()")
+
+        # Every download answers without a header (signed links, objects/<label>/... too).
+        hrefs = page.eval_on_selector_all(
+            "#downloads a", "as => as.map(a => [a.dataset.output, a.getAttribute('href')])"
+        )
+        names = {n for n, _ in hrefs}
+        want = {"objects/ball/target.wav", "objects/drum/target.wav", "residual.wav", "stems.mkv"}
+        assert want <= names, names
+        for name, href in hrefs:
+            resp = httpx.get(base + href, timeout=30)
+            assert resp.status_code == 200 and len(resp.content) > 0, (name, resp.status_code)
+        browser.close()
+    assert not errors, errors
+
+    # What the page sent: one job, each object with its own keyframe, text and spans.
+    spec = json.loads((live["root"] / "jobs" / job_id / "spec.json").read_text())
+    assert [o["label"] for o in spec["objects"]] == ["ball", "drum"]
+    ball, drum = spec["objects"]
+    assert ball["text"] == "a red ball" and drum["text"] == "a rattling drum"
+    assert [(s["sign"], s["start"], s["end"]) for s in ball["spans"]] == [("+", 0.4, 1.4)]
+    assert [(s["sign"], s["start"], s["end"]) for s in drum["spans"]] == [("-", 0.0, 1.0)]
+    assert [k["frame"] for k in ball["keyframes"]] == [0] == [k["frame"] for k in drum["keyframes"]]
+    _, ball_true, drum_true = scene.frame(0, scene.background())
+    ball_mask = cv2.imread(ball["keyframes"][0]["mask"], cv2.IMREAD_GRAYSCALE) > 0
+    drum_mask = cv2.imread(drum["keyframes"][0]["mask"], cv2.IMREAD_GRAYSCALE) > 0
+    assert (ball_mask & (ball_true > 0)).sum() / ball_true.sum() > 0.9
+    assert (drum_mask & (drum_true > 0)).sum() == drum_true.sum()
+    assert not (ball_mask & drum_mask).any() and not (drum_mask & (ball_true > 0)).any()
+    doc = httpx.get(f"{base}/v1/jobs/{job_id}", headers=AUTH).json()
+    assert [o["label"] for o in doc["objects"]] == ["ball", "drum"]
 
 
 # --------------------------------------------------------------------------- no worker

@@ -380,13 +380,14 @@ def _job_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
     web = ["web page"]
 
     @r.get(
-        "/v1/jobs/{job_id}/peaks/{name}",
+        "/v1/jobs/{job_id}/peaks/{name:path}",
         tags=web,
         dependencies=auth,
         responses=errors(400, 401, 404),
     )
     def get_job_peaks(job_id: str, name: str) -> dict[str, Any]:
-        """Waveform peaks of a stem (``target.wav``, ``residual.wav``) of a finished job."""
+        """Waveform peaks of a stem (``target.wav``, ``residual.wav``, a several-object
+        job's ``objects/<label>/target.wav``) of a finished job."""
         if not name.endswith(".wav"):
             raise HTTPException(
                 400, f"{name!r} is not a WAV stem; ask for target.wav or residual.wav"
@@ -408,7 +409,7 @@ def _job_routes(r: APIRouter, cfg: ApiSettings, auth: list[Any]) -> None:
         return {"outputs": urls, "expires": expires}
 
     @r.get(
-        "/v1/signed/{job_id}/{name}",
+        "/v1/signed/{job_id}/{name:path}",
         tags=web,
         response_class=FileResponse,
         responses={

@@ -12,8 +12,18 @@ const TRACK_COLOUR = "#4fd2ff"; // the tracked mask (cyan), apart from the drawn
 const FRAME_MAX_SIDE = 1600;
 const JOBS_SHOWN = 8; // rows of recent jobs before "Show more"
 
-// Colours an object's mask can be drawn in; object i starts with PALETTE[i]. One object is
-// drawn today; the overlay is per object (looks[i]) so several can each have their own.
+// Several objects (one stem each): the same limits and label rule as the service's JobSpec
+// (worker/spec.py: MAX_OBJECTS, LABEL_RULE, RESERVED_LABELS).
+const MAX_OBJECTS = 16;
+const MAX_LABEL = 40;
+const LABEL_RE = /^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,38}[A-Za-z0-9_-])?$/;
+const RESERVED_LABELS = ["residual"];
+// The colours the service's preview.mp4 draws object j in (vision/objects.py PALETTE), so
+// the results list each stem in the colour it has in the preview.
+const PREVIEW_PALETTE = ["#ff30a0", "#28c8ff", "#ffc800", "#50e650", "#aa5aff", "#ff6e28", "#00e6c8", "#e6e6e6"];
+
+// Colours an object's mask can be drawn in; object i starts with PALETTE[i] (or the first
+// colour no other object has). The overlay is per object: looks[i] is object i's.
 const PALETTE = [
   { name: "pink", hex: "#ff4fb0" },
   { name: "yellow", hex: "#ffd23f" },
@@ -30,6 +40,12 @@ const S = {
   frame: 0,
   tool: "brush",
   brush: 24,
+  // The objects drawn (one stem each): {id, label, masks, filled, versions, undo, boxes,
+  // spans, text}. One object is today's single-object job; S.current is the one being drawn.
+  objects: [],
+  current: 0,
+  nextId: 1,
+  // The selected object's own collections (see selectObject), so drawing code is one-object:
   masks: new Map(), // frame -> canvas at the video's size (alpha = object)
   filled: new Set(), // frames whose mask is not empty
   versions: new Map(), // frame -> edit count when its mask last changed
@@ -40,7 +56,7 @@ const S = {
   boxStart: null,
   boxEnd: null,
   cursor: null,
-  spans: [], // {sign, start, end}
+  spans: [], // {sign, start, end} (the selected object's)
   spanSign: "+",
   spanDrag: null,
   peaks: null,
@@ -81,7 +97,7 @@ const lookOf = (i) => S.looks[i] || { colour: PALETTE[i % PALETTE.length].hex, o
 // page sent for it, and the masks fetched for the overlay.
 const T = {
   state: null, // the server's document: state, run, progress, tracked, retracked, ...
-  sent: null, // {tracker, versions: Map frame -> edit count} of the last finished preview
+  sent: null, // {obj, tracker, versions: Map frame -> edit count} of the last finished preview
   pending: null, // the same for the run in progress
   poll: null,
   cache: new Map(), // "run:frame" -> PNG blob
@@ -469,12 +485,12 @@ const openJobVideo = (id) =>
 
 function setVideo(info) {
   S.upload = info;
-  S.masks = new Map();
-  S.filled = new Set();
-  S.versions = new Map();
-  S.undo = new Map();
+  // One object to start with (today's single-object job); the text typed so far is its own.
+  S.objects = [];
+  S.objects.push(newObject(freeLabel(), $("#text-prompt").value));
+  S.current = 0;
+  bindCurrent();
   resetTracking();
-  S.spans = [];
   S.poly = [];
   S.peaks = null;
   $("#timeline").dataset.loaded = "false";
@@ -508,6 +524,9 @@ function setVideo(info) {
   foldOpen(true);
   history.replaceState(null, "", `#upload=${info.id}`);
   $("#frame-img").removeAttribute("data-frame");
+  showError("#object-error", "");
+  renderObjects();
+  showLook();
   showFrame(0);
   renderSpans();
   renderKeyframes();
@@ -531,6 +550,217 @@ async function loadPeaks() {
   } catch (err) {
     showError("#open-error", err.message);
   }
+}
+
+// --------------------------------------------------------------------------- objects
+
+const cur = () => S.objects[S.current];
+const several = () => S.objects.length > 1;
+
+function newObject(label, text = "") {
+  return {
+    id: S.nextId++, // stays with the object when others are removed (the tracking preview's)
+    label,
+    masks: new Map(),
+    filled: new Set(),
+    versions: new Map(),
+    undo: new Map(),
+    boxes: new Map(), // frame -> {x0, y0, x1, y1}: where its label goes on the overlay
+    spans: [],
+    text,
+  };
+}
+
+/** Point the one-object fields (S.masks, S.filled, ...) at the selected object's own. */
+function bindCurrent() {
+  const o = cur();
+  S.masks = o.masks;
+  S.filled = o.filled;
+  S.versions = o.versions;
+  S.undo = o.undo;
+  S.spans = o.spans;
+}
+
+function freeLabel() {
+  const taken = new Set(S.objects.map((o) => o.label.toLowerCase()));
+  for (let n = 1; ; n++) if (!taken.has(`object-${n}`)) return `object-${n}`;
+}
+
+const shownLabel = (label) => (label.length > 24 ? `${label.slice(0, 24)}…` : label);
+
+/** What is wrong with object i's label, in one line (the service's rule, worker/spec.py
+ * LABEL_RULE, and distinct labels), or "" when it is fine. */
+function labelProblem(i) {
+  const label = S.objects[i].label;
+  const q = `"${shownLabel(label)}"`;
+  if (!label) return `Name object ${i + 1}: a label is 1–${MAX_LABEL} characters, letters, digits, "_", "-" or ".".`;
+  if (label.length > MAX_LABEL) return `The label ${q} is too long: at most ${MAX_LABEL} characters.`;
+  const bad = [...label].find((ch) => !/[A-Za-z0-9_.-]/.test(ch));
+  if (bad !== undefined) {
+    const what = bad === " " ? "a space" : `"${bad}"`;
+    return `The label ${q} has ${what}: use only ASCII letters, digits, "_", "-" and ".".`;
+  }
+  if (!/^[A-Za-z0-9]/.test(label)) return `The label ${q} must start with a letter or a digit.`;
+  if (label.endsWith(".")) return `The label ${q} must not end with ".".`;
+  if (!LABEL_RE.test(label)) return `The label ${q} is not allowed: 1–${MAX_LABEL} letters, digits, "_", "-" or ".".`;
+  if (RESERVED_LABELS.includes(label.toLowerCase())) {
+    return `The label ${q} is reserved for everything else (the residual's stem); choose another.`;
+  }
+  const same = S.objects.findIndex((o, j) => j !== i && o.label.toLowerCase() === label.toLowerCase());
+  if (same >= 0) {
+    const [a, b] = [Math.min(i, same) + 1, Math.max(i, same) + 1];
+    return `Objects ${a} and ${b} are both labelled ${q}; labels must differ (ignoring case).`;
+  }
+  return "";
+}
+
+/** The list of objects: pick one to draw it, remove one, the selected one's name. */
+function renderObjects() {
+  if (!S.upload) return;
+  const many = several();
+  const problems = S.objects.map((_, i) => (many ? labelProblem(i) : ""));
+  const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest(".chip.obj");
+  $("#object-list").replaceChildren(
+    ...S.objects.map((o, i) => {
+      const k = o.filled.size;
+      const selected = i === S.current;
+      const name = o.label || `object ${i + 1}`;
+      const li = el(
+        "li",
+        {
+          class: `chip obj${selected ? " current" : ""}${problems[i] ? " bad" : ""}`,
+          "data-index": String(i),
+          "data-label": o.label,
+          "data-keyframes": String(k),
+        },
+        el(
+          "button",
+          {
+            type: "button",
+            class: "obj-pick",
+            "aria-pressed": String(selected),
+            "aria-label": `${selected ? "Drawing" : "Draw"} ${name} (${k} keyframe${k === 1 ? "" : "s"})`,
+            title: selected ? `${name}: being drawn` : `Draw ${name}`,
+            onclick: () => selectObject(i),
+          },
+          swatchChip(lookOf(i).colour),
+          el("span", { class: "obj-label" }, name),
+          el("span", { class: "obj-count", "aria-hidden": "true" }, k ? String(k) : "–"),
+        ),
+      );
+      if (many) {
+        li.append(
+          el(
+            "button",
+            {
+              type: "button",
+              class: "x",
+              "aria-label": `Remove object ${name}`,
+              title: "Remove this object",
+              onclick: () => removeObject(i),
+            },
+            "×",
+          ),
+        );
+      }
+      return li;
+    }),
+  );
+  if (focused) {
+    // Keep the keyboard where it was: on the object picked (or the one now in its place).
+    const at = Math.min(+focused.dataset.index, S.objects.length - 1);
+    const again = $("#object-list").querySelector(`.chip.obj[data-index="${at}"] .obj-pick`);
+    if (again) again.focus();
+  }
+  const add = $("#add-object");
+  add.disabled = S.objects.length >= MAX_OBJECTS;
+  add.title = add.disabled
+    ? `At most ${MAX_OBJECTS} objects in one job`
+    : "Another on-screen source: each object gets its own stem";
+  $("#object-name").hidden = !many;
+  const input = $("#object-label");
+  if (document.activeElement !== input) input.value = cur().label;
+  input.setAttribute("aria-invalid", String(!!problems[S.current]));
+  // The selected object's problem first, else the first other one's: one line.
+  showError("#object-error", problems[S.current] || problems.find(Boolean) || "");
+  renderObjectText();
+}
+
+/** The words that name the selected object when there are several. */
+function renderObjectText() {
+  const many = several();
+  const label = cur() ? cur().label || `object ${S.current + 1}` : "";
+  $("#timeline-whose").textContent = many ? `the sound of ${label}` : "the sound";
+  $("#text-whose").textContent = many ? ` for ${label}` : "";
+  $("#keyframes-label").textContent = many ? `Keyframes of ${label}` : "Keyframes";
+  $("#mask-colour-legend").textContent = many ? `Colour of ${label}` : "Mask colour";
+}
+
+/** Draw object ``i`` from now on: its masks, keyframes, spans, text and colour. */
+function selectObject(i) {
+  if (!S.upload || i < 0 || i >= S.objects.length) return;
+  if (S.poly.length) cancelPolygon();
+  if (S.stroke) endStroke();
+  S.boxStart = S.boxEnd = null;
+  S.current = i;
+  bindCurrent();
+  $("#text-prompt").value = cur().text;
+  showLook();
+  renderObjects();
+  renderMask();
+  renderKeyframes();
+  renderSpans();
+  drawTimeline();
+  updateHint();
+  updateSummary();
+}
+
+function addObject() {
+  if (!S.upload || S.objects.length >= MAX_OBJECTS) return;
+  const i = S.objects.length;
+  S.objects.push(newObject(freeLabel()));
+  // Its own colour: the one kept for this place, unless an object before it has it.
+  const used = new Set(S.objects.slice(0, i).map((_, j) => lookOf(j).colour));
+  const look = { ...lookOf(i) };
+  if (used.has(look.colour)) {
+    const free = PALETTE.find((c) => !used.has(c.hex));
+    if (free) look.colour = free.hex;
+  }
+  storeLook(i, look);
+  selectObject(i);
+  const input = $("#object-label");
+  input.focus();
+  input.select();
+}
+
+function removeObject(i) {
+  if (S.objects.length < 2) return;
+  const o = S.objects[i];
+  const k = o.filled.size;
+  const name = o.label || `object ${i + 1}`;
+  if (k && !window.confirm(`Remove ${name} and its ${k} keyframe${k === 1 ? "" : "s"}?`)) return;
+  S.objects.splice(i, 1);
+  if (S.looks.length > i) S.looks.splice(i, 1);
+  saveLooks();
+  selectObject(S.current > i ? S.current - 1 : Math.min(S.current, S.objects.length - 1));
+}
+
+function bindObjects() {
+  $("#add-object").addEventListener("click", addObject);
+  $("#object-label").addEventListener("input", (e) => {
+    if (!S.upload) return;
+    cur().label = e.target.value.trim();
+    showError("#submit-error", ""); // a refusal about a label is answered by typing it again
+    renderObjects();
+    renderOverlay();
+    updateSummary();
+  });
+  $("#object-label").addEventListener("change", (e) => {
+    e.target.value = cur().label; // as used: without the spaces around it
+  });
+  $("#text-prompt").addEventListener("input", (e) => {
+    if (S.upload) cur().text = e.target.value;
+  });
 }
 
 // --------------------------------------------------------------------------- frames
@@ -652,12 +882,13 @@ function tint(mask, colour, name) {
 
 /** Draw one object's mask over the picture: filled in its colour at its opacity, and
  * outlined (its colour, then a dark edge outside) at full strength, so the edge shows over
- * an object of the same colour too. Each object of a job will be drawn with its own look. */
-function paintOverlay(canvas, mask, look) {
+ * an object of the same colour too. Each object is drawn with its own look; ``keep`` draws
+ * over what the canvas holds (the objects drawn before it). */
+function paintOverlay(canvas, mask, look, keep = false) {
   const ctx = canvas.getContext("2d");
   ctx.globalCompositeOperation = "source-over";
   ctx.globalAlpha = 1;
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (!keep) ctx.clearRect(0, 0, canvas.width, canvas.height);
   if (!mask) return;
   const unit = clamp(Math.round(1.25 * stageScale()), 1, 8); // ~1.25 CSS px on screen
   const ring = scratchCanvas("ring", mask.width, mask.height);
@@ -675,10 +906,33 @@ function paintOverlay(canvas, mask, look) {
   ctx.globalAlpha = 1;
 }
 
+/** The objects' labels over the picture (HTML, so they stay sharp on a small video), just
+ * above each mask (inside its top when there is no room): the selected object's on its
+ * colour, the others' in their colour on dark. */
+function renderTags(tags) {
+  const layer = $("#stage-tags");
+  const { width: W, height: H } = S.upload;
+  const cssH = layer.getBoundingClientRect().height || H;
+  layer.replaceChildren(
+    ...tags.map(([text, box, colour, selected]) => {
+      const below = (box.y0 * cssH) / H < 20;
+      const tag = el("span", { class: `obj-tag${selected ? " selected" : ""}${below ? " below" : ""}` }, text);
+      tag.style.setProperty("--c", colour);
+      tag.style.left = `${(100 * box.x0) / W}%`;
+      tag.style.top = `${(100 * box.y0) / H}%`;
+      return tag;
+    }),
+  );
+}
+
+const DIM = 0.5; // the other objects' fill, as a share of their opacity (the selected one's is full)
+
 let overlayQueued = false;
 
-/** The drawn mask of the frame shown, as object 0's overlay (at once, or at the next
- * animation frame while a stroke moves). */
+/** The drawn masks of the frame shown (at once, or at the next animation frame while a
+ * stroke moves): every object in its own colour, outlined; the selected one (being
+ * edited, S.edit) on top at its opacity, the others at half of theirs. With several
+ * objects each is labelled. */
 function renderOverlay(soon = false) {
   if (!S.upload || !S.edit) return;
   if (soon) {
@@ -692,34 +946,60 @@ function renderOverlay(soon = false) {
     return;
   }
   const c = $("#mask-canvas");
-  const look = lookOf(0);
-  paintOverlay(c, S.edit, look);
+  const look = lookOf(S.current);
+  const many = several();
+  c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  const tags = [];
+  S.objects.forEach((o, i) => {
+    if (i === S.current) return;
+    const mask = o.masks.get(S.frame);
+    if (!mask) return;
+    const l = lookOf(i);
+    paintOverlay(c, mask, { colour: l.colour, opacity: l.opacity * DIM }, true);
+    if (o.boxes.get(S.frame)) tags.push([o.label || `object ${i + 1}`, o.boxes.get(S.frame), l.colour, false]);
+  });
+  paintOverlay(c, S.edit, look, true);
+  const own = cur() && cur().boxes.get(S.frame);
+  if (own) tags.push([cur().label || `object ${S.current + 1}`, own, look.colour, true]);
+  renderTags(many ? tags : []);
   c.dataset.colour = look.colour;
   c.dataset.opacity = String(look.opacity);
+  c.dataset.object = cur() ? cur().label : "";
 }
 
-/** Apply a new look to object ``i``: keep it in the browser, redraw, update the controls. */
-function setLook(i, change) {
-  while (S.looks.length <= i) S.looks.push({ ...lookOf(S.looks.length) });
-  Object.assign(S.looks[i], change);
+function saveLooks() {
   try {
     localStorage.setItem(LOOK_KEY, JSON.stringify({ looks: S.looks }));
   } catch (_) {
     /* private mode: the look lasts for this visit */
   }
+}
+
+/** Object ``i``'s look changed: keep it in the browser. */
+function storeLook(i, change) {
+  while (S.looks.length <= i) S.looks.push({ ...lookOf(S.looks.length) });
+  Object.assign(S.looks[i], change);
+  saveLooks();
+}
+
+/** Apply a new look to object ``i``: keep it in the browser, redraw, update the controls. */
+function setLook(i, change) {
+  storeLook(i, change);
   showLook();
   renderOverlay();
   repaintTracked();
   drawTimeline();
+  renderObjects();
 }
 
+/** The selected object's look in the controls. */
 function showLook() {
-  const look = lookOf(0);
+  const look = lookOf(S.current);
   for (const r of $$('input[name="mask-colour"]')) r.checked = r.value === look.colour;
   const pct = Math.round(look.opacity * 100);
   $("#mask-opacity").value = String(pct);
   $("#mask-opacity-out").textContent = `${pct}%`;
-  document.documentElement.style.setProperty("--object-0", look.colour);
+  document.documentElement.style.setProperty("--object", look.colour);
 }
 
 /** A coloured dot (set through the CSSOM: the page's CSP allows no inline style attribute). */
@@ -741,13 +1021,13 @@ function bindLook() {
           name: "mask-colour",
           value: c.hex,
           "aria-label": c.name,
-          onchange: () => setLook(0, { colour: c.hex }),
+          onchange: () => setLook(S.current, { colour: c.hex }),
         }),
         swatchChip(c.hex),
       ),
     );
   }
-  $("#mask-opacity").addEventListener("input", (e) => setLook(0, { opacity: +e.target.value / 100 }));
+  $("#mask-opacity").addEventListener("input", (e) => setLook(S.current, { opacity: +e.target.value / 100 }));
   showLook();
 }
 
@@ -773,7 +1053,7 @@ function updateHint() {
     ? `Frame ${S.frame} has a mask.`
     : S.filled.size
       ? `Frame ${S.frame} has no mask; drawing here adds a correction keyframe.`
-      : `Draw the object on this frame (or scrub to a frame where it is clear).`;
+      : `Draw ${several() ? cur().label || "the object" : "the object"} on this frame (or scrub to a frame where it is clear).`;
   const how = {
     brush: "Brush: drag to paint.",
     eraser: "Eraser: drag to rub out.",
@@ -813,13 +1093,24 @@ function commit() {
   const ctx = maskCtx();
   ctx.globalCompositeOperation = "source-over";
   const data = ctx.getImageData(0, 0, w, h).data;
-  let filled = false;
-  for (let i = 3; i < data.length; i += 4) {
-    if (data[i] >= 128) {
-      filled = true;
-      break;
+  // Where the mask is (its bounding box: the object's label goes above it).
+  let x0 = w;
+  let y0 = h;
+  let x1 = -1;
+  let y1 = -1;
+  for (let y = 0, i = 3; y < h; y++) {
+    for (let x = 0; x < w; x++, i += 4) {
+      if (data[i] >= 128) {
+        if (x < x0) x0 = x;
+        if (x > x1) x1 = x;
+        if (y < y0) y0 = y;
+        y1 = y;
+      }
     }
   }
+  const filled = x1 >= 0;
+  if (filled) cur().boxes.set(S.frame, { x0, y0, x1: x1 + 1, y1: y1 + 1 });
+  else cur().boxes.delete(S.frame);
   S.versions.set(S.frame, ++S.edits);
   if (filled) {
     let stored = S.masks.get(S.frame);
@@ -837,6 +1128,7 @@ function commit() {
   }
   renderOverlay();
   renderKeyframes();
+  renderObjects();
   drawTimeline();
   updateHint();
   updateSummary();
@@ -1105,9 +1397,9 @@ function bindDrawing() {
   });
 }
 
-async function maskPng(n) {
+async function maskPng(n, object = cur()) {
   const { width: w, height: h } = S.upload;
-  const src = S.masks.get(n).getContext("2d").getImageData(0, 0, w, h).data;
+  const src = object.masks.get(n).getContext("2d").getImageData(0, 0, w, h).data;
   const out = newCanvas(w, h);
   const ctx = out.getContext("2d");
   const img = ctx.createImageData(w, h);
@@ -1163,10 +1455,12 @@ function renderKeyframes() {
 function removeKeyframe(n) {
   S.masks.delete(n);
   S.filled.delete(n);
+  cur().boxes.delete(n);
   S.versions.set(n, ++S.edits);
   S.undo.delete(n);
   if (n === S.frame) renderMask();
   renderKeyframes();
+  renderObjects();
   drawTimeline();
   updateHint();
   updateSummary();
@@ -1247,15 +1541,22 @@ function drawTimeline() {
     ctx.fillStyle = "#4fd2ff";
     for (const [a, b] of st.retracked) ctx.fillRect(xOf(timeOf(a)), 10, (b - a + 1) * fw, 3);
   }
-  ctx.fillStyle = lookOf(0).colour;
-  for (const n of S.filled) {
+  // Keyframes: the other objects' small, in their colours; the selected object's on top.
+  const marker = (n, r) => {
     const x = xOf(timeOf(n));
     ctx.beginPath();
-    ctx.moveTo(x - 5, 0);
-    ctx.lineTo(x + 5, 0);
-    ctx.lineTo(x, 8);
+    ctx.moveTo(x - r, 0);
+    ctx.lineTo(x + r, 0);
+    ctx.lineTo(x, 1.6 * r);
     ctx.fill();
-  }
+  };
+  S.objects.forEach((o, i) => {
+    if (i === S.current) return;
+    ctx.fillStyle = lookOf(i).colour;
+    for (const n of o.filled) marker(n, 3.5);
+  });
+  ctx.fillStyle = lookOf(S.current).colour;
+  for (const n of S.filled) marker(n, 5);
   const x = xOf(timeOf(S.frame));
   ctx.fillStyle = "#4fd2ff";
   ctx.fillRect(x - 1, 0, 2, h);
@@ -1371,9 +1672,10 @@ function resetTracking() {
   showError("#track-error", "");
 }
 
-/** Whether the keyframes or the tracker changed since the last finished preview. */
+/** Whether the keyframes or the tracker changed since the last finished preview (or it
+ * tracked another object than the one selected). */
 function trackingStale() {
-  if (!T.sent) return true;
+  if (!T.sent || !cur() || T.sent.obj !== cur().id) return true;
   if (T.sent.tracker !== $("#tracker").value || T.sent.versions.size !== S.filled.size) return true;
   for (const n of S.filled) if (T.sent.versions.get(n) !== S.versions.get(n)) return true;
   return false;
@@ -1400,12 +1702,13 @@ async function previewTracking() {
   if (!S.upload) return;
   const frames = [...S.filled].sort((a, b) => a - b);
   if (!frames.length) {
-    showError("#track-error", "Draw the object first: paint over it on at least one frame.");
+    const what = several() ? cur().label || "the object" : "the object";
+    showError("#track-error", `Draw ${what} first: paint over it on at least one frame.`);
     return;
   }
   const id = S.upload.id;
   const tracker = $("#tracker").value;
-  const pending = { tracker, versions: new Map(frames.map((n) => [n, S.versions.get(n)])) };
+  const pending = { obj: cur().id, tracker, versions: new Map(frames.map((n) => [n, S.versions.get(n)])) };
   const button = $("#track-button");
   button.disabled = true;
   try {
@@ -1456,8 +1759,10 @@ function renderTracking() {
   const busy = !!st && RUNNING.includes(st.state);
   const stale = trackingStale();
   const button = $("#track-button");
+  const many = several();
+  const same = !!T.sent && T.sent.obj === cur().id; // the preview shown is the selected object's
   button.disabled = busy || !S.filled.size || !stale;
-  button.textContent = busy ? "Tracking…" : T.sent ? "Re-track changes" : "Preview tracking";
+  button.textContent = busy ? "Tracking…" : same ? "Re-track changes" : "Preview tracking";
   const bar = $("#track-progress");
   bar.hidden = !busy;
   if (busy) bar.value = st.progress;
@@ -1477,6 +1782,20 @@ function renderTracking() {
   } else if (st && st.state === "failed") {
     text = st.tracked.length ? "Tracking stopped; the frames tracked before keep their masks." : "";
   }
+  const run = T.pending || T.sent;
+  const tracked = run && S.objects.find((o) => o.id === run.obj);
+  if (many && !busy && T.sent && !same && st && st.state === "done") {
+    const whose = tracked ? tracked.label || "another object" : "an object removed since";
+    text = `Showing the tracking of ${whose}; press Preview tracking to track ${cur().label || "this object"}.`;
+  } else if (many && tracked && text) {
+    text = `${tracked.label || "object"}: ${text}`;
+  }
+  const scope = $("#track-scope");
+  scope.hidden = !many;
+  scope.textContent = many
+    ? `Preview tracking follows one object, the selected one (${cur().label || "unnamed"}); ` +
+      `the job tracks all ${S.objects.length} objects together, a pixel belonging to at most one.`
+    : "";
   const status = $("#track-status");
   status.textContent = text;
   status.dataset.state = st ? st.state : "none";
@@ -1551,11 +1870,11 @@ function paintTracked(bmp, n, run) {
   c.dataset.area = String(area);
 }
 
-/** The tracked mask in cyan, outlined, at object 0's opacity (the same look as the drawn one
- * but its own colour, so what was drawn and what was tracked stay apart). */
+/** The tracked mask in cyan, outlined, at the selected object's opacity (the same look as
+ * the drawn one but its own colour, so what was drawn and what was tracked stay apart). */
 function repaintTracked() {
   if (!S.upload) return;
-  paintOverlay($("#track-canvas"), TV.silhouette, { colour: TRACK_COLOUR, opacity: lookOf(0).opacity });
+  paintOverlay($("#track-canvas"), TV.silhouette, { colour: TRACK_COLOUR, opacity: lookOf(S.current).opacity });
 }
 
 // --------------------------------------------------------------------------- submit
@@ -1564,41 +1883,76 @@ function currentMode() {
   return $$('input[name="mode"]').find((r) => r.checked).value;
 }
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 function updateSummary() {
   if (!S.upload) return;
-  const k = S.filled.size;
-  const sp = S.spans.length;
-  $("#submit-summary").textContent =
-    `${k} keyframe${k === 1 ? "" : "s"}` + (sp ? `, ${sp} span${sp === 1 ? "" : "s"}` : "") + ` on ${S.upload.name}.`;
+  const what = (o) => plural(o.filled.size, "keyframe") + (o.spans.length ? `, ${plural(o.spans.length, "span")}` : "");
+  $("#submit-summary").textContent = several()
+    ? `${S.objects.length} objects, one stem each: ` +
+      S.objects.map((o, i) => `${o.label || `object ${i + 1}`} (${what(o)})`).join(", ") +
+      ` on ${S.upload.name}.`
+    : `${what(cur())} on ${S.upload.name}.`;
   renderTracking();
+}
+
+/** The first object that cannot be submitted, selected, with what to fix; else true. */
+function objectsReady() {
+  for (let i = 0; i < S.objects.length; i++) {
+    const problem = several() ? labelProblem(i) : "";
+    const o = S.objects[i];
+    const name = o.label || `object ${i + 1}`;
+    const draw = `Draw ${several() ? name : "the object"} first: paint over it on at least one frame.`;
+    const message = problem || (o.filled.size ? "" : draw);
+    if (!message) continue;
+    if (i !== S.current) selectObject(i);
+    showError("#submit-error", message);
+    (problem ? $("#object-label") : $("#draft-canvas")).focus();
+    return false;
+  }
+  return true;
 }
 
 async function submitJob(e) {
   e.preventDefault();
   showError("#submit-error", "");
-  if (!S.upload) return;
-  const frames = [...S.filled].sort((a, b) => a - b);
-  if (!frames.length) {
-    showError("#submit-error", "Draw the object first: paint over it on at least one frame.");
-    $("#draft-canvas").focus();
-    return;
-  }
+  if (!S.upload || !objectsReady()) return;
   const button = $("#submit");
   button.disabled = true;
   button.textContent = "Submitting…";
   try {
     const form = new FormData();
     form.append("upload", S.upload.id);
-    for (const n of frames) form.append("mask", await maskPng(n), `mask-frame-${n}.png`);
     const spec = {
-      mask_frames: frames,
       mode: currentMode(),
       separator: $("#separator").value,
       tracker: $("#tracker").value,
-      text: $("#text-prompt").value.trim() || null,
-      spans: S.spans.map(spanText),
       audio_stream: +($("#audio-stream").value || 0),
     };
+    const framesOf = (o) => [...o.filled].sort((a, b) => a - b);
+    if (several()) {
+      // One job, one stem per object: spec.objects, each object's masks as mask:<label>
+      // parts in its keyframe order (worker/http/uploads.py).
+      spec.objects = S.objects.map((o) => ({
+        label: o.label,
+        mask_frames: framesOf(o),
+        text: o.text.trim() || null,
+        spans: o.spans.map(spanText),
+      }));
+      for (const o of S.objects) {
+        for (const n of framesOf(o)) {
+          form.append(`mask:${o.label}`, await maskPng(n, o), `mask-${o.label}-frame-${n}.png`);
+        }
+      }
+    } else {
+      const frames = framesOf(cur());
+      for (const n of frames) form.append("mask", await maskPng(n), `mask-frame-${n}.png`);
+      Object.assign(spec, {
+        mask_frames: frames,
+        text: $("#text-prompt").value.trim() || null,
+        spans: S.spans.map(spanText),
+      });
+    }
     form.append("spec", JSON.stringify(spec));
     const body = await getJSON("/v1/jobs", { method: "POST", body: form });
     openJob(body.id);
@@ -1709,17 +2063,122 @@ const OUTPUT_NOTES = {
 
 function outputNote(name) {
   if (OUTPUT_NOTES[name]) return OUTPUT_NOTES[name];
+  const own = name.match(/^objects\/([^/]+)\/(.+)$/); // a several-object job's own outputs
+  if (own) {
+    const [, label, file] = own;
+    if (file === "target.wav") return `${label}'s sound (WAV)`;
+    if (file === "masks.npz") return `${label}'s tracked mask per frame`;
+    if (file.startsWith("isolated.")) return `the video with only ${label}'s sound`;
+    if (file.startsWith("removed.")) return `the video without ${label}'s sound`;
+    return `${label}'s own`;
+  }
+  if (/^stems\.(mkv|mov)$/.test(name)) return "the picture, one audio track per object and the residual";
   if (name.startsWith("isolated.")) return "the video with only the object's sound";
   if (name.startsWith("removed.")) return "the video without the object's sound";
   return "";
 }
+
+/** The stems to listen to with the picture: A (the object's sound) and B (everything else)
+ * for one object; for several, each object's stem in the colour the preview draws it in,
+ * then everything else. Keys 1, 2, 3 ... pick them in this order. */
+function resultStems(doc, links) {
+  const objects = (doc && Array.isArray(doc.objects) ? doc.objects : []).filter(
+    (o) => o && o.label && links[`objects/${o.label}/target.wav`],
+  );
+  if (!objects.length) {
+    return [
+      { key: "target", id: "target", name: "target.wav", title: "A · the object's sound", short: "A · target", colour: "#ff4fb0" },
+      { key: "residual", id: "residual", name: "residual.wav", title: "B · everything else", short: "B · residual", colour: "#4fd2ff" },
+    ];
+  }
+  return [
+    ...objects.map((o, j) => ({
+      key: `object:${o.label}`,
+      id: `object-${j}`,
+      name: `objects/${o.label}/target.wav`,
+      title: o.label,
+      short: o.label,
+      label: o.label,
+      colour: PREVIEW_PALETTE[j % PREVIEW_PALETTE.length],
+    })),
+    { key: "residual", id: "residual", name: "residual.wav", title: "everything else", short: "residual", colour: "#c7ccd6" },
+  ];
+}
+
+const stemAudios = () => $$("#stem-audios audio");
 
 function hideResults() {
   $("#results").hidden = true;
   S.results = null;
   const v = $("#preview-video");
   v.pause();
-  for (const a of [$("#audio-target"), $("#audio-residual")]) a.pause();
+  for (const a of stemAudios()) a.pause();
+}
+
+/** One row per stem: a radio to listen to it (with its key) and its waveform. */
+function renderStems(stems) {
+  const list = $("#stem-list");
+  const legend = list.querySelector("legend");
+  list.replaceChildren(
+    legend,
+    ...stems.map((st, k) =>
+      el(
+        "div",
+        { class: "stem-row", "data-stem": st.key },
+        el(
+          "label",
+          { class: "stem-pick" },
+          el("input", {
+            type: "radio",
+            name: "ab",
+            value: st.key,
+            onchange: () => {
+              S.ab = st.key;
+              applyAB();
+            },
+          }),
+          swatchChip(st.colour),
+          el("span", { class: "stem-title" }, st.title),
+          k < 9 ? el("kbd", {}, String(k + 1)) : "",
+        ),
+        el("canvas", {
+          id: `wave-${st.id}`,
+          class: "wave",
+          role: "img",
+          "aria-label": `Waveform of ${st.short}`,
+          onclick: (e) => {
+            const r = e.currentTarget.getBoundingClientRect();
+            $("#preview-video").currentTime = ((e.clientX - r.left) / r.width) * resultDuration();
+            S.ab = st.key;
+            applyAB();
+          },
+        }),
+      ),
+    ),
+  );
+  const keys = stems.slice(0, 9).map((_, k) => el("kbd", {}, String(k + 1)));
+  const hint = $("#listen-hint");
+  if (stems.length === 2 && stems[0].key === "target") {
+    hint.replaceChildren(
+      "Press play on the picture (or ",
+      el("kbd", {}, "Space"),
+      "); switch A/B while it plays with keys ",
+      keys[0],
+      " and ",
+      keys[1],
+      ", from anywhere on the page.",
+    );
+  } else {
+    hint.replaceChildren(
+      "Press play on the picture (or ",
+      el("kbd", {}, "Space"),
+      "): every stem plays along and you hear the one chosen; switch while it plays with keys ",
+      keys[0],
+      "–",
+      keys[keys.length - 1],
+      ", from anywhere on the page.",
+    );
+  }
 }
 
 async function showResults(id) {
@@ -1731,11 +2190,24 @@ async function showResults(id) {
     return;
   }
   if (S.job !== id) return;
-  S.results = { id, peaks: {} };
+  const stems = resultStems(S.jobDoc, links);
+  S.results = { id, peaks: {}, stems };
+  if (!stems.some((st) => st.key === S.ab)) S.ab = stems[0].key;
   const video = $("#preview-video");
   video.src = links["preview.mp4"] || "";
-  $("#audio-target").src = links["target.wav"] || "";
-  $("#audio-residual").src = links["residual.wav"] || "";
+  const many = stems[0].key !== "target";
+  $("#preview-caption").textContent = many
+    ? "Each object's tracked mask over the picture, in its colour with its label. Check each follows its object."
+    : "The tracked mask over the picture. Check it follows the object.";
+  for (const a of stemAudios()) a.pause();
+  $("#stem-audios").replaceChildren(
+    ...stems.map((st) => {
+      const a = el("audio", { id: `audio-${st.id}`, preload: "auto", "data-stem": st.key, "data-output": st.name });
+      a.src = links[st.name] || "";
+      return a;
+    }),
+  );
+  renderStems(stems);
   applyAB();
   $("#downloads").replaceChildren(
     ...Object.entries(links).map(([name, url]) =>
@@ -1744,7 +2216,7 @@ async function showResults(id) {
         {},
         el(
           "a",
-          { href: url, download: name, "data-output": name },
+          { href: url, download: name.replaceAll("/", "-"), "data-output": name },
           el("strong", {}, name),
           el("span", { class: "what" }, outputNote(name)),
         ),
@@ -1754,11 +2226,11 @@ async function showResults(id) {
   $("#results").hidden = false;
   reveal($("#results-h"));
   drawWaves();
-  for (const name of ["target", "residual"]) {
-    getJSON(`/v1/jobs/${id}/peaks/${name}.wav`)
+  for (const st of stems) {
+    getJSON(`/v1/jobs/${id}/peaks/${st.name}`)
       .then((p) => {
         if (S.results && S.results.id === id) {
-          S.results.peaks[name] = p;
+          S.results.peaks[st.key] = p;
           drawWaves();
         }
       })
@@ -1769,73 +2241,66 @@ async function showResults(id) {
 function resultDuration() {
   const v = $("#preview-video");
   if (isFinite(v.duration) && v.duration > 0) return v.duration;
-  const p = S.results && (S.results.peaks.target || S.results.peaks.residual);
+  const p = S.results && S.results.stems.map((st) => S.results.peaks[st.key]).find(Boolean);
   return p ? p.duration : 1;
 }
 
 function drawWaves() {
   if (!S.results) return;
   const t = $("#preview-video").currentTime || 0;
-  for (const name of ["target", "residual"]) {
-    const canvas = $(`#wave-${name}`);
-    if (canvas.offsetParent === null) continue;
+  for (const st of S.results.stems) {
+    const canvas = $(`#wave-${st.id}`);
+    if (!canvas || canvas.offsetParent === null) continue;
     const { ctx, w, h } = fitCanvas(canvas);
     ctx.clearRect(0, 0, w, h);
     const D = resultDuration();
-    const active = S.ab === name;
-    drawWaveform(ctx, S.results.peaks[name], 0, w, h, D, active ? (name === "target" ? "#ff4fb0" : "#4fd2ff") : "#5c6374");
+    drawWaveform(ctx, S.results.peaks[st.key], 0, w, h, D, S.ab === st.key ? st.colour : "#5c6374");
     ctx.fillStyle = "#ffffff";
     ctx.fillRect((t / D) * w - 1, 0, 2, h);
   }
 }
 
+/** Listen to the stem chosen (S.ab); the others play along, muted. */
 function applyAB() {
-  $("#audio-target").muted = S.ab !== "target";
-  $("#audio-residual").muted = S.ab !== "residual";
+  for (const a of stemAudios()) a.muted = a.dataset.stem !== S.ab;
   for (const r of $$('input[name="ab"]')) r.checked = r.value === S.ab;
   drawWaves();
 }
 
+/** Key 1, 2, 3 ...: the k-th stem listed (before any results: 1 is A, 2 is B). */
+function listenTo(k) {
+  const keys = S.results ? S.results.stems.map((st) => st.key) : ["target", "residual"];
+  if (k >= keys.length) return false;
+  S.ab = keys[k];
+  applyAB();
+  return true;
+}
+
 function bindPlayers() {
   const v = $("#preview-video");
-  const audios = () => [$("#audio-target"), $("#audio-residual")];
   const sync = (force) => {
-    for (const a of audios()) {
+    for (const a of stemAudios()) {
       if (!a.src) continue;
       if (force || Math.abs(a.currentTime - v.currentTime) > 0.08) a.currentTime = v.currentTime;
     }
   };
   v.addEventListener("play", () => {
     sync(true);
-    for (const a of audios()) if (a.src) a.play().catch(() => {});
+    for (const a of stemAudios()) if (a.src) a.play().catch(() => {});
     requestAnimationFrame(function tick() {
       drawWaves();
       if (!v.paused) requestAnimationFrame(tick);
     });
   });
-  v.addEventListener("pause", () => audios().forEach((a) => a.pause()));
+  v.addEventListener("pause", () => stemAudios().forEach((a) => a.pause()));
   v.addEventListener("seeking", () => sync(true));
   v.addEventListener("seeked", () => {
     sync(true);
     drawWaves();
   });
   v.addEventListener("timeupdate", () => sync(false));
-  v.addEventListener("ratechange", () => audios().forEach((a) => (a.playbackRate = v.playbackRate)));
+  v.addEventListener("ratechange", () => stemAudios().forEach((a) => (a.playbackRate = v.playbackRate)));
   v.addEventListener("loadedmetadata", drawWaves);
-  for (const r of $$('input[name="ab"]')) {
-    r.addEventListener("change", () => {
-      S.ab = r.value;
-      applyAB();
-    });
-  }
-  for (const name of ["target", "residual"]) {
-    $(`#wave-${name}`).addEventListener("click", (e) => {
-      const r = e.currentTarget.getBoundingClientRect();
-      v.currentTime = ((e.clientX - r.left) / r.width) * resultDuration();
-      S.ab = name;
-      applyAB();
-    });
-  }
 }
 
 // --------------------------------------------------------------------------- wiring
@@ -1921,6 +2386,7 @@ function bindEditor() {
   });
   bindDrawing();
   bindTimeline();
+  bindObjects();
 }
 
 /** Whether keys typed at ``t`` are text (a field, a select's type-ahead), not shortcuts. */
@@ -1950,11 +2416,7 @@ function bindShortcuts() {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const onControl = t.matches && t.matches("button, a[href], summary, input, video, audio");
     if (key === "?") return void (showKeys(), e.preventDefault());
-    if (key === "1" || key === "2") {
-      S.ab = key === "1" ? "target" : "residual";
-      applyAB();
-      return void e.preventDefault();
-    }
+    if (/^[1-9]$/.test(key) && listenTo(+key - 1)) return void e.preventDefault();
     if (key === " " && !onControl && S.results && !$("#results").hidden) {
       const v = $("#preview-video");
       if (v.paused) v.play().catch(() => {});
