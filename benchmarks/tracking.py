@@ -1,6 +1,6 @@
 """Tracking accuracy (DAVIS J, F, J&F) and speed: synthetic scenes and real footage.
 
-    python benchmarks/tracking.py [--size 854x480] [--trackers flow,flow-refine,copy] [--scenes a,b]
+    python benchmarks/tracking.py [--size 854x480] [--trackers flow,flow-plain,copy] [--scenes a,b]
                                   [--keyframes 0] [--threads N] [--variant 1]
                                   [--synthetic-only | --real-only] [--objects a,b]
                                   [--half dev|heldout] [--json PATH]
@@ -49,11 +49,12 @@ def _flow(frames: np.ndarray, keys: dict[int, np.ndarray]) -> np.ndarray:
     return propagate(frames, keys)[0]
 
 
-def _flow_refine(frames: np.ndarray, keys: dict[int, np.ndarray]) -> np.ndarray:
-    return propagate(frames, keys, refine=True)[0]
+def _flow_plain(frames: np.ndarray, keys: dict[int, np.ndarray]) -> np.ndarray:
+    """The flow tracker without appearance refinement (its default before it was on)."""
+    return propagate(frames, keys, refine=False)[0]
 
 
-TRACKERS: dict[str, Tracker] = {"flow": _flow, "flow-refine": _flow_refine, "copy": copy_first}
+TRACKERS: dict[str, Tracker] = {"flow": _flow, "flow-plain": _flow_plain, "copy": copy_first}
 
 
 def _keyframes(spec: str, n: int) -> list[int]:

@@ -52,6 +52,11 @@ CONTRAST = 0.2
 BETA_MIN = 0.12
 NULL_SHIFTS = (0.3, 0.5, 0.7)
 """Chance level is measured with the sound rotated by these fractions of the clip."""
+SIZE_NOISE = {"area": 0.01, "height": 0.005, "width": 0.005}
+"""Below this (std of the detrended curve, as a share of the object's median size) a size
+curve is tracker noise, not the object: a rigid ball tracked with appearance refinement
+wobbles by ~0.6% in area (detrended std, measured on the demo), and z-scoring would make that
+wobble look as strong as a mouth opening (+-60%)."""
 RIDGE = 1.0
 MEMBER_CORR = 0.25
 """A component whose own loudness follows the chosen curve this well is the object's too."""
@@ -98,6 +103,8 @@ def candidate_curves(
         if np.std(x) < 1e-9:
             continue
         level = x - uniform_filter1d(x, size=min(size, n), mode="nearest")
+        if np.std(level) < SIZE_NOISE.get(name, 0.0):
+            continue
         change = np.abs(np.diff(x, prepend=x[:1]))
         change = uniform_filter1d(change, size=2, mode="nearest")
         steady = uniform_filter1d(level, size=smooth, mode="nearest")

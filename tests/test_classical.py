@@ -343,3 +343,24 @@ def test_timbre_smoothing_pulls_credit_within_a_group_only() -> None:
     assert out[2] == pytest.approx(0.5)  # pulled halfway to its group's credit
     assert out[0] == pytest.approx(0.75) and out[1] == pytest.approx(0.75)
     assert out[3] == 1.0  # sounds like nothing else: keeps its own credit
+
+
+def test_a_tracker_wobble_in_size_is_not_evidence_but_a_real_pulse_is():
+    """A rigid object's size wobbles by a fraction of a percent under a refining tracker
+    (0.6% measured on the demo ball); z-scored, that would look as strong as a mouth
+    opening, so size curves under ``SIZE_NOISE`` are not candidates. A 5% pulse is."""
+    from model.attribution import SIZE_NOISE, candidate_curves
+
+    rng = np.random.default_rng(3)
+    fps, n = 25.0, 250
+    t = np.arange(n) / fps
+    wobble = 1 + 0.006 * np.sign(np.sin(2 * np.pi * 0.3 * t)) + 0.001 * rng.standard_normal(n)
+    pulse = 1 + 0.05 * (np.sin(2 * np.pi * 2 * t) > 0.5)
+    motion = np.abs(rng.standard_normal(n))
+    for name in ("area", "height", "width"):
+        assert SIZE_NOISE[name] > 0
+        feats = np.stack([motion, wobble if name == "area" else 1 + (wobble - 1) / 2], axis=1)
+        _, labels = candidate_curves(feats, ["motion", name], fps)
+        assert labels and all(lb.startswith("motion:") for lb in labels), (name, labels)
+        _, labels = candidate_curves(np.stack([motion, pulse], axis=1), ["motion", name], fps)
+        assert f"{name}:level" in labels

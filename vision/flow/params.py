@@ -44,9 +44,10 @@ ECC_GAIN = 0.7  # share of ECC's correction applied per frame (damps noise, keep
 RELAX = 0.3  # share of the non-rigid part given up in a frame where it does not help
 ANCHOR = 1.3  # a flat object re-anchors to its keyframe when that fits at most this much worse
 # Appearance-aware refinement (refine.py): log-odds of a pixel near the edge being object.
-REFINE = (
-    False  # refine each chain's mask by colour and motion (propagate's default; off: see below)
-)
+# On by default: without it a mask never grows into what the keyframe did not show (a mouth
+# opening, a person standing up). Its ~1% edge wobble on rigid objects is kept away from the
+# classical separator by model.attribution.SIZE_NOISE.
+REFINE = True  # refine each chain's mask by colour and motion (propagate's default)
 REF_MIN_AREA = 40  # px at the working resolution: smaller masks are left as the chain has them
 REF_BAND = 0.08  # the band re-decided reaches this x the object's size (sqrt area) each side
 REF_BAND_MIN = 3  # px, at least
