@@ -198,14 +198,23 @@ def _mono(path):
 def test_three_objects_are_never_worse_than_three_single_jobs(trio_jobs):
     """Each object's stem from the three-object job is within 0.5 dB SI-SDR of its
     one-object job's, or better: the objects compete for the components, so a component a
-    lone object would have taken by chance goes to the object that explains it."""
+    lone object would have taken by chance goes to the object that explains it. The box
+    and the mouth gain at least 6 dB over the mixture (measured +10.9 and +10.5: the
+    mouth is found only because the tracker's mask grows as it opens). The ball is not
+    held to that: the scene's off-screen bell rings only inside the ball's bouncing spells,
+    so its loudness follows the ball as well as the plucks do (the ball's stem is mostly
+    bell, alone or with the others)."""
     trio, _, root = trio_jobs
     for lb in LABELS:
         ref = trio.sounds[lb].astype(np.float64)
         many = _mono(root / "all" / "objects" / lb / "target.wav")[: len(ref)]
         one = _mono(root / f"one-{lb}" / "target.wav")[: len(ref)]
         a, b = si_sdr(many, ref[: len(many)]), si_sdr(one, ref[: len(one)])
+        print(f"{lb}: three-object job {a:+.2f} dB, one-object job {b:+.2f} dB SI-SDR")
         assert a >= b - 0.5, (lb, a, b)
+        if lb != "ball":  # the off-screen bell rings only while the ball bounces (see below)
+            mix = si_sdr(trio.mixture().astype(np.float64)[: len(ref)], ref)
+            assert a - mix >= 6.0, (lb, a, mix)  # the separation itself is real
     masks = [np.load(root / "all" / "objects" / lb / "masks.npz")["masks"] for lb in LABELS]
     for lb, m in zip(LABELS, masks, strict=True):  # tracked the same way as alone
         alone = np.load(root / f"one-{lb}" / "masks.npz")["masks"]
