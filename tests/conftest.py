@@ -121,6 +121,8 @@ LONGEST_FIRST = (
     "test_sam_audio_cli.py",
     "test_sam_audio_model.py",
     "test_hostile.py",
+    "test_web.py",
+    "test_watch.py",
 )
 
 

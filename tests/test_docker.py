@@ -12,7 +12,9 @@ DOCKER = Path(__file__).resolve().parent.parent / "docker"
 def test_compose_file_parses_and_wires_the_service():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "rabbitmq", "api", "cpu-worker", "gpu-worker", "flower"}
+    assert set(services) == {
+        *("redis", "rabbitmq", "api", "cpu-worker", "gpu-worker", "flower", "watch")
+    }
     assert services["rabbitmq"]["profiles"] == ["rabbitmq"]  # started only when asked for
     assert "--appendonly" in services["redis"]["command"]
     assert (

@@ -77,9 +77,17 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--matte",
             metavar="FILE",
-            help="grayscale matte video, white = object, same size, frame count and "
-            "timestamps as the source: .mkv FFV1 lossless, .mov ProRes 422 HQ, .mp4 H.264 "
-            "lossless (default: <out>_matte.mkv beside --out)",
+            help="matte video, same size, frame count, timestamps, start timecode and rate "
+            "as the source; grey (white = object): .mkv FFV1 lossless, .mov ProRes 422 HQ, "
+            ".mp4 H.264 lossless; prores4444: .mov (default: <out>_matte.mkv beside --out, "
+            "<out>_matte.mov for prores4444)",
+        )
+        p.add_argument(
+            "--matte-format",
+            choices=["grey", "prores4444"],
+            default="grey",
+            help="grey: white = object (default); prores4444: the picture with the mask as "
+            "its alpha channel (ProRes 4444 .mov)",
         )
         p.add_argument("--no-matte", action="store_true", help="do not write the matte video")
         p.add_argument("--png-dir", metavar="DIR", help="also write the matte as a PNG sequence")
@@ -161,6 +169,28 @@ def _add_separation_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also keep the original audio as an extra track in the remuxed videos",
     )
+    p.add_argument(
+        "--timeline",
+        default="otio",
+        metavar="FORMATS",
+        help="timelines at the source's start timecode, comma-separated: otio "
+        "(timeline.otio), fcp7xml (timeline.xml: Premiere, Resolve), fcpxml "
+        "(timeline.fcpxml: Final Cut Pro), edl (timeline.edl: CMX 3600, the picture); "
+        "none for no timeline (default: otio)",
+    )
+    p.add_argument(
+        "--matte-format",
+        choices=["grey", "prores4444", "none"],
+        default="none",
+        help="matte.mov, the timeline's track above the picture: grey (ProRes 422 HQ, white "
+        "= object), prores4444 (the picture with the mask as alpha) or none (default: a "
+        "full-size matte costs about 35 ms a 1080p frame)",
+    )
+    p.add_argument(
+        "--project",
+        metavar="NAME",
+        help="project name in the stems' iXML and the timeline (default: the video's name)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +248,36 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the HTTP API")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+
+    wa = sub.add_parser(
+        "watch",
+        help="a hot folder: every video dropped in IN_DIR (mask and spec from sidecar files "
+        "clip.mask.png, clip.mask_<frame>.png, clip.json) becomes a job; results in "
+        "OUT_DIR/clip/, failures in OUT_DIR/_failed/clip.txt",
+    )
+    wa.add_argument("in_dir", metavar="IN_DIR", help="the folder to watch (its top level)")
+    wa.add_argument("--out", required=True, metavar="OUT_DIR", help="where results go")
+    wa.add_argument("--spec", metavar="FILE", help="a JSON job spec: the defaults for every clip")
+    wa.add_argument(
+        "--local",
+        action="store_true",
+        help="run the jobs in this process, one at a time (default: queue them for workers)",
+    )
+    wa.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a file must stay unchanged before it is taken "
+        "(default SONOMASK_WATCH_SETTLE, 5)",
+    )
+    wa.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between looks at the folder (default SONOMASK_WATCH_INTERVAL, 1)",
+    )
     return parser
 
 
@@ -458,12 +518,24 @@ def cmd_track(args: argparse.Namespace) -> int:
     fields.setdefault("tracker_model", args.tracker_model)
     spec = JobSpec.build(**fields)
     out = Path(args.out)
-    matte = None if args.no_matte else Path(args.matte) if args.matte else default_matte_path(out)
+    matte = (
+        None
+        if args.no_matte
+        else Path(args.matte)
+        if args.matte
+        else default_matte_path(out, args.matte_format)
+    )
     png_dir = Path(args.png_dir) if args.png_dir else None
     preview = Path(args.preview) if args.preview else None
     with StageBars(enabled=not args.quiet) as bars:
         warnings = track_to_file(
-            spec, out, preview, progress=bars.update, matte=matte, png_dir=png_dir
+            spec,
+            out,
+            preview,
+            progress=bars.update,
+            matte=matte,
+            png_dir=png_dir,
+            matte_format=args.matte_format,
         )
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -498,6 +570,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _separation_fields(args: argparse.Namespace) -> dict[str, Any]:
+    from worker.timeline import parse_formats
+
     several = {}
     if getattr(args, "object_groups", []) or args.spec:
         several = {"object_videos": args.object_videos, "stems_format": args.stems_format}
@@ -514,6 +588,9 @@ def _separation_fields(args: argparse.Namespace) -> dict[str, Any]:
         "reconstruct": args.reconstruct,
         "stem_format": args.stem_format,
         "keep_original": args.keep_original,
+        "timeline": parse_formats(args.timeline),
+        "matte_format": args.matte_format,
+        "project": args.project,
     }
 
 
@@ -527,6 +604,9 @@ _SEPARATION_DEFAULTS = {
     "reconstruct": "masked",
     "stem_format": "pcm24",
     "keep_original": False,
+    "timeline": ["otio"],
+    "matte_format": "none",
+    "project": None,
     "object_videos": False,
     "stems_format": "mkv",
 }
@@ -697,6 +777,32 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    import signal
+
+    from worker.watch import Watcher
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # docker stop: the running job resumes next start
+    watcher = Watcher(
+        Path(args.in_dir),
+        Path(args.out),
+        args.settings,
+        default_spec=Path(args.spec) if args.spec else None,
+        local=args.local,
+        settle=args.settle,
+        interval=args.interval,
+        say=lambda line: print(line, flush=True),
+    )
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        print("stopped; a clip in progress resumes when the watch starts again", flush=True)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -728,6 +834,7 @@ COMMANDS = {
     "worker": cmd_worker,
     "supervisor": cmd_supervisor,
     "serve": cmd_serve,
+    "watch": cmd_watch,
 }
 
 

@@ -25,6 +25,14 @@ STEMS_MODEL = ("stems_target.npy", "stems_residual.npy")  # mono 48 kHz, from th
 TARGET = "target.wav"  # output: the object's sound
 RESIDUAL = "residual.wav"  # output: everything else
 PREVIEW = "preview.mp4"  # output: the mask over the picture, target audio
+MATTE = "matte.mov"  # output: the mask as a matte video at the source's timecode (matte_format)
+# output: the timeline at the source's timecode, one file per JobSpec.timeline format
+TIMELINES = {
+    "otio": "timeline.otio",  # OpenTimelineIO
+    "fcp7xml": "timeline.xml",  # FCP 7 XML (Premiere Pro, DaVinci Resolve)
+    "fcpxml": "timeline.fcpxml",  # Final Cut Pro
+    "edl": "timeline.edl",  # CMX 3600 (the picture's events)
+}
 OUTPUTS_DIR = "outputs"  # a queued job's published outputs
 
 # Several objects (JobSpec.objects): each object's own files live in objects/<label>/ under
@@ -41,4 +49,4 @@ def object_file(label: str, name: str) -> str:
     return f"{OBJECTS_DIR}/{label}/{name}"
 
 
-WORK_FORMAT = 2  # bump when a stage's files change meaning: old work folders are not resumed
+WORK_FORMAT = 3  # bump when a stage's files change meaning: old work folders are not resumed

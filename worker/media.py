@@ -32,6 +32,7 @@ import numpy as np
 import soundfile as sf
 
 from worker.errors import BadInput, SonomaskError
+from worker.timecode import read_start_timecode
 
 FORMAT_WHITELIST = ",".join(
     [
@@ -437,6 +438,100 @@ def _video_index_among(p: Probe) -> str:
     return f"v:{vids.index(p.video)}"
 
 
+_COLOR_KEYS = {  # ffprobe's field -> ffmpeg's output option, for the colour tags passed on
+    "color_range": "-color_range",
+    "color_space": "-colorspace",
+    "color_primaries": "-color_primaries",
+    "color_transfer": "-color_trc",
+}
+
+
+def picture_color_args(p: Probe) -> list[str]:
+    """The source's colour tags as output options (a re-encoded picture keeps its look)."""
+    out: list[str] = []
+    for key, opt in _COLOR_KEYS.items():
+        value = str(p.video.raw.get(key, "") or "")
+        if value and value != "unknown" and re.fullmatch(r"[a-z0-9_-]{1,32}", value):
+            out += [opt, value]
+    return out
+
+
+def iter_picture(p: Probe, pix_fmt: str = "yuv444p16le") -> Any:
+    """Every frame the pipeline decodes (no drops or duplicates, also for VFR), at the
+    displayed size (rotation applied), as raw planes of ``pix_fmt``: yields bytes."""
+    w, h = p.display_size
+    bpp = {"yuv444p16le": 6, "yuv444p": 3, "rgb24": 3}[pix_fmt]
+    size = w * h * bpp
+    args = [*FFMPEG_QUIET, "-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST]
+    args += ["-i", f"file:{p.path.resolve()}", "-map", f"0:{_video_index_among(p)}"]
+    args += ["-an", "-sn", "-dn", "-fps_mode", "passthrough"]
+    args += ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{w}x{h}", "pipe:1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    assert proc.stdout is not None
+    try:
+        while True:
+            frame = proc.stdout.read(size)
+            if len(frame) < size:
+                break
+            yield frame
+        rc = proc.wait()
+        reader.join()
+        if rc != 0:
+            raise _ffmpeg_failed("decode the picture", b"".join(err).decode(errors="replace"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def encode_raw_video(
+    frames: Any,
+    size: tuple[int, int],
+    pix_fmt: str,
+    rate: Fraction,
+    filter_script: Path,
+    output_args: list[str],
+    out: Path,
+    time_base: int = 90000,
+) -> None:
+    """Encode raw frames (an iterable of bytes of ``pix_fmt`` at ``size``) to ``out``.
+
+    Each frame's time comes from the ``setpts`` filter script (the source's timestamps,
+    VFR included) on a 1/``time_base`` clock; ``rate`` is the nominal frame rate the
+    container records (a MOV ``tmcd`` track counts at it). ``output_args`` hold the codec,
+    container and metadata options (``-timecode`` among them)."""
+    w, h = size
+    args = [*FFMPEG_QUIET, "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{w}x{h}"]
+    args += ["-r", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:0"]
+    args += ["-filter_script:v", str(filter_script)]
+    args += ["-fps_mode", "passthrough", "-enc_time_base", f"1/{time_base}"]
+    args += [*output_args, str(out)]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            for frame in frames:
+                proc.stdin.write(frame)
+            proc.stdin.close()
+        rc = proc.wait()
+        reader.join()
+        if rc != 0:
+            message = b"".join(err).decode(errors="replace").strip().splitlines()
+            raise SonomaskError(
+                f"ffmpeg failed to write {out.name}: {message[-1] if message else rc}"
+            )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # --------------------------------------------------------------------------- remux
 
 _OUTPUT_BY_EXT = {
@@ -706,6 +801,9 @@ def remux_stems(
         ]
         args += [f"-disposition:a:{i}", "default" if i == 0 else "0"]
     muxer = STEMS_CONTAINERS[container]
+    timecode = _timecode(p)
+    if timecode:  # the stems start where the source does (mov: a tmcd track)
+        args += ["-timecode", timecode]
     if muxer == "mov":
         args += ["-movflags", "+faststart"]
     args += ["-f", muxer, f"file:{out_path.resolve()}"]
@@ -713,11 +811,10 @@ def remux_stems(
 
 
 def _timecode(p: Probe) -> str | None:
-    for s in [*p.streams]:
-        tc = s.raw.get("tags", {}).get("timecode")
-        if tc:
-            return tc
-    return p.tags.get("timecode")
+    """The source's start timecode tag when it is a valid timecode at its rate, else None:
+    a garbage tag handed to ``-timecode`` would make ffmpeg refuse the whole output."""
+    tc, _ = read_start_timecode(p, picture_start(p))
+    return tc.text if tc.source != "container start time" else None
 
 
 def stream_md5(path: Path, selector: str = "v") -> str:

@@ -34,6 +34,12 @@ class Settings:
     tracker_models: dict[str, str] = field(default_factory=dict)  # name -> weights
     tracker_model_for: dict[str, str] = field(default_factory=dict)  # name -> its tracker
     webhook_allow: tuple[str, ...] = ()  # SONOMASK_WEBHOOK_ALLOW hosts, IPs, CIDRs
+    # SONOMASK_WEBHOOK_SECRET: signs every webhook POST (kept out of repr and logs)
+    webhook_secret: str | None = field(default=None, repr=False)
+    # The watch folder (worker/watch.py): a file is taken once it stopped changing this long
+    # and no process has it open for writing; the folder is looked at this often.
+    watch_settle: float = 5.0  # SONOMASK_WATCH_SETTLE
+    watch_interval: float = 1.0  # SONOMASK_WATCH_INTERVAL
     allow_downloads: bool = False  # SONOMASK_ALLOW_DOWNLOADS: workers may reach the HF Hub
     # The HTTP API (worker/http/).
     media_root: Path | None = None  # SONOMASK_MEDIA_ROOT: what the JSON form may read
@@ -63,6 +69,9 @@ class Settings:
             webhook_allow=tuple(
                 h.strip() for h in env.get("SONOMASK_WEBHOOK_ALLOW", "").split(",") if h.strip()
             ),
+            webhook_secret=env.get("SONOMASK_WEBHOOK_SECRET") or None,
+            watch_settle=_positive(env, "SONOMASK_WATCH_SETTLE", 5.0),
+            watch_interval=_positive(env, "SONOMASK_WATCH_INTERVAL", 1.0),
             allow_downloads=env.get("SONOMASK_ALLOW_DOWNLOADS", "").strip().lower()
             in ("1", "true", "yes"),
             media_root=Path(env["SONOMASK_MEDIA_ROOT"]).resolve()

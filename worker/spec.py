@@ -215,6 +215,8 @@ class ObjectSpec(BaseModel):
 
 Mode = Literal["isolate", "remove", "both"]
 SeparatorName = Literal["auto", "sam-audio", "classical"]
+TimelineFormat = Literal["otio", "fcp7xml", "fcpxml", "edl"]
+MAX_PROJECT = 200
 
 
 class JobSpec(BaseModel):
@@ -273,6 +275,27 @@ class JobSpec(BaseModel):
     keep_original: bool = Field(
         default=False, description="keep the original audio as an extra track in the videos"
     )
+    timeline: list[TimelineFormat] = Field(
+        default_factory=lambda: ["otio"],
+        max_length=4,
+        description="timelines to write at the source's start timecode: otio "
+        "(timeline.otio), fcp7xml (timeline.xml, Premiere/Resolve), fcpxml "
+        "(timeline.fcpxml, Final Cut Pro), edl (timeline.edl, CMX 3600); [] for none. "
+        'Also a comma-separated string, e.g. "otio,edl"',
+    )
+    matte_format: Literal["none", "grey", "prores4444"] = Field(
+        default="none",
+        description="matte.mov (objects/<label>/matte.mov per object), the timeline's track "
+        "above the picture: grey (ProRes 422 HQ, white = object), prores4444 (the picture "
+        "with the mask as alpha) or none (the default: a full-size matte costs about 35 ms "
+        "a 1080p frame)",
+    )
+    project: str | None = Field(
+        default=None,
+        max_length=MAX_PROJECT,
+        description="project name for the stems' iXML and the timeline (default: the "
+        "video's file name without its extension)",
+    )
     out: str | None = None
     webhook: str | None = Field(
         default=None, max_length=MAX_URL, description="URL POSTed the job document at the end"
@@ -294,6 +317,33 @@ class JobSpec(BaseModel):
     @classmethod
     def _strip_text(cls, v: str | None) -> str | None:
         return _strip(v)
+
+    @field_validator("timeline", mode="before")
+    @classmethod
+    def _parse_timeline(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [t.strip().lower() for t in v.split(",") if t.strip()] if len(v) <= 100 else [v]
+            return [] if v == ["none"] else list(dict.fromkeys(v))
+        return v
+
+    @field_validator("timeline")
+    @classmethod
+    def _unique_timeline(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+    @field_validator("project")
+    @classmethod
+    def _printable_project(cls, v: str | None) -> str | None:
+        v = _strip(v)
+        if v is not None and not v.isprintable():
+            raise ValueError("project must be printable text (no control characters)")
+        return v
+
+    @property
+    def project_name(self) -> str:
+        """The project the stems' iXML and the timeline name: ``project``, else the video's
+        file name without its extension."""
+        return self.project or Path(self.video).stem
 
     @model_validator(mode="after")
     def _fold_keyframes(self) -> JobSpec:

@@ -28,6 +28,7 @@ def output_names(ws: Workspace) -> list[str]:
             *([files.TARGET] if len(spec.objects) == 1 else []),
             remux_stage.stems_name(spec),
             files.PREVIEW,
+            *remux_stage.timeline_outputs(spec),
             files.MANIFEST,
         ]
     ext = ws.read_json(files.PROBE)["remux"]["ext"]
@@ -36,17 +37,25 @@ def output_names(ws: Workspace) -> list[str]:
         names.append(f"isolated{ext}")
     if spec.wants_removed:
         names.append(f"removed{ext}")
-    return names + [files.MASKS, files.PREVIEW, files.MANIFEST]
+    names += [m[0] for m in remux_stage.matte_outputs(spec)]
+    return names + [
+        files.MASKS,
+        files.PREVIEW,
+        *remux_stage.timeline_outputs(spec),
+        files.MANIFEST,
+    ]
 
 
 def object_outputs(ws: Workspace) -> list[tuple[str, list[str]]]:
     """Each object's label and its own outputs (several-object form), in object order."""
     spec = ws.spec
     videos = remux_stage.object_videos(ws)
+    mattes = remux_stage.matte_outputs(spec)
     return [
         (
             o.label,
             [files.object_file(o.label, files.TARGET), files.object_file(o.label, files.MASKS)]
+            + [name for name, _, label in mattes if label == o.label]
             + [name for name, label, _ in videos if label == o.label],
         )
         for o in spec.targets()
@@ -95,7 +104,15 @@ def sha256(path: Path) -> str:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("sonomask", "numpy", "scipy", "opencv-python-headless", "torch", "transformers"):
+    for pkg in (
+        "sonomask",
+        "numpy",
+        "scipy",
+        "opencv-python-headless",
+        "torch",
+        "transformers",
+        "opentimelineio",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -155,6 +172,7 @@ def finish_manifest(ws: Workspace) -> dict[str, Any]:
         finished=_now(),
         warnings=warnings,
         outputs=output_names(ws),
+        timecode=pj.get("timecode"),
         audio={
             "sample_rate": pj["audio"]["sample_rate"],
             "channels": pj["audio"]["channels"],

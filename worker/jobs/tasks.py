@@ -403,8 +403,9 @@ def notify(ws: Workspace) -> None:
         return
     body = json.dumps(store.document(ws)).encode()
     # Checked again now (DNS may have changed since submit), sent to the checked address,
-    # no redirects, 10 s timeout; see worker/webhooks.py.
-    webhooks.send(url, body, SETTINGS.webhook_allow)
+    # no redirects, 10 s timeout, signed with SONOMASK_WEBHOOK_SECRET, retried with
+    # back-off on a background thread; see worker/jobs/webhooks.py.
+    webhooks.deliver_later(url, body, SETTINGS.webhook_allow, SETTINGS.webhook_secret)
 
 
 __all__ = ["BadInput", "cancel", "finish", "requeue", "submit", "STAGE_TASKS"]

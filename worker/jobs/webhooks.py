@@ -14,15 +14,37 @@ again when the job document is sent, because DNS may answer differently by then:
 - the request goes to the address that was checked (no second lookup, so DNS cannot swap
   the address in between), with the URL's host in ``Host`` and for TLS in SNI and the
   certificate check; redirects are not followed; 10 s timeout; failures are logged only.
+
+Signed, as Stripe does: with ``SONOMASK_WEBHOOK_SECRET`` set, every POST carries
+``Sonomask-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``,
+computed over the exact bytes of the body at the moment of each attempt; a receiver
+recomputes it (``verify``), compares in constant time and refuses a timestamp more than
+``TOLERANCE`` (300 s) away from its own clock, so a captured request cannot be replayed
+later. ``Sonomask-Delivery`` is one id per notification, the same on every retry (for
+receivers that want to drop a duplicate).
+
+Retried with exponential back-off (``deliver``): a connection failure, a timeout, a host that
+does not resolve, 408, 425, 429 and 5xx are tried again after 1, 2, 4, 8, 16, 32 and 60 s
+(doubling, capped at ``RETRY_CAP``; a longer ``Retry-After`` is honoured up to the cap),
+8 attempts in all, re-checking the address and re-signing each time. 2xx is delivered;
+3xx (redirects are not followed) and other 4xx are final. The jobs send through
+``deliver_later``, on a background thread, so no worker waits on a slow receiver; pending
+retries are kept in memory only (a worker that dies drops them).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import ipaddress
 import logging
 import socket
 import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -34,9 +56,25 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
+SIGNATURE_HEADER = "Sonomask-Signature"
+DELIVERY_HEADER = "Sonomask-Delivery"
+TOLERANCE = 300.0  # seconds a receiver accepts between the signature's t and its clock
+RETRY_BASE = 1.0  # seconds before the first retry; doubles each time
+RETRY_CAP = 60.0  # the longest wait between two attempts
+ATTEMPTS = 8  # the first try and seven retries: about two minutes in all
+_RETRY_STATUSES = frozenset({408, 425, 429})
+
 
 class WebhookRefused(BadInput):
     """The webhook URL may not be called from this server (HTTP 400 at submit)."""
+
+
+class Unresolved(WebhookRefused):
+    """The webhook's host does not resolve (now): refused at submit, retried at send time."""
+
+
+class SignatureError(ValueError):
+    """A webhook's signature header is missing, malformed, stale or does not match."""
 
 
 @dataclass(frozen=True)
@@ -111,10 +149,10 @@ def check(url: str, allow: tuple[str, ...] = ()) -> Target:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError, ValueError):
-        raise WebhookRefused(f"webhook host {host[:100]!r} does not resolve") from None
+        raise Unresolved(f"webhook host {host[:100]!r} does not resolve") from None
     ips = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     if not ips:
-        raise WebhookRefused(f"webhook host {host[:100]!r} does not resolve")
+        raise Unresolved(f"webhook host {host[:100]!r} does not resolve")
     for ip in ips:
         if allow and not _allowed(host, ip, allow):
             raise WebhookRefused(
@@ -155,18 +193,83 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
 
 
-def send(url: str, body: bytes, allow: tuple[str, ...] = (), timeout: float = TIMEOUT) -> bool:
-    """POST ``body`` (JSON) to ``url`` if it is still allowed; whether it was delivered
-    (2xx). Never raises: a webhook that fails is logged, the job is not affected."""
+def sign(body: bytes, secret: str, timestamp: float | None = None) -> str:
+    """The ``Sonomask-Signature`` value for ``body``: ``t=<unix>,v1=<hex>``, where hex is
+    HMAC-SHA256 keyed with ``secret`` over ``b"<t>." + body``."""
+    t = int(time.time() if timestamp is None else timestamp)
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify(
+    body: bytes,
+    header: str | None,
+    secret: str,
+    tolerance: float = TOLERANCE,
+    now: float | None = None,
+) -> int:
+    """Check a received webhook: the signature's timestamp (returned) when ``header``
+    signs exactly ``body`` with ``secret`` and is at most ``tolerance`` seconds from
+    ``now``; else SignatureError saying why. Several ``v1=`` entries may be given (one
+    per secret while a secret is rotated); any one matching is enough."""
+    if not header:
+        raise SignatureError(f"no {SIGNATURE_HEADER} header")
+    t: int | None = None
+    macs: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit() and len(value) <= 12:
+            t = int(value)
+        elif key == "v1" and value:
+            macs.append(value.strip().lower())
+    if t is None or not macs:
+        raise SignatureError(f"{SIGNATURE_HEADER} is not t=<unix seconds>,v1=<hex>")
+    age = (time.time() if now is None else now) - t
+    if abs(age) > tolerance:
+        raise SignatureError(
+            f"the signature's timestamp is {age:.0f} s away (over {tolerance:g} s)"
+        )
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    if not any(hmac.compare_digest(expected, m) for m in macs):
+        raise SignatureError("the signature does not match the body")
+    return t
+
+
+def backoff(
+    attempts: int = ATTEMPTS, base: float = RETRY_BASE, cap: float = RETRY_CAP
+) -> list[float]:
+    """Seconds to wait before each retry: base, 2 base, 4 base ... never above ``cap``."""
+    return [min(cap, base * 2**i) for i in range(max(0, attempts - 1))]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    delivered: bool
+    retry: bool  # worth trying again
+    retry_after: float = 0.0  # what the receiver asked for (Retry-After), seconds
+
+
+def _attempt(
+    url: str,
+    body: bytes,
+    allow: tuple[str, ...],
+    timeout: float,
+    secret: str | None,
+    delivery: str | None,
+) -> _Outcome:
     try:
         target = check(url, allow)
     except WebhookRefused as e:
         log.warning("webhook not sent: %s", e)
-        return False
+        return _Outcome(False, isinstance(e, Unresolved))
     conn_type = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
     conn = conn_type(target, timeout)
     try:
         headers = {"Content-Type": "application/json", "User-Agent": "sonomask-webhook"}
+        if delivery:
+            headers[DELIVERY_HEADER] = delivery
+        if secret:
+            headers[SIGNATURE_HEADER] = sign(body, secret)
         conn.request("POST", target.path, body=body, headers=headers)
         resp = conn.getresponse()
         resp.read(65536)
@@ -174,9 +277,72 @@ def send(url: str, body: bytes, allow: tuple[str, ...] = (), timeout: float = TI
             log.warning("webhook %s answered %s; redirects are not followed", url, resp.status)
         elif resp.status >= 400:
             log.warning("webhook %s answered %s", url, resp.status)
-        return 200 <= resp.status < 300
+        retry = resp.status in _RETRY_STATUSES or resp.status >= 500
+        after = resp.getheader("Retry-After") or ""
+        wait = float(after) if after.isdigit() and len(after) < 8 else 0.0
+        return _Outcome(200 <= resp.status < 300, retry, wait)
     except (OSError, http.client.HTTPException) as e:
         log.warning("webhook %s failed: %s", url, e)
-        return False
+        return _Outcome(False, True)
     finally:
         conn.close()
+
+
+def send(
+    url: str,
+    body: bytes,
+    allow: tuple[str, ...] = (),
+    timeout: float = TIMEOUT,
+    secret: str | None = None,
+) -> bool:
+    """POST ``body`` (JSON) to ``url`` once, if it is still allowed, signed when a
+    ``secret`` is given; whether it was delivered (2xx). Never raises: a webhook that fails
+    is logged, the job is not affected. ``deliver`` retries."""
+    return _attempt(url, body, allow, timeout, secret, uuid.uuid4().hex).delivered
+
+
+def deliver(
+    url: str,
+    body: bytes,
+    allow: tuple[str, ...] = (),
+    secret: str | None = None,
+    timeout: float = TIMEOUT,
+    delays: Sequence[float] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """``send`` with retries after ``delays`` (default ``backoff()``) while the failure is
+    worth retrying; whether it was delivered. Each attempt is checked and signed anew
+    (a fresh timestamp); all carry the same ``Sonomask-Delivery`` id."""
+    delivery = uuid.uuid4().hex
+    waits = list(backoff() if delays is None else delays)
+    for n in range(len(waits) + 1):
+        outcome = _attempt(url, body, allow, timeout, secret, delivery)
+        if outcome.delivered:
+            return True
+        if not outcome.retry:
+            return False
+        if n == len(waits):
+            break
+        cap = max(waits[n], RETRY_CAP)
+        sleep(min(cap, max(waits[n], outcome.retry_after)))
+    log.warning("webhook %s: gave up after %d attempts", url, len(waits) + 1)
+    return False
+
+
+def deliver_later(
+    url: str,
+    body: bytes,
+    allow: tuple[str, ...] = (),
+    secret: str | None = None,
+    timeout: float = TIMEOUT,
+    delays: Sequence[float] | None = None,
+) -> threading.Thread:
+    """``deliver`` on a daemon thread (started, returned): the caller never waits."""
+    thread = threading.Thread(
+        target=deliver,
+        args=(url, body, allow, secret, timeout, delays),
+        name="sonomask-webhook",
+        daemon=True,
+    )
+    thread.start()
+    return thread

@@ -9,6 +9,7 @@ from worker.errors import BadInput
 from worker.settings import Settings
 from worker.stages.common import StageProgress, load_keyframe_mask, noop
 from worker.stages.models import check_separator_config, check_tracker_config
+from worker.timecode import read_start_timecode
 from worker.workspace import Workspace
 
 READS = (files.SPEC,)
@@ -42,6 +43,9 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     check_separator_config(spec, settings)
     check_tracker_config(spec, settings)
     plan = media.plan_remux(p, spec.audio_stream)
+    # where frame 0 sits on the editor's clock: the stems' BWF, the matte, the timeline
+    timecode, tc_warnings = read_start_timecode(p, media.picture_start(p))
+    warnings += tc_warnings
     ws.write_json(
         files.PROBE,
         {
@@ -51,6 +55,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
             "rotation": p.rotation,
             "frame_rate": p.frame_rate,
             "picture_start": media.picture_start(p),
+            "timecode": timecode.to_json(),
             "audio": info.__dict__,
             "remux": plan.__dict__,
             "warnings": warnings + plan.warnings,

@@ -2,23 +2,30 @@
 
 Several objects: ``stems.mkv`` (or ``.mov``, ``stems_format``) holds the picture and one
 track per object plus the residual, titled by label; with ``object_videos`` each object
-also gets ``objects/<label>/isolated<ext>`` / ``removed<ext>`` as ``mode`` says."""
+also gets ``objects/<label>/isolated<ext>`` / ``removed<ext>`` as ``mode`` says.
+
+Then what an editor's timeline takes: ``matte.mov`` (``objects/<label>/matte.mov`` per
+object; ``matte_format``: grey, or the picture with the mask as alpha) at the source's start
+timecode, and the timeline files ``JobSpec.timeline`` asks for (``worker/timeline.py``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
-from worker import files, media
+from worker import files, mattes, media, timeline
 from worker.settings import Settings
-from worker.spec import JobSpec
+from worker.spec import DEFAULT_LABEL, JobSpec
 from worker.stages.common import StageProgress, noop
+from worker.timecode import StartTimecode
 from worker.workspace import Workspace
 
-READS = (files.SPEC, files.PROBE, files.TARGET, files.RESIDUAL)
-WRITES = ("isolated<ext>", "removed<ext>")  # by mode; <ext> is the source's container
+READS = (files.SPEC, files.PROBE, files.TARGET, files.RESIDUAL, files.MASKS, files.FRAME_TIMES)
+# by mode (<ext> is the source's container), matte_format and timeline
+WRITES = ("isolated<ext>", "removed<ext>", files.MATTE, *files.TIMELINES.values())
 
 
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
@@ -53,6 +60,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
             )
         if warnings:
             ws.update_manifest(remux_warnings=warnings)
+    write_editorial(ws, p, report)
     report("remux", 1.0, "remuxed")
 
 
@@ -120,6 +128,7 @@ def _run_objects(ws: Workspace, report: StageProgress) -> None:
             without.unlink(missing_ok=True)  # a work file, never published
         if warnings:
             ws.update_manifest(remux_warnings=warnings)
+    write_editorial(ws, p, report)
     report("remux", 1.0, "remuxed")
 
 
@@ -134,3 +143,107 @@ def _subtract(source: Path, stem: Path, out: Path, stem_format: str) -> None:
                 if not len(x):
                     break
                 o.write(x - b.read(len(x), dtype="float32", always_2d=True))
+
+
+# ----------------------------------------------------------------------------- matte, timeline
+
+
+def matte_outputs(spec: JobSpec) -> list[tuple[str, str, str]]:
+    """(matte output, its masks file, object label) per matte the job writes."""
+    if spec.matte_format == "none":
+        return []
+    if not spec.several:
+        return [(files.MATTE, files.MASKS, DEFAULT_LABEL)]
+    return [
+        (files.object_file(o.label, files.MATTE), files.object_file(o.label, files.MASKS), o.label)
+        for o in spec.targets()
+    ]
+
+
+def timeline_outputs(spec: JobSpec) -> list[str]:
+    return [files.TIMELINES[f] for f in spec.timeline]
+
+
+def write_editorial(ws: Workspace, p: media.Probe, report: StageProgress = noop) -> None:
+    """The matte(s) at the source's timecode, then the timeline files, each skipped when
+    it exists (the stage resumes)."""
+    spec = ws.spec
+    pj = ws.read_json(files.PROBE)
+    tc = StartTimecode.from_json(pj.get("timecode"))
+    todo = [m for m in matte_outputs(spec) if not ws.has(m[0])]
+    if todo:
+        times = np.load(ws.file(files.FRAME_TIMES))
+        for i, (out, masks, label) in enumerate(todo):
+
+            def prog(f: float, m: str, i: int = i, label: str = label) -> None:
+                report("remux", min(0.99, (i + f) / len(todo)), f"matte {label}: {m}")
+
+            with ws.atomic(out) as tmp:
+                mattes.write_matte(
+                    ws.file(masks),
+                    times,
+                    tmp,
+                    prog,
+                    timecode=tc,
+                    matte_format=spec.matte_format,
+                    picture=p,
+                )
+    if all(ws.has(name) for name in timeline_outputs(spec)):
+        return
+    plan = timeline_plan(ws, pj, tc)
+    for fmt in spec.timeline:
+        name = files.TIMELINES[fmt]
+        if not ws.has(name):
+            with ws.atomic(name) as tmp:
+                timeline.write(plan, fmt, tmp)
+
+
+def timeline_plan(ws: Workspace, pj: dict, tc: StartTimecode) -> timeline.TimelinePlan:
+    """The timeline of the job's outputs: where they will be published (``spec.out``, as
+    file URLs) or, for a job without one (HTTP), their names relative to the timeline."""
+    spec = ws.spec
+    base = Path(spec.out).resolve() if spec.out else None
+
+    def url(name: str) -> str:
+        return (base / name).as_uri() if base else name
+
+    source = Path(spec.video)
+    source_url = source.resolve().as_uri() if base else source.name
+    times = np.load(ws.file(files.FRAME_TIMES))
+    frames = len(times)
+    if tc.vfr and frames > 1:  # the picture's length counted at the nominal rate
+        frames = round(float(times[-1]) * tc.rate) + 1
+
+    def audio(name: str, path: str) -> timeline.Media:
+        info = sf.info(str(ws.file(path)))
+        n = timeline.frames_of_audio(info.frames, info.samplerate, tc.rate)
+        return timeline.Media(name, url(path) if path != files.AUDIO_SOURCE else source_url, n)
+
+    mattes_ = [
+        (
+            "matte" if not spec.several else f"matte {label}",
+            timeline.Media(Path(out).name if not spec.several else out, url(out), frames),
+        )
+        for out, _, label in matte_outputs(spec)
+    ]
+    if spec.several:
+        stems = [
+            (
+                f"isolated {o.label}",
+                audio(f"{o.label} {files.TARGET}", files.object_file(o.label, files.TARGET)),
+            )
+            for o in spec.targets()
+        ]
+    else:
+        stems = [("isolated", audio(files.TARGET, files.TARGET))]
+    stems.append(("removed", audio(files.RESIDUAL, files.RESIDUAL)))
+    w, h = pj["display_size"]
+    return timeline.TimelinePlan(
+        name=spec.project_name,
+        timecode=tc,
+        size=(int(w), int(h)),
+        picture=timeline.Media(source.name, source_url, frames),
+        original_audio=audio(source.name, files.AUDIO_SOURCE),
+        mattes=mattes_,
+        stems=stems,
+    )

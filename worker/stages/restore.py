@@ -3,21 +3,28 @@
 Several objects: each object's target is restored against everything else in the mix
 (the mixture less that target), and the residual is the source less every target, so the
 stems and the residual add back to the source (to float rounding and the WAVs'
-quantisation: far below 1e-4)."""
+quantisation: far below 1e-4).
+
+Every stem is a Broadcast WAV (``worker/bwf.py``): a ``bext`` chunk whose TimeReference
+is the source's start timecode in samples (probe.json's ``timecode``) and an ``iXML``
+chunk naming the project, the source file, the stem's label and the job."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from model.separator import MODEL_SAMPLE_RATE
-from worker import arrays, files
+from worker import arrays, bwf, files
 from worker.settings import Settings
+from worker.spec import DEFAULT_LABEL
 from worker.stages.common import StageProgress, noop
+from worker.timecode import StartTimecode
 from worker.workspace import Workspace
 
 RESTORE_BLOCK_SECONDS = 30.0
@@ -79,7 +86,19 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
                     t_out.write(tgt[keep])
                     r_out.write(res[keep])
                     report("restore", min(1.0, (a + block) / n), "restoring the stems")
+            broadcast(ws, t_tmp, DEFAULT_LABEL, "target")
+            broadcast(ws, r_tmp, "residual", "residual")
     report("restore", 1.0, "stems written")
+
+
+def broadcast(ws: Workspace, path: Path, label: str, stem: str) -> None:
+    """Make the WAV at ``path`` a Broadcast WAV on the source's clock: its ``bext`` and
+    ``iXML`` chunks (start timecode in samples, project, source file, label, job id)."""
+    spec = ws.spec
+    probe = ws.read_json(files.PROBE) if ws.has(files.PROBE) else {}
+    tc = StartTimecode.from_json(probe.get("timecode"))  # none recorded: 00:00:00:00
+    info = bwf.StemInfo(spec.project_name, Path(spec.video).name, label, stem, ws.job_id, tc)
+    bwf.tag_wav(path, info)
 
 
 def object_outputs(ws: Workspace) -> list[str]:
@@ -142,6 +161,13 @@ def _run_objects(ws: Workspace, report: StageProgress) -> None:
                 rest -= tgt
             outs[-1].write(rest.astype(np.float32))
             report("restore", min(1.0, (a + block) / n), f"restoring {len(objs)} object(s)")
+        for out in outs:
+            out.close()
+        for j, tmp in enumerate(tmps):  # the objects' targets, then the residual
+            if j < len(objs):
+                broadcast(ws, tmp, objs[j].label, "target")
+            else:
+                broadcast(ws, tmp, "residual", "residual")
     if len(objs) == 1:  # the one object's target at the top as well, as plugins expect it
         with ws.atomic(files.TARGET) as tmp:
             shutil.copyfile(ws.file(names[0]), tmp)
