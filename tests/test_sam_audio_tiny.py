@@ -466,8 +466,8 @@ def test_separate_api_and_seeding():
     assert torch.equal(r1.noise, r2.noise)
     with pytest.raises(NotImplementedError, match="predict_spans"):
         model.separate(batch, predict_spans=True)
-    with pytest.raises(NotImplementedError, match="reranking"):
-        model.separate(batch, reranking_candidates=4)
+    with pytest.raises(SAMAudioInputError, match="reranking_candidates"):
+        model.separate(batch, reranking_candidates=0)  # reranking: test_sam_audio_rerank.py
     with pytest.raises(SAMAudioInputError, match="noise must have shape"):
         model.separate(batch, noise=torch.zeros(1, 3, 8))
     # other solvers through ode_opt

@@ -13,6 +13,13 @@ window; this windowing serves direct Python use.) Prompts map as:
   among the frames whose times fall inside the window (widened by half a frame period). A
   window without any frame runs without the visual prompt (and says so in the warnings).
 
+Reranking (``candidates=k``): each window is solved from k noise draws, scored by the ranker
+(``ranker="activity"``: ``model.sam_audio.ranking.SoundActivityRanker`` against the window's
+spans; None: the ranker the model's config names, as the reference) and the best is kept.
+Candidate 0 always has the noise and watermark bits a one-candidate run uses, so k = 1 is the
+plain separation. ``rerank_log`` holds each window's scores and chosen candidates of the last
+call.
+
 The model is loaded once per (path, device) per process and reused. The port
 (``model.sam_audio``) raises its own errors; ``port_errors`` re-raises them as
 ``model.errors.ModelInputError`` / ``ModelLoadError`` with the same message, so what a user
@@ -41,6 +48,7 @@ from model.sam_audio import (
     SAMAudioLoadError,
     SAMAudioProcessor,
 )
+from model.sam_audio.ranking import Ranker, SoundActivityRanker
 from model.separator import (
     MODEL_SAMPLE_RATE,
     ObjectsSeparation,
@@ -60,6 +68,21 @@ _CACHE_LOCK = threading.Lock()
 WINDOW_SECONDS = 30.0  # long audio is separated in windows this long ...
 OVERLAP_SECONDS = 2.0  # ... joined over overlaps this long
 _AUTOCAST = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+RANKERS = ("activity", "clap", "judge")
+"""Names a caller may ask for; only ``activity`` is built by this port so far."""
+
+
+def make_ranker(name: str | None) -> Ranker | None:
+    """The ranker called ``name`` (None: the one the model's config names)."""
+    if name is None:
+        return None
+    if name == "activity":
+        return SoundActivityRanker()
+    if name in RANKERS:
+        raise ModelLoadError(
+            f"the {name} ranker is not part of the SAM Audio port yet; use --ranker activity"
+        )
+    raise ModelInputError(f"unknown ranker {name!r}; choose one of {', '.join(RANKERS)}")
 
 
 @contextlib.contextmanager
@@ -176,6 +199,8 @@ class SamAudioSeparator:
         precision: str | None = None,
         ode_opt: dict | None = None,
         naive: bool = False,
+        candidates: int = 1,
+        ranker: str | None = None,
     ) -> None:
         if precision not in _AUTOCAST:
             raise ModelLoadError(f"precision must be one of fp32, bf16, fp16, got {precision!r}")
@@ -184,6 +209,11 @@ class SamAudioSeparator:
                 "need window_seconds > overlap_seconds >= 0, got "
                 f"{window_seconds}, {overlap_seconds}"
             )
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise ModelInputError(f"candidates must be an integer >= 1, got {candidates!r}")
+        self.candidates = candidates
+        self.ranker = make_ranker(ranker)
+        self.rerank_log: list[dict] = []
         self.model_path = str(model_path)
         self.device = resolve_device(device)
         self.seed = int(seed)
@@ -304,6 +334,7 @@ class SamAudioSeparator:
             raise ModelLoadError(f"model sample rate is {sr}, sonomask feeds {MODEL_SAMPLE_RATE}")
         n = len(audio)
         warnings: list[str] = []
+        self.rerank_log = []
         prepared = [self._prepare_prompt(p, n / sr, warnings) for p in prompts]
 
         windows = self.windowing.plan(n)
@@ -369,19 +400,37 @@ class SamAudioSeparator:
             )
             gen = torch.Generator().manual_seed(self.seed)
             frames = int(batch.sizes[0])
-            noise = torch.randn(1, frames, 2 * model.config.latent_channels, generator=gen)
+            shape = (frames, 2 * model.config.latent_channels)
+            noise = torch.randn(1, *shape, generator=gen)
             bits = int(getattr(model.audio_codec, "watermark_bits", 16))
             message = torch.randint(0, 2, (2, bits), generator=gen, dtype=torch.float32)
+            k = self.candidates
+            if k > 1:  # candidate 0 keeps the one-candidate draws; the others follow them
+                noise = torch.cat([noise, torch.randn(k - 1, *shape, generator=gen)])
+                extra = torch.randint(0, 2, (2 * (k - 1), bits), generator=gen)
+                message = torch.cat([message, extra.float()])
             # Every object starts from the same noise and bits as its single run would.
             result = model.separate(
                 batch,
                 noise=noise.repeat(b, 1, 1),
                 ode_opt=self.ode_opt,
+                reranking_candidates=k,
                 watermark_message=message.repeat(b, 1),
                 naive=self.naive,
                 autocast_dtype=self.autocast_dtype,
                 progress=step,
                 shared_audio=b > 1,
+                ranker=self.ranker,
+            )
+        if result.scores is not None:
+            self.rerank_log.append(
+                {
+                    "start_s": start_s,
+                    "end_s": end_s,
+                    "ranker": result.ranker,
+                    "scores": result.scores.float().cpu().tolist(),
+                    "chosen": result.chosen.tolist(),
+                }
             )
         tgts = [t[:n].float().cpu().numpy() for t in result.target]
         ress = [r[:n].float().cpu().numpy() for r in result.residual]

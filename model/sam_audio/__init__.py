@@ -2,13 +2,15 @@
 
 The API mirrors the reference ``sam_audio`` package::
 
-    from model.sam_audio import SAMAudio, SAMAudioProcessor
+    from model.sam_audio import SAMAudio, SAMAudioProcessor, SoundActivityRanker
 
     model = SAMAudio.from_pretrained("facebook/sam-audio-base")  # or a local folder
     processor = SAMAudioProcessor.from_pretrained("facebook/sam-audio-base")
     batch = processor(descriptions=["dog barking"], audios=[wav])  # wav: [channels, N] @ 48 kHz
     result = model.separate(batch)
     result.target[0], result.residual[0]  # 1-D waveforms
+    # reranking: k noise draws per item, the ranker keeps the best (``ranking``)
+    result = model.separate(batch, reranking_candidates=3, ranker=SoundActivityRanker())
 
 The package stands alone, like a transformers modeling package: it imports nothing else of
 sonomask, reads no environment but the Hugging Face ``HF_*`` cache conventions, and raises
@@ -32,6 +34,7 @@ from model.sam_audio.errors import (
 )
 from model.sam_audio.model import DFLT_ODE_OPT, SAMAudio, SeparationResult
 from model.sam_audio.processor import Batch, SAMAudioProcessor
+from model.sam_audio.ranking import Ranker, SoundActivityRanker, create_ranker
 
 __all__ = [
     "DFLT_ODE_OPT",
@@ -41,12 +44,15 @@ __all__ = [
     "ConfigError",
     "DACVAEConfig",
     "PerceptionEncoderConfig",
+    "Ranker",
     "SAMAudio",
     "SAMAudioConfig",
     "SAMAudioInputError",
     "SAMAudioLoadError",
     "SAMAudioProcessor",
     "SeparationResult",
+    "SoundActivityRanker",
     "T5EncoderConfig",
     "TransformerConfig",
+    "create_ranker",
 ]

@@ -651,8 +651,10 @@ class SAMAudioConfig:
     """The whole model (reference ``SAMAudioConfig``), composed of the sub-model configs.
 
     ``SAMAudioConfig()`` is the reference default (sam-audio-base sizes); a checkpoint's config
-    comes from ``from_json_file`` / ``from_dict``, which validate it. Rankers and the span predictor are kept as given (dict / str / None): this port does not
-    run them, but keeps them so a saved config round-trips unchanged.
+    comes from ``from_json_file`` / ``from_dict``, which validate it. Rankers and the span
+    predictor are kept as given (dict / str / None) so a saved config round-trips unchanged;
+    ``ranking.create_ranker`` builds the rankers (sound_activity; CLAP, Judge and ImageBind are
+    not ported yet and raise when asked to score), the span predictor is not run.
     """
 
     in_channels: int = _TOP["in_channels"]

@@ -45,6 +45,7 @@ from model.sam_audio.loading import (
     resolve_text_encoder_dir,
 )
 from model.sam_audio.processor import Batch
+from model.sam_audio.ranking import Ranker, create_ranker
 from model.sam_audio.text_encoder import T5TextEncoder
 from model.sam_audio.transformer import DiT, RopeTable
 
@@ -59,11 +60,29 @@ ProgressFn = Callable[[float, str], None]
 @dataclass
 class SeparationResult:
     """Per batch item 1-D waveforms (length rounded up to a multiple of the hop, like the
-    reference) and the ODE start noise used."""
+    reference) and the ODE start noise used ([B * k, T, 2C], candidates of an item adjacent).
+
+    With reranking (k > 1 candidates and a ranker): ``scores`` [B, k] as the ranker gave them
+    and ``chosen`` [B], the kept candidate of each item; both None otherwise (the reference
+    keeps candidate 0 then)."""
 
     target: list[torch.Tensor]
     residual: list[torch.Tensor]
     noise: torch.Tensor
+    scores: torch.Tensor | None = None
+    chosen: torch.Tensor | None = None
+    ranker: str | None = None
+
+
+@dataclass
+class Rankers:
+    """The rankers the config names (reference ``SAMAudio.visual_ranker`` / ``text_ranker``).
+
+    A plain holder, not a submodule: ranker weights are not part of the separation model's
+    state dict (the reference skips them on load too)."""
+
+    visual: Ranker | None = None
+    text: Ranker | None = None
 
 
 @dataclass
@@ -240,6 +259,9 @@ class SAMAudio(nn.Module):
             self.embed_anchors = EmbedAnchors(cfg.num_anchors, cfg.anchor_embedding_dim, dim)
             self.memory_proj = nn.Linear(cfg.text_encoder.dim, dim)
         self.timestep_emb = SinusoidalEmbedding(dim)
+        self.rankers = Rankers(
+            visual=create_ranker(cfg.visual_ranker), text=create_ranker(cfg.text_ranker)
+        )
         self.dedupe_video_frames = True
         self._compiled_dit: Callable[..., torch.Tensor] | None = None
         # Inference port: dropout (p = transformer.dropout) must stay off. The reference leaves
@@ -291,9 +313,11 @@ class SAMAudio(nn.Module):
                 folder / CONFIG_FILE,
                 ", ".join(config.defaulted),
             )
-        for part in ("visual_ranker", "text_ranker", "span_predictor"):
-            if getattr(config, part) is not None:
-                logger.info("config %s is set; this port does not run it (weights ignored)", part)
+        if config.span_predictor is not None:
+            logger.info(
+                "config span_predictor is %r; this port does not run it (predict_spans raises)",
+                config.span_predictor,
+            )
         t5_dir = resolve_text_encoder_dir(
             config.text_encoder.name,
             folder,
@@ -590,6 +614,23 @@ class SAMAudio(nn.Module):
     def unbatch(wavs: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
         return [row.narrow(-1, 0, int(size)) for row, size in zip(wavs, sizes, strict=True)]
 
+    @staticmethod
+    def repeat_for_reranking(tensor: torch.Tensor | None, candidates: int) -> torch.Tensor | None:
+        """[B, ...] -> [B * k, ...], each item's k copies adjacent (reference
+        ``_repeat_for_reranking``)."""
+        if tensor is None or candidates == 1:
+            return tensor
+        return tensor.repeat_interleave(candidates, dim=0)
+
+    def choose_ranker(self, batch: Batch, candidates: int) -> Ranker | None:
+        """The reference's choice: with more than one candidate, the visual ranker when the
+        batch has masked videos and one is configured, else the text ranker, else none."""
+        if candidates > 1 and batch.masked_video is not None and self.rankers.visual is not None:
+            return self.rankers.visual
+        if candidates > 1 and self.rankers.text is not None:
+            return self.rankers.text
+        return None
+
     @torch.inference_mode()
     def separate(
         self,
@@ -605,28 +646,34 @@ class SAMAudio(nn.Module):
         generator: torch.Generator | None = None,
         progress: ProgressFn | None = None,
         shared_audio: bool = False,
+        ranker: Ranker | None = None,
     ) -> SeparationResult:
         """Separate each batch item into target and residual (reference ``separate``).
 
-        noise: ODE start [B, T, 2C]; drawn with ``generator`` (or torch's global RNG, like the
-        reference) when None. ode_opt: torchdiffeq-style solver options (default midpoint,
-        step 2/32). watermark_message: codec watermark bits [2B, 16]; when None the codec draws
+        noise: ODE start [B * k, T, 2C] (k = ``reranking_candidates``; an item's candidates are
+        adjacent rows); drawn with ``generator`` (or torch's global RNG, like the reference)
+        when None. ode_opt: torchdiffeq-style solver options (default midpoint, step 2/32).
+        watermark_message: codec watermark bits [2 * B * k, 16]; when None the codec draws
         them from the global RNG after the noise, exactly as the reference, so
         ``torch.manual_seed`` reproduces reference runs. naive: evaluate the vector field the
         reference way. autocast_dtype: e.g. torch.bfloat16 for the DiT on CUDA.
         shared_audio: every item is the same mixture with its own prompt; it is encoded
         once (``get_forward_args``).
+
+        reranking_candidates: solve from k noise draws per item, decode all, score the
+        targets and keep each item's best (reference). The ranker is ``ranker`` when given
+        (sonomask's override), else the reference's choice (``choose_ranker``); with no ranker
+        candidate 0 is kept. ``scores`` / ``chosen`` of the result say what was scored.
+        predict_spans: not part of this port yet (raises NotImplementedError).
         """
         if predict_spans:
             raise NotImplementedError(
                 "predict_spans (PE-A-Frame span prediction) is not part of this port; pass span "
                 "anchors explicitly"
             )
-        if reranking_candidates != 1:
-            raise NotImplementedError(
-                "reranking_candidates > 1 (CLAP/ImageBind/judge reranking) is not part of this "
-                "port; use reranking_candidates=1"
-            )
+        k = reranking_candidates
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise SAMAudioInputError(f"reranking_candidates must be an integer >= 1, got {k!r}")
         device = self.device
         batch = batch.to(device)
 
@@ -635,7 +682,10 @@ class SAMAudio(nn.Module):
                 progress(min(max(frac, 0.0), 1.0), what)
 
         report(0.0, "encoding")
-        forward_args = self.get_forward_args(batch, shared_audio=shared_audio)
+        forward_args = {
+            name: self.repeat_for_reranking(value, k)
+            for name, value in self.get_forward_args(batch, shared_audio=shared_audio).items()
+        }
         audio_features = forward_args["audio_features"]
         if noise is None:
             if generator is None:
@@ -665,12 +715,37 @@ class SAMAudio(nn.Module):
         report(0.7, "decoding")
         if watermark_message is not None:
             watermark_message = watermark_message.to(device)
-        wavs = self.decode(latents, watermark_message)
+        wavs = self.decode(latents, watermark_message)  # [B * k, 2, N]
         sizes = (batch.sizes * self.hop_length).int()
+        B = wavs.shape[0] // k
+        targets = self.unbatch(wavs[:, 0].reshape(B, k, -1), sizes)  # per item [k, n_b]
+        residuals = self.unbatch(wavs[:, 1].reshape(B, k, -1), sizes)
+
+        chooser = ranker if (ranker is not None and k > 1) else self.choose_ranker(batch, k)
+        scores = None
+        if chooser is not None:
+            report(0.9, f"ranking {k} candidates ({chooser.name})")
+            scores = chooser(
+                extracted_audio=targets,
+                input_audio=[
+                    audio[:, : int(size)].expand(k, -1)
+                    for audio, size in zip(batch.audios, sizes, strict=True)
+                ],
+                descriptions=list(batch.descriptions),
+                videos=batch.masked_video,
+                spans=batch.anchors,
+                sample_rate=self.sample_rate,
+            )
+            chosen = scores.argmax(dim=1).cpu()
+        else:
+            chosen = torch.zeros(B, dtype=torch.long)
         result = SeparationResult(
-            target=self.unbatch(wavs[:, 0], sizes),
-            residual=self.unbatch(wavs[:, 1], sizes),
+            target=[t[int(i)] for t, i in zip(targets, chosen, strict=True)],
+            residual=[r[int(i)] for r, i in zip(residuals, chosen, strict=True)],
             noise=noise,
+            scores=scores,
+            chosen=chosen if chooser is not None else None,
+            ranker=chooser.name if chooser is not None else None,
         )
         report(1.0, "done")
         return result
@@ -684,6 +759,7 @@ def feature_frames(num_samples: int, hop_length: int) -> int:
 __all__ = [
     "DFLT_ODE_OPT",
     "Conditioning",
+    "Rankers",
     "SAMAudio",
     "SeparationResult",
     "odeint_final",
