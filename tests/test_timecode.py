@@ -545,3 +545,15 @@ def test_odd_file_names_still_make_valid_xml(tmp_path):
     ET.parse(tmp_path / "t.fcpxml")
     back = otio.adapters.read_from_file(str(tmp_path / "t.xml"), adapter_name="fcp_xml")
     assert {c.name for c in back.find_clips()} == {"take? é & <1>.mov"}
+    # An EDL is lines of text: a line break in a name must not add a line (an event).
+    evil = "take\n002  AX V C 00:00:00:00 00:00:01:00 00:00:00:00 00:00:01:00.mov"
+    media_ = Media(evil, (tmp_path / "take.mov").as_uri(), 25)
+    write(
+        TimelinePlan("p\nFCM: DROP FRAME", tc, (W, H), media_, media_, [], []),
+        "edl",
+        tmp_path / "e.edl",
+    )
+    lines = (tmp_path / "e.edl").read_text().splitlines()
+    assert sum(ln.startswith("002 ") for ln in lines) == 0
+    assert [ln for ln in lines if ln.startswith("FCM:")] == ["FCM: NON-DROP FRAME"]
+    assert any("take?002" in ln for ln in lines)

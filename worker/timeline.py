@@ -42,6 +42,7 @@ from worker.timecode import StartTimecode
 TIMELINE_FORMATS = ("otio", "fcp7xml", "fcpxml", "edl")
 ADAPTERS = {"otio": "otio_json", "fcp7xml": "fcp_xml", "fcpxml": "fcpx_xml", "edl": "cmx_3600"}
 _LOCK = threading.Lock()
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # an EDL is lines of text: no line breaks in names
 _NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -211,8 +212,13 @@ def _edl(tl: Any, plan: TimelinePlan) -> str:
             otio.opentime.RationalTime(0, rate), otio.opentime.RationalTime(tc.frames, rate)
         )
         track.append(otio.schema.Gap(source_range=gap))
-    track.append(picture[0].clone())
-    edl = otio.schema.Timeline(name=plan.name)
+    clip = picture[0].clone()
+    clip.name = _CONTROL.sub("?", clip.name)
+    ref = clip.media_reference
+    if getattr(ref, "target_url", None):
+        ref.target_url = _CONTROL.sub("?", ref.target_url)
+    track.append(clip)
+    edl = otio.schema.Timeline(name=_CONTROL.sub("?", plan.name))
     edl.tracks.append(track)
     text = otio.adapters.write_to_string(edl, adapter_name="cmx_3600", rate=rate)
     fcm = "DROP FRAME" if tc.drop_frame else "NON-DROP FRAME"
