@@ -20,25 +20,9 @@ def tiny_sam2(folder: Path) -> Path:
         Sam2VideoProcessor,
         Sam2VideoVideoProcessor,
     )
-    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
 
     s, hidden = 128, 128
-    backbone = Sam2HieraDetConfig(
-        hidden_size=8,
-        image_size=[s, s],
-        blocks_per_stage=[1, 1, 2, 1],
-        embed_dim_per_stage=[8, 16, 32, 64],
-        num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[4, 4, 4, 4],
-        global_attention_blocks=[3],
-        window_positional_embedding_background_size=[2, 2],
-    )
-    vision = Sam2VisionConfig(
-        backbone_config=backbone,
-        backbone_channel_list=[64, 32, 16, 8],
-        backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
-        fpn_hidden_size=hidden,
-    )
+    vision = _hiera(s, hidden)
     config = Sam2VideoConfig(
         vision_config=vision,
         prompt_encoder_config={"hidden_size": hidden, "image_size": s, "patch_size": 16},
@@ -135,25 +119,9 @@ def tiny_edgetam(folder: Path) -> Path:
         Sam2VideoProcessor,
         Sam2VideoVideoProcessor,
     )
-    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
 
     s, hidden = 128, 128
-    backbone = Sam2HieraDetConfig(
-        hidden_size=8,
-        image_size=[s, s],
-        blocks_per_stage=[1, 1, 2, 1],
-        embed_dim_per_stage=[8, 16, 32, 64],
-        num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[4, 4, 4, 4],
-        global_attention_blocks=[3],
-        window_positional_embedding_background_size=[2, 2],
-    )
-    vision = Sam2VisionConfig(
-        backbone_config=backbone,
-        backbone_channel_list=[64, 32, 16, 8],
-        backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
-        fpn_hidden_size=hidden,
-    )
+    vision = _hiera(s, hidden)
     config = EdgeTamVideoConfig(
         vision_config=vision,
         prompt_encoder_config={"hidden_size": hidden, "image_size": s, "patch_size": 16},
@@ -208,3 +176,25 @@ MEMORY = {
     "memory_fuser_intermediate_dim": 64,
 }
 BUILDERS = {"sam2": tiny_sam2, "sam3": tiny_sam3, "edgetam": tiny_edgetam}
+
+
+def _hiera(s: int, hidden: int):  # noqa: ANN202
+    """A tiny Hiera image encoder config (SAM 2's, also EdgeTAM's) for ``s`` px input."""
+    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+
+    backbone = Sam2HieraDetConfig(
+        hidden_size=8,
+        image_size=[s, s],
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[4, 4, 4, 4],
+        global_attention_blocks=[3],
+        window_positional_embedding_background_size=[2, 2],
+    )
+    return Sam2VisionConfig(
+        backbone_config=backbone,
+        backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+        fpn_hidden_size=hidden,
+    )
