@@ -560,3 +560,44 @@ def test_several_objects_fields_are_attacked(svc):
         assert httpx.get(f"{url}/{name}", headers=AUTH, timeout=60).status_code == 404, name
     for job_id in accepted:
         _wait(svc, job_id)
+
+
+def test_timeline_matte_project_and_preview_fields_are_attacked(svc):
+    """The interchange fields (issue 16) and ``preview`` (issue 18): wrong types, unknown
+    and path-like values, huge sizes, control characters, non-finite numbers: one line
+    each, nothing left behind."""
+    before = _job_folders(svc)
+    ok = {"video_path": "clip.mp4", "mask_paths": ["mask.png"]}
+    cases = [
+        ({"timeline": ["otio", "../../etc/passwd"]}, 400, "timeline"),
+        ({"timeline": "otio,/etc/passwd"}, 400, "timeline"),
+        ({"timeline": ["otio"] * 5000}, 400, "timeline"),
+        ({"timeline": [1, 2]}, 400, "timeline"),
+        ({"timeline": {"otio": True}}, 400, "timeline"),
+        ({"timeline": "x" * 100_000}, 400, "timeline"),
+        ({"matte_format": "prores4444; rm -rf /"}, 400, "matte_format"),
+        ({"matte_format": ["grey"]}, 400, "matte_format"),
+        ({"matte_format": None}, 400, "matte_format"),
+        ({"project": "p" * 201}, 400, "project"),
+        ({"project": "a\nb"}, 400, "project", "control"),
+        ({"project": 12}, 400, "project"),
+        ({"project": ["x"]}, 400, "project"),
+        ({"preview": "yes please"}, 400, "preview"),
+        ({"preview": [True]}, 400, "preview"),
+    ]
+    for extra, status, *words in cases:
+        _refused(_post_json(svc, {**ok, **extra}), status, *words)
+        _refused(_post_form(svc, extra), status, *words)
+    base = '{"video_path": "clip.mp4", "mask_paths": ["mask.png"], '
+    for raw in ("NaN", "Infinity", "1e309"):
+        _refused(_post_json(svc, base + f'"preview": {raw}}}'), 400)
+        _refused(_post_json(svc, base + f'"project": {raw}}}'), 400)
+    assert _job_folders(svc) == before
+    # The legitimate forms are taken (and normalised the way the CLI does).
+    r = _post_json(
+        svc,
+        {**ok, "timeline": "otio, EDL", "matte_format": "prores4444", "project": "Ep. 1 é"},
+    )
+    assert r.status_code == 202, r.text
+    doc = httpx.delete(f"{svc.server.url}/v1/jobs/{r.json()['id']}", headers=AUTH, timeout=60)
+    assert doc.status_code in (200, 202, 204, 409), doc.text
