@@ -464,8 +464,9 @@ def test_separate_api_and_seeding():
     for x, y in zip(r1.target + r1.residual, r2.target + r2.residual, strict=True):
         assert x.ndim == 1 and torch.equal(x, y)
     assert torch.equal(r1.noise, r2.noise)
-    with pytest.raises(NotImplementedError, match="predict_spans"):
-        model.separate(batch, predict_spans=True)
+    # anchors given (and no span predictor configured): predict_spans changes nothing
+    r_spans = model.separate(batch, noise=r1.noise, predict_spans=True)
+    assert r_spans.spans is None  # span prediction: test_sam_audio_spans.py
     with pytest.raises(SAMAudioInputError, match="reranking_candidates"):
         model.separate(batch, reranking_candidates=0)  # reranking: test_sam_audio_rerank.py
     with pytest.raises(SAMAudioInputError, match="noise must have shape"):

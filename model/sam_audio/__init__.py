@@ -11,6 +11,8 @@ The API mirrors the reference ``sam_audio`` package::
     result.target[0], result.residual[0]  # 1-D waveforms
     # reranking: k noise draws per item, the ranker keeps the best (``ranking``)
     result = model.separate(batch, reranking_candidates=3, ranker=SoundActivityRanker())
+    # span prediction (PE-A-Frame, ``spans``): the reference's behaviour, spans in result.spans
+    result = model.separate(batch, predict_spans=True)
 
 The package stands alone, like a transformers modeling package: it imports nothing else of
 sonomask, reads no environment but the Hugging Face ``HF_*`` cache conventions, and raises
@@ -35,6 +37,7 @@ from model.sam_audio.errors import (
 from model.sam_audio.model import DFLT_ODE_OPT, SAMAudio, SeparationResult
 from model.sam_audio.processor import Batch, SAMAudioProcessor
 from model.sam_audio.ranking import Ranker, SoundActivityRanker, create_ranker
+from model.sam_audio.spans import PEAudioFrameSpanPredictor
 
 __all__ = [
     "DFLT_ODE_OPT",
@@ -43,6 +46,7 @@ __all__ = [
     "CodecConfigError",
     "ConfigError",
     "DACVAEConfig",
+    "PEAudioFrameSpanPredictor",
     "PerceptionEncoderConfig",
     "Ranker",
     "SAMAudio",

@@ -654,7 +654,8 @@ class SAMAudioConfig:
     comes from ``from_json_file`` / ``from_dict``, which validate it. Rankers and the span
     predictor are kept as given (dict / str / None) so a saved config round-trips unchanged;
     ``ranking.create_ranker`` builds the rankers (sound_activity; CLAP, Judge and ImageBind are
-    not ported yet and raise when asked to score), the span predictor is not run.
+    not ported yet and raise when asked to score); ``span_predictor`` names the PE-A-Frame
+    model that ``separate(..., predict_spans=True)`` loads on first use (``spans``).
     """
 
     in_channels: int = _TOP["in_channels"]

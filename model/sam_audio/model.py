@@ -46,6 +46,7 @@ from model.sam_audio.loading import (
 )
 from model.sam_audio.processor import Batch
 from model.sam_audio.ranking import Ranker, create_ranker
+from model.sam_audio.spans import PEAudioFrameSpanPredictor
 from model.sam_audio.text_encoder import T5TextEncoder
 from model.sam_audio.transformer import DiT, RopeTable
 
@@ -64,7 +65,11 @@ class SeparationResult:
 
     With reranking (k > 1 candidates and a ranker): ``scores`` [B, k] as the ranker gave them
     and ``chosen`` [B], the kept candidate of each item; both None otherwise (the reference
-    keeps candidate 0 then)."""
+    keeps candidate 0 then).
+
+    ``spans``: with ``predict_spans``, the predicted ``('+', start_s, end_s)`` anchors per item
+    (also put into ``batch.anchors``, as the reference does); ``spans_applied`` says whether
+    they conditioned the separation (the reference: no, see ``SAMAudio.separate``)."""
 
     target: list[torch.Tensor]
     residual: list[torch.Tensor]
@@ -72,6 +77,8 @@ class SeparationResult:
     scores: torch.Tensor | None = None
     chosen: torch.Tensor | None = None
     ranker: str | None = None
+    spans: list[list[tuple[str, float, float]]] | None = None
+    spans_applied: bool = False
 
 
 @dataclass
@@ -263,6 +270,9 @@ class SAMAudio(nn.Module):
             visual=create_ranker(cfg.visual_ranker), text=create_ranker(cfg.text_ranker)
         )
         self.dedupe_video_frames = True
+        # not a submodule: its weights are not part of the separation checkpoint (see
+        # use_span_predictor); loaded on first use of predict_spans
+        object.__setattr__(self, "_span_predictor", None)
         self._compiled_dit: Callable[..., torch.Tensor] | None = None
         # Inference port: dropout (p = transformer.dropout) must stay off. The reference leaves
         # the model in training mode after from_pretrained; we never do.
@@ -315,7 +325,8 @@ class SAMAudio(nn.Module):
             )
         if config.span_predictor is not None:
             logger.info(
-                "config span_predictor is %r; this port does not run it (predict_spans raises)",
+                "config span_predictor is %r; loaded (local folder or HF cache) on the first "
+                "separate(..., predict_spans=True)",
                 config.span_predictor,
             )
         t5_dir = resolve_text_encoder_dir(
@@ -386,6 +397,47 @@ class SAMAudio(nn.Module):
         # not registered as a submodule: the state dict must keep the reference keys only
         object.__setattr__(self, "_compiled_dit", torch.compile(self.transformer, **kwargs))
         return self
+
+    # -- span predictor ----------------------------------------------------------------------
+
+    @property
+    def span_predictor(self) -> PEAudioFrameSpanPredictor | None:
+        """The span predictor in use (None until loaded or set)."""
+        return self.__dict__.get("_span_predictor")
+
+    def use_span_predictor(self, predictor: PEAudioFrameSpanPredictor | None) -> SAMAudio:
+        """Set the span predictor (kept outside the state dict, like the rankers)."""
+        object.__setattr__(self, "_span_predictor", predictor)
+        return self
+
+    def load_span_predictor(
+        self, name_or_path: str | Path | None = None, *, cache_dir: str | Path | None = None
+    ) -> PEAudioFrameSpanPredictor:
+        """Load ``name_or_path`` (default: the config's ``span_predictor``, e.g.
+        ``pe-a-frame-large`` = ``facebook/pe-a-frame-large`` at revision ``perception_models``)
+        from a local folder or the local HF cache (never downloads) and use it."""
+        name = name_or_path if name_or_path is not None else self.config.span_predictor
+        if name is None:
+            raise SAMAudioLoadError(
+                "no span predictor: the config's span_predictor is null and none was given"
+            )
+        predictor = PEAudioFrameSpanPredictor.from_pretrained(name, cache_dir=cache_dir)
+        self.use_span_predictor(predictor.to(self.device))
+        return predictor
+
+    def predict_spans(
+        self, batch: Batch, audio_features: torch.Tensor, audio_pad_mask: torch.Tensor
+    ) -> list[list[tuple[str, float, float]]]:
+        """Reference ``predict_spans``: '+' anchors where the span predictor finds the
+        description, and ``batch.process_anchors`` of them (the batch is changed in place)."""
+        predictor = self.span_predictor
+        if predictor is None:
+            predictor = self.load_span_predictor()
+        if next(predictor.parameters()).device != audio_features.device:
+            predictor.to(audio_features.device)
+        anchors = predictor.predict_anchors(batch.descriptions, audio_features, audio_pad_mask)
+        batch.process_anchors(anchors)
+        return anchors
 
     # -- encoders ------------------------------------------------------------------------------
 
@@ -647,6 +699,7 @@ class SAMAudio(nn.Module):
         progress: ProgressFn | None = None,
         shared_audio: bool = False,
         ranker: Ranker | None = None,
+        apply_predicted_spans: bool = False,
     ) -> SeparationResult:
         """Separate each batch item into target and residual (reference ``separate``).
 
@@ -664,13 +717,21 @@ class SAMAudio(nn.Module):
         targets and keep each item's best (reference). The ranker is ``ranker`` when given
         (sonomask's override), else the reference's choice (``choose_ranker``); with no ranker
         candidate 0 is kept. ``scores`` / ``chosen`` of the result say what was scored.
-        predict_spans: not part of this port yet (raises NotImplementedError).
+
+        predict_spans: when the batch has no anchors, predict '+' spans of each description
+        with the span predictor (PE-A-Frame, ``model.sam_audio.spans``; loaded from the
+        config's ``span_predictor`` on first use, local files only) and put them into the
+        batch (``batch.anchors`` / ``anchor_ids`` / ``anchor_alignment``, and
+        ``result.spans``). With no span predictor in the config it does nothing, like the
+        reference.
+
+        Reference quirk, kept: the reference builds the forward arguments (anchor ids and
+        alignment included) *before* ``predict_spans`` replaces the batch's anchor tensors,
+        so the predicted spans never reach the separation: the output equals the output
+        without ``predict_spans`` (the ranker and the caller do see the spans in the batch).
+        ``apply_predicted_spans=True`` (sonomask's option, off by default) conditions the
+        separation on them instead, i.e. the same as passing the predicted spans as anchors.
         """
-        if predict_spans:
-            raise NotImplementedError(
-                "predict_spans (PE-A-Frame span prediction) is not part of this port; pass span "
-                "anchors explicitly"
-            )
         k = reranking_candidates
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise SAMAudioInputError(f"reranking_candidates must be an integer >= 1, got {k!r}")
@@ -682,9 +743,21 @@ class SAMAudio(nn.Module):
                 progress(min(max(frac, 0.0), 1.0), what)
 
         report(0.0, "encoding")
+        base_args = self.get_forward_args(batch, shared_audio=shared_audio)
+        spans = None
+        if predict_spans and batch.anchors is None:
+            if self.span_predictor is None and self.config.span_predictor is None:
+                logger.warning("predict_spans: the config names no span predictor; skipped")
+            else:
+                report(0.05, "predicting spans")
+                spans = self.predict_spans(
+                    batch, base_args["audio_features"], base_args["audio_pad_mask"]
+                )
+                if apply_predicted_spans:
+                    base_args["anchor_ids"] = batch.anchor_ids
+                    base_args["anchor_alignment"] = batch.anchor_alignment
         forward_args = {
-            name: self.repeat_for_reranking(value, k)
-            for name, value in self.get_forward_args(batch, shared_audio=shared_audio).items()
+            name: self.repeat_for_reranking(value, k) for name, value in base_args.items()
         }
         audio_features = forward_args["audio_features"]
         if noise is None:
@@ -746,6 +819,8 @@ class SAMAudio(nn.Module):
             scores=scores,
             chosen=chosen if chooser is not None else None,
             ranker=chooser.name if chooser is not None else None,
+            spans=spans,
+            spans_applied=spans is not None and apply_predicted_spans,
         )
         report(1.0, "done")
         return result
