@@ -1,18 +1,24 @@
 """Seconds per pipeline stage for a generated clip, against bare ffmpeg demux + remux.
 
     python benchmarks/pipeline.py [--seconds 60] [--size 1280x720]
+    python benchmarks/pipeline.py --height 1080 --minutes 10   # 1080p25 H.264, stereo AAC
 
-Prints each stage's time and the ratio of sonomask's non-separation time to the time bare
-ffmpeg needs to demux the audio and remux it with the picture copied (the floor any tool
-that touches the file must pay).
+Prints each stage's time, the non-model stages' speed against realtime (every stage but
+``separate``), the work folder's peak size on disk (sampled every 0.2 s, allocated blocks,
+so sparse files count what they hold) and that peak per hour of footage, and the ratio of
+sonomask's non-separation time to the time bare ffmpeg needs to demux the audio and remux
+it with the picture copied (the floor any tool that touches the file must pay). The
+separator is the classical one; ``--no-preview`` runs the job without the preview.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,23 +78,74 @@ def bare_ffmpeg(src: Path, tmp: Path) -> float:
     return time.perf_counter() - t0
 
 
+def folder_bytes(root: Path) -> int:
+    """Bytes allocated on disk under ``root`` (files vanishing mid-walk are skipped)."""
+    total = 0
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class PeakSampler:
+    """The largest size ``root`` reached while the ``with`` block ran."""
+
+    def __init__(self, root: Path, every: float = 0.2) -> None:
+        self.root, self.every, self.peak = root, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, folder_bytes(self.root))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--size", default="1280x720")
+    ap.add_argument("--height", type=int, help="a 16:9 clip this high (overrides --size)")
+    ap.add_argument("--minutes", type=float, help="the clip's length (overrides --seconds)")
     ap.add_argument("--mode", default="isolate")
+    ap.add_argument("--no-preview", action="store_true", help="run the job without a preview")
+    ap.add_argument(
+        "--clip",
+        type=Path,
+        help="keep the generated clip here, or use it if it exists (the same clip for runs "
+        "on two commits)",
+    )
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
+    if args.height:
+        h = args.height
+        w = int(round(h * 16 / 9 / 2)) * 2
+    if args.minutes:
+        args.seconds = args.minutes * 60.0
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         scene = make_scene(duration=args.seconds, width=w, height=h, fps=25.0)
-        src = tmp / "clip.mp4"
-        t0 = time.perf_counter()
-        write_clip(scene, src, stereo=True, crf=23)
-        print(
-            f"generated {args.seconds:g} s {w}x{h} clip in {time.perf_counter() - t0:.1f} s "
-            f"({src.stat().st_size / 1e6:.1f} MB)"
-        )
+        src = args.clip.resolve() if args.clip else tmp / "clip.mp4"
+        if src.is_file():
+            print(f"using {src} ({src.stat().st_size / 1e6:.1f} MB)")
+        else:
+            t0 = time.perf_counter()
+            write_clip(scene, src, stereo=True, crf=23)
+            print(
+                f"generated {args.seconds:g} s {w}x{h} clip in {time.perf_counter() - t0:.1f} s "
+                f"({src.stat().st_size / 1e6:.1f} MB)"
+            )
         cv2.imwrite(str(tmp / "mask.png"), first_mask(scene, "a"))
         spec = JobSpec.build(
             video=str(src),
@@ -96,11 +153,14 @@ def main() -> None:
             mode=args.mode,
             out=str(tmp / "out"),
             separator="classical",
+            **({"preview": False} if args.no_preview else {}),
         )
         settings = Settings.from_env()
         settings = Settings(**{**settings.__dict__, "workspace": tmp / "ws"})
+        (tmp / "ws").mkdir()
         t0 = time.perf_counter()
-        manifest = run_job(spec, settings=settings)
+        with PeakSampler(tmp / "ws") as peak:
+            manifest = run_job(spec, settings=settings)
         total = time.perf_counter() - t0
         bare = min(bare_ffmpeg(src, tmp) for _ in range(2))
     timings = manifest["timings"]
@@ -109,6 +169,14 @@ def main() -> None:
         print(f"{name:>10} {sec:8.2f}")
     non_sep = sum(v for k, v in timings.items() if k != "separate")
     print(f"{'total':>10} {total:8.2f}")
+    print(
+        f"non-model stages: {non_sep:.2f} s for {args.seconds:g} s of {w}x{h} "
+        f"= {args.seconds / non_sep:.1f}x realtime"
+    )
+    print(
+        f"work folder peak: {peak.peak / 1e6:.1f} MB "
+        f"= {peak.peak / 1e9 * 3600 / args.seconds:.2f} GB per hour of footage"
+    )
     print(f"bare ffmpeg demux + remux: {bare:.2f} s")
     print(f"non-separation time: {non_sep:.2f} s = {non_sep / bare:.1f}x bare ffmpeg")
     print(

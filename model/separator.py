@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -65,6 +65,10 @@ class Separation:
     """How well the prompt's evidence explains the target, in [0, 1] (the weight-free
     backend: held-out correlation of the object's picture with the target's loudness);
     None when the backend cannot say."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """What the backend decided that a job records (``job.json``): SAM Audio's reranking
+    (``rerank``: per window the ranker, every candidate's score, the kept candidate) and
+    predicted spans (``predicted_spans``); empty when there is nothing to say."""
 
 
 @dataclass
@@ -79,6 +83,8 @@ class ObjectsSeparation:
     backend: str
     warnings: list[list[str]] = field(default_factory=list)
     confidences: list[float | None] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    """As ``Separation.details``, for the batch (per object where it says so)."""
 
 
 def separate_objects(

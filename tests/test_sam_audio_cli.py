@@ -77,10 +77,10 @@ def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path, monkeypat
     from model.backends.sam_audio import SamAudioSeparator
     from model.separator import Prompt, Span
     from vision.prompt import masked_video_for_model
-    from worker import arrays, files
+    from worker import files
     from worker.stages import STAGES, run_stage
     from worker.stages import separate as separate_stage
-    from worker.stages.common import working_frames
+    from worker.stages.common import working_frames, working_masks
     from worker.workspace import Workspace
 
     scene = make_scene(duration=2.5, width=160, height=96, fps=25.0)
@@ -108,7 +108,7 @@ def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path, monkeypat
 
     audio, _ = sf.read(str(ws.file("audio_model.wav")), dtype="float32")
     frames, _ = working_frames(ws)
-    masks = arrays.open_npy(ws.file("masks_work.npy"))
+    masks = working_masks(ws)
     idx = np.load(ws.file("prompt_index.npy"))
     whole = Prompt(
         text="a plucked string",
@@ -120,3 +120,35 @@ def test_job_windows_give_what_the_backend_gives_in_one_call(tmp_path, monkeypat
     expect = sep.separate(audio, whole)
     np.testing.assert_allclose(target, expect.target, atol=1e-6)
     np.testing.assert_allclose(residual, expect.residual, atol=1e-6)
+
+
+def test_reranking_and_span_prediction_through_the_command(tmp_path):
+    """``--candidates 3 --ranker activity``: job.json records every candidate's score per
+    window and keeps the best (argmax, as the reference); ``--predict-spans`` with a model
+    whose config names no span predictor says so instead of failing."""
+    scene = make_scene(duration=2.0, width=160, height=96, fps=25.0)
+    clip = tmp_path / "clip.mp4"
+    write_clip(scene, clip, stereo=False, crf=23)
+    cv2.imwrite(str(tmp_path / "mask.png"), first_mask(scene, "a"))
+    common = ["--mask", str(tmp_path / "mask.png"), "--separator", "sam-audio"]
+    common += ["--model", str(FIXTURE), "--text", "a plucked string", "--no-preview"]
+    out = tmp_path / "rerank"
+    res = run_cli(
+        "separate", str(clip), *common, "--span", "+0.4-1.4", "--candidates", "3",
+        "--ranker", "activity", "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    job = json.loads((out / "job.json").read_text())
+    assert job["params"]["candidates"] == 3 and job["params"]["ranker"] == "activity"
+    (window,) = job["rerank"]
+    assert window["ranker"] == "sound_activity" and window["start_s"] == 0.0
+    (scores,) = window["scores"]
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+    assert window["chosen"] == [max(range(3), key=lambda c: (scores[c], -c))]
+
+    out = tmp_path / "spans"
+    res = run_cli("separate", str(clip), *common, "--predict-spans", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    job = json.loads((out / "job.json").read_text())
+    assert job["params"]["predict_spans"] is True and "rerank" not in job
+    assert any("span prediction did not run" in w for w in job["warnings"])

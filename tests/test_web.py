@@ -1367,6 +1367,7 @@ def test_mask_overlay_box_by_numbers_and_keys(idle):
     with sync_playwright() as pw:
         browser, page, errors = _browser(pw)
         _open_clip(page, base, idle["clip"])
+        assert page.is_hidden("#sam-options")  # no SAM Audio model: no reranking options
 
         # A box by numbers: refused with a clear message, then drawn.
         page.click("#box-numbers summary")
@@ -1514,3 +1515,64 @@ def test_a_small_window_keeps_the_prompts_beside_the_picture(idle):
         assert height < 2600, height
         browser.close()
     assert not errors, errors
+
+
+@pytest.mark.slow
+def test_sam_audio_options_in_the_page(tmp_path_factory):
+    """With a SAM Audio model configured, the page offers reranking (candidates, ranker) and
+    span prediction, and the job's spec carries them exactly; they are greyed out for the
+    classical separator, and a bad number gets the service's own words. (A server without a
+    model offers none of it: the other browser tests run without one, where it is hidden.)"""
+    from conftest import SAM_AUDIO_FIXTURE
+
+    if not (SAM_AUDIO_FIXTURE / "checkpoint.pt").is_file():
+        pytest.skip(f"SAM Audio fixture A not found at {SAM_AUDIO_FIXTURE}")
+    sync_playwright = _playwright()
+    root = tmp_path_factory.mktemp("sam-page")
+    redis = Redis(root / "redis")
+    redis.start()
+    (root / "media").mkdir()
+    (root / "logs").mkdir()
+    env = service_env(root, redis, SONOMASK_MODEL=str(SAM_AUDIO_FIXTURE))
+    server = Server(env, root / "logs" / "api.log")  # no worker: the job waits in the queue
+    try:
+        scene = make_scene(duration=2.0, width=320, height=180, fps=25.0)
+        clip = root / "media" / "ball.mp4"
+        write_clip(scene, clip, stereo=True, crf=23)
+        base = server.url
+        with sync_playwright() as pw:
+            browser, page, errors = _browser(pw)
+            _open_clip(page, base, clip)
+            assert page.is_visible("#sam-options")
+            page.select_option("#separator", "classical")
+            assert page.is_disabled("#candidates") and page.is_disabled("#predict-spans")
+            page.select_option("#separator", "sam-audio")
+            assert page.is_enabled("#candidates")
+            page.click("#box-numbers summary")
+            (bx, by), _, _ = scene.positions(0)
+            r = scene.radius() + 4
+            corners = (bx - r, by - r, bx + r, by + r)
+            for name, v in zip(("x0", "y0", "x1", "y1"), corners, strict=True):
+                page.fill(f"#box-{name}", str(v))
+            page.click("#box-add")
+            page.get_by_role("button", name="Go to keyframe 0").wait_for()
+            page.fill("#text-prompt", "a plucked string")
+            page.fill("#candidates", "12")  # over the limit: the service's words
+            page.click("#submit")
+            page.locator("#submit-error:not([hidden])").wait_for()
+            assert "candidates" in page.inner_text("#submit-error").lower()
+            page.fill("#candidates", "3")
+            page.select_option("#ranker", "activity")
+            page.check("#predict-spans")
+            page.click("#submit")
+            page.locator("#job-panel:not([hidden])").wait_for()
+            job_id = page.inner_text("#job-id").strip()
+            browser.close()
+        assert not errors, errors
+        spec = json.loads((root / "jobs" / job_id / "spec.json").read_text())
+        assert spec["candidates"] == 3 and spec["ranker"] == "activity"
+        assert spec["predict_spans"] is True and spec["separator"] == "sam-audio"
+        httpx.delete(f"{base}/v1/jobs/{job_id}", timeout=60)
+    finally:
+        server.stop()
+        redis.stop()

@@ -6,8 +6,12 @@ these files are accessed with positioned reads and writes (``os.pread`` /
 ``os.pwrite``) of just the rows asked for: memory is bounded by the rows in hand,
 and the kernel's page cache, not the process, holds what was read recently.
 
-``RowFile`` works on any headerless row-major file (``frames.raw`` from ffmpeg) and on
+``RowFile`` works on any headerless row-major file (raw frames from ffmpeg) and on
 ``.npy`` files (``open_npy`` / ``create_npy``), which stay readable by ``numpy.load``.
+
+``PackedMasks`` keeps the working masks from costing a byte a pixel: 0/1 masks are
+stored eight pixels a byte (``np.packbits`` along each row), still one fixed-size record
+per frame, so trackers write frames in any order and readers read any rows.
 """
 
 from __future__ import annotations
@@ -175,3 +179,111 @@ def create_npy(path: Path | str, shape: tuple[int, ...], dtype: Any) -> RowFile:
         offset = f.tell()
         f.truncate(offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
     return RowFile(path, shape, dtype, offset, writable=True)
+
+
+class _RowView:
+    """Indexing by rows over ``read`` (``f[i]``, ``f[a:b]``, ``f[index_array]``)."""
+
+    shape: tuple[int, ...]
+    dtype = np.dtype(np.uint8)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _index(self, key: Any) -> int:
+        i = int(key) + (self.shape[0] if key < 0 else 0)
+        if not 0 <= i < self.shape[0]:
+            raise IndexError(f"row {key} outside 0..{self.shape[0] - 1}")
+        return i
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            i = self._index(key)
+            return self.read(i, i + 1)[0]
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self.shape[0])
+            if step == 1:
+                return self.read(lo, hi)
+            key = np.arange(lo, hi, step)
+        return self._rows(key)
+
+    def _rows(self, key: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def __enter__(self) -> _RowView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class PackedMasks(_RowView):
+    """Masks uint8 [n, h, w] (1 = object) stored packed: ``np.packbits`` of each row, so a
+    frame costs ``h * ceil(w / 8)`` bytes on disk instead of ``h * w``.
+
+    Reads give uint8 0/1 (any non-zero written counts as 1), as ``RowFile`` gave them.
+    ``rows`` is the ``RowFile`` of packed rows, shape ``[n, h, ceil(w / 8)]``.
+    """
+
+    def __init__(self, rows: RowFile, width: int) -> None:
+        n, h, wb = rows.shape
+        if wb != (int(width) + 7) // 8:
+            rows.close()
+            raise ValueError(f"{rows.path.name}: {wb} bytes a row cannot hold {width} pixels")
+        self.rows, self.path = rows, rows.path
+        self.shape = (n, h, int(width))
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo`` to ``hi`` (exclusive), unpacked."""
+        return np.unpackbits(self.rows.read(lo, hi), axis=-1, count=self.shape[2])
+
+    def write(self, lo: int, masks: np.ndarray) -> None:
+        """Store ``masks`` (shape ``[k, h, w]``) at rows ``lo`` to ``lo + k``."""
+        m = np.asarray(masks)
+        if m.shape[1:] != self.shape[1:]:
+            raise ValueError(f"cannot write masks {m.shape} into {self.shape}")
+        self.rows.write(lo, np.packbits(m != 0, axis=-1))
+
+    def _rows(self, key: Any) -> np.ndarray:
+        return np.unpackbits(self.rows[key], axis=-1, count=self.shape[2])
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        if isinstance(key, (int, np.integer)):
+            self.write(self._index(key), np.asarray(value)[None])
+            return
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self.shape[0])
+            if step == 1:
+                self.write(lo, np.broadcast_to(value, (hi - lo, *self.shape[1:])))
+                return
+        raise TypeError("mask rows are written one index or one step-1 slice at a time")
+
+    def close(self) -> None:
+        self.rows.close()
+
+
+def mask_row_bytes(width: int) -> int:
+    """Bytes one packed mask row of ``width`` pixels takes."""
+    return (int(width) + 7) // 8
+
+
+def create_packed_masks(path: Path | str, n: int, size: tuple[int, int]) -> PackedMasks:
+    """A new packed mask file (a ``.npy`` of packed rows, all zero) for ``n`` frames of
+    ``size`` (w, h), open for writing."""
+    w, h = size
+    return PackedMasks(create_npy(path, (n, h, mask_row_bytes(w)), np.uint8), w)
+
+
+def open_packed_masks(path: Path | str, width: int, writable: bool = False) -> PackedMasks:
+    """An existing packed mask file; ``width`` is the masks' width in pixels."""
+    return PackedMasks(open_npy(path, writable=writable), width)

@@ -146,6 +146,26 @@ def _add_separation_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", help="SAM Audio checkpoint folder or Hub id (or SONOMASK_MODEL)")
     p.add_argument(
+        "--predict-spans",
+        action="store_true",
+        help="SAM Audio: predict where the text's sound is present when no --span is given "
+        "(the reference's predict_spans; needs a span predictor in the model's config)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        metavar="K",
+        help="SAM Audio: solve each window from K noise draws and keep the best (1-8; "
+        "default 1, no reranking)",
+    )
+    p.add_argument(
+        "--ranker",
+        choices=["activity", "clap", "judge"],
+        help="with --candidates: activity (weight-free, the candidate's sound activity "
+        "against --span), clap or judge (not in the port yet); default: the model config's",
+    )
+    p.add_argument(
         "--audio-stream",
         type=int,
         default=0,
@@ -205,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_separation_options(sep)
     sep.add_argument("--out", help="output folder (default: <video name>-sonomask)")
     sep.add_argument("--keep-work", action="store_true", help="keep the job's work folder")
+    sep.add_argument(
+        "--no-preview",
+        dest="preview",
+        action="store_false",
+        help="do not write preview.mp4 (automation: saves the preview stage's time)",
+    )
     sep.add_argument("--quiet", action="store_true", help="no progress bars")
 
     tr = sub.add_parser("track", help="only track the mask through the clip")
@@ -412,23 +438,9 @@ def _spec_file_fields(path: Path) -> dict[str, Any]:
     def here(m: Any) -> Any:
         return str(base / m) if isinstance(m, str) and not Path(m).is_absolute() else m
 
-    def rebase(obj: Any) -> Any:
-        if not isinstance(obj, dict):
-            return obj
-        obj = dict(obj)
-        if isinstance(obj.get("masks"), list):
-            obj["masks"] = [here(m) for m in obj["masks"]]
-        if isinstance(obj.get("keyframes"), list):
-            obj["keyframes"] = [
-                {**k, "mask": here(k["mask"])} if isinstance(k, dict) and "mask" in k else k
-                for k in obj["keyframes"]
-            ]
-        return obj
+    from worker.spec import rebase_mask_paths
 
-    fields = rebase(fields)
-    if isinstance(fields.get("objects"), list):
-        fields["objects"] = [rebase(o) for o in fields["objects"]]
-    return fields
+    return rebase_mask_paths(fields, here)
 
 
 def _merge(
@@ -484,7 +496,10 @@ def cmd_separate(args: argparse.Namespace) -> int:
     from worker.spec import JobSpec
 
     out = args.out or f"{Path(args.video).stem}-sonomask"
-    spec = JobSpec.build(**_job_fields(args), out=str(Path(out).resolve()))
+    fields = _job_fields(args)
+    if not args.preview:
+        fields["preview"] = False
+    spec = JobSpec.build(**fields, out=str(Path(out).resolve()))
     settings = args.settings
     job_id = resumable_job_id(spec, settings)
     try:
@@ -584,6 +599,9 @@ def _separation_fields(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.mode,
         "separator": args.separator,
         "model": args.model,
+        "predict_spans": args.predict_spans,
+        "candidates": args.candidates,
+        "ranker": args.ranker,
         "audio_stream": args.audio_stream,
         "reconstruct": args.reconstruct,
         "stem_format": args.stem_format,
@@ -600,6 +618,9 @@ _SEPARATION_DEFAULTS = {
     "mode": "both",
     "separator": "auto",
     "model": None,
+    "predict_spans": False,
+    "candidates": 1,
+    "ranker": None,
     "audio_stream": 0,
     "reconstruct": "masked",
     "stem_format": "pcm24",
@@ -877,10 +898,6 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def confidence_words(c: float) -> str:
     """What a separation confidence means for the editor, in a few words."""
     share = f"the object's motion explains about {c * c:.0%} of how the separated sound's loudness varies"
@@ -889,3 +906,7 @@ def confidence_words(c: float) -> str:
     if c >= 0.35:
         return f"{share}; listen to the result before using it"
     return f"{share}; consider marking spans where it sounds, or --separator sam-audio"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,8 @@ AUDIO_MODEL = "audio_model.wav"  # its mono 48 kHz copy for the model
 FRAMES = "frames.raw"  # every frame at the working size, RGB24 rows
 FRAME_TIMES = "frame_times.npy"  # each frame's time on the picture's clock
 MASKS = "masks.npz"  # output: uint8 [frames, h, w] at the source size, 1 = object
-MASKS_WORK = "masks_work.npy"  # the tracked masks at the working size
+MASKS_WORK = "masks_work.bits.npy"  # the tracked masks at the working size, 8 pixels a byte
+# (np.packbits of each row: worker/arrays.py PackedMasks; open with stages.common.working_masks)
 PROMPT_INDEX = "prompt_index.npy"  # which frame the model sees at each feature step
 PROMPT_TIMES = "prompt_times.npy"
 ACTIVITY = "activity.npz"  # the object's and the background's motion over time
@@ -25,6 +26,7 @@ STEMS_MODEL = ("stems_target.npy", "stems_residual.npy")  # mono 48 kHz, from th
 TARGET = "target.wav"  # output: the object's sound
 RESIDUAL = "residual.wav"  # output: everything else
 PREVIEW = "preview.mp4"  # output: the mask over the picture, target audio
+PREVIEW_PICTURE = "preview_picture.mp4"  # the preview's picture, no sound (prompt stage)
 MATTE = "matte.mov"  # output: the mask as a matte video at the source's timecode (matte_format)
 # output: the timeline at the source's timecode, one file per JobSpec.timeline format
 TIMELINES = {
@@ -36,7 +38,7 @@ TIMELINES = {
 OUTPUTS_DIR = "outputs"  # a queued job's published outputs
 
 # Several objects (JobSpec.objects): each object's own files live in objects/<label>/ under
-# the same names as the single object's (masks.npz, masks_work.npy, activity.npz,
+# the same names as the single object's (masks.npz, masks_work.bits.npy, activity.npz,
 # target.wav, isolated<ext>, removed<ext>); what they share stays at the top (frames,
 # prompt_index, residual.wav, preview.mp4) and stems<ext> holds every stem as a track.
 OBJECTS_DIR = "objects"
@@ -49,4 +51,4 @@ def object_file(label: str, name: str) -> str:
     return f"{OBJECTS_DIR}/{label}/{name}"
 
 
-WORK_FORMAT = 3  # bump when a stage's files change meaning: old work folders are not resumed
+WORK_FORMAT = 4  # bump when a stage's files change meaning: old work folders are not resumed

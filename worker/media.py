@@ -392,16 +392,56 @@ def working_size(display: tuple[int, int], max_side: int = 480) -> tuple[int, in
 _PTS_RE = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:\s*(-?[\d.e+-]+)")
 
 
+HWACCEL_NONE = "none"
+
+
 def decode_frames(
-    p: Probe, out_raw: Path, size: tuple[int, int], progress: ProgressFn | None = None
+    p: Probe,
+    out_raw: Path,
+    size: tuple[int, int],
+    progress: ProgressFn | None = None,
+    hwaccel: str = HWACCEL_NONE,
+    threads: int = 0,
+    notes: list[str] | None = None,
 ) -> np.ndarray:
     """Decode every frame (no drops or duplicates, also for VFR) scaled to ``size``.
 
     Writes raw RGB24 frames to ``out_raw`` and returns each frame's presentation time in
-    seconds relative to frame 0. ffmpeg applies the display rotation.
+    seconds relative to frame 0. ffmpeg applies the display rotation. The picture is
+    scaled inside ffmpeg's filter graph, so only working-size frames leave it.
+
+    ``hwaccel`` is ffmpeg's ``-hwaccel`` (``auto``: a hardware decoder when ffmpeg finds a
+    device, else its own; ``none``: never). A hardware decode that fails (no such
+    hwaccel, no device, a stream the hardware refuses) is done again plainly, and a line
+    saying so is appended to ``notes``. ``threads``: the decoder's threads (0: ffmpeg's
+    choice, one per core).
     """
+    if hwaccel and hwaccel != HWACCEL_NONE:
+        try:
+            return _decode_frames(p, out_raw, size, progress, hwaccel, threads)
+        except SonomaskError as exc:
+            if "no space left on device" in str(exc):
+                raise
+            if notes is not None:
+                notes.append(f"hardware decoding ({hwaccel}) failed, decoded plainly: {exc}")
+    return _decode_frames(p, out_raw, size, progress, None, threads)
+
+
+def _decode_frames(
+    p: Probe,
+    out_raw: Path,
+    size: tuple[int, int],
+    progress: ProgressFn | None,
+    hwaccel: str | None,
+    threads: int,
+) -> np.ndarray:
     w, h = size
-    stream = _input(p.path, copyts=None)
+    extra: dict[str, Any] = {"copyts": None}
+    if hwaccel:
+        extra["hwaccel"] = hwaccel
+    if threads > 0:
+        extra["threads"] = str(int(threads))
+    stream = _input(p.path, **extra)
     v = stream[f"{_video_index_among(p)}"]
     v = v.filter("scale", w, h, flags="area").filter("showinfo")
     out = ffmpeg.output(v, str(out_raw), f="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
@@ -962,10 +1002,15 @@ def _run_frame(
 # --------------------------------------------------------------------------- preview encoding
 
 
+PREVIEW_X264 = ["-c:v", "libx264", "-preset", "superfast", "-crf", "28", "-pix_fmt", "yuv420p"]
+"""The preview's encoding: it is for looking at the tracking, not for keeping."""
+
+
 class PreviewEncoder:
     """A small H.264 MP4 fed raw RGB frames on stdin: the preview the job and ``track`` write.
 
-    ``audio`` (a WAV) is muxed in as AAC and the video cut to the shorter of the two.
+    ``audio`` (a WAV) is muxed in as AAC and the video cut to the shorter of the two;
+    without, the picture alone (``mux_preview`` adds the sound later).
     """
 
     def __init__(self, size: tuple[int, int], fps: float, audio: Path | None, out: Path):
@@ -975,7 +1020,7 @@ class PreviewEncoder:
         if audio is not None:
             args += ["-i", str(audio), "-map", "0:v", "-map", "1:a"]
             args += ["-c:a", "aac", "-b:a", "96k", "-shortest"]
-        args += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "28", "-pix_fmt", "yuv420p"]
+        args += PREVIEW_X264
         args += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-movflags", "+faststart"]
         args += ["-f", "mp4", str(out)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -1002,3 +1047,14 @@ class PreviewEncoder:
         rc = self.proc.wait()
         if exc_type is None and rc != 0:
             raise SonomaskError(f"ffmpeg failed to write the preview: {err.strip()[-300:]}")
+
+
+def mux_preview(picture: Path, audio: Path | None, out: Path) -> None:
+    """The preview: ``picture`` (an H.264 MP4 of ``PreviewEncoder``, no sound) with
+    ``audio`` (a WAV of ours) as AAC, the picture copied, cut to the shorter of the two."""
+    args = [*FFMPEG_QUIET, "-i", str(picture)]
+    if audio is not None:
+        args += ["-i", str(audio), "-map", "0:v", "-map", "1:a"]
+        args += ["-c:a", "aac", "-b:a", "96k", "-shortest"]
+    args += ["-c:v", "copy", "-movflags", "+faststart", "-f", "mp4", str(out)]
+    run_ffmpeg_args(args, "write the preview")

@@ -47,6 +47,11 @@ class Settings:
     max_upload_bytes: int = 4 * 1024**3
     body_timeout: float = 30.0  # seconds a request body may stall
     debug: bool = False  # SONOMASK_DEBUG: tracebacks for internal errors
+    # Decoding the working frames (worker/media.py decode_frames): ffmpeg's -hwaccel (auto:
+    # a hardware decoder when ffmpeg finds one; none: never), plain decoding again when it
+    # fails; and its decoding threads (0: ffmpeg's choice).
+    hwaccel: str = "auto"  # SONOMASK_HWACCEL
+    decode_threads: int = 0  # SONOMASK_DECODE_THREADS
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -81,6 +86,8 @@ class Settings:
             max_upload_bytes=int(_positive(env, "SONOMASK_MAX_UPLOAD_BYTES", 4 * 1024**3, "bytes")),
             body_timeout=_positive(env, "SONOMASK_BODY_TIMEOUT", 30.0),
             debug=bool(env.get("SONOMASK_DEBUG")),
+            hwaccel=_hwaccel(env.get("SONOMASK_HWACCEL", "auto")),
+            decode_threads=int(_positive(env, "SONOMASK_DECODE_THREADS", 0, "threads")),
         )
 
     @property
@@ -181,6 +188,14 @@ def _positive(
         value = float("nan")
     if not (value > 0 and value < float("inf")):
         raise ValueError(f"{name}={raw!r} must be a positive number of {unit}")
+    return value
+
+
+def _hwaccel(raw: str) -> str:
+    """SONOMASK_HWACCEL: auto, none, or one of ffmpeg's hwaccel names (``ffmpeg -hwaccels``)."""
+    value = raw.strip().lower() or "auto"
+    if not re.fullmatch(r"[a-z0-9_]{1,32}", value):
+        raise ValueError(f"SONOMASK_HWACCEL={raw!r} must be auto, none or an ffmpeg hwaccel name")
     return value
 
 

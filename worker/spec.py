@@ -16,6 +16,7 @@ names a folder (``objects/<label>/``) and an audio track's title, so it is check
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,7 @@ MAX_MODEL_NAME = 200
 MAX_URL = 2048
 MAX_OBJECTS = 16  # objects in one job (each is tracked and gets its own stems)
 MAX_LABEL = 40
+MAX_CANDIDATES = 8  # SAM Audio reranking: noise draws solved per window (each a full solve)
 DEFAULT_LABEL = "object"  # the one object of the top-level (single-object) form
 RESERVED_LABELS = ("residual",)  # the residual's own track title
 LABEL_RULE = (
@@ -255,6 +257,26 @@ class JobSpec(BaseModel):
     )
     mode: Mode = "both"
     separator: SeparatorName = "auto"
+    predict_spans: bool = Field(
+        default=False,
+        description="SAM Audio: predict where the text's sound is present (PE-A-Frame) when "
+        "no spans are given, as the reference's predict_spans (recorded in job.json "
+        "predicted_spans)",
+    )
+    candidates: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_CANDIDATES,
+        description="SAM Audio: solve each window from this many noise draws and keep the "
+        "one the ranker scores best (the reference's reranking_candidates; 1 = no "
+        "reranking); job.json rerank records every score",
+    )
+    ranker: Literal["activity", "clap", "judge"] | None = Field(
+        default=None,
+        description="SAM Audio reranking's ranker: activity (weight-free: the candidate's "
+        "sound-activity against the spans), clap or judge (not in the port yet); default: "
+        "the one the model's config names",
+    )
     model: str | None = Field(
         default=None,
         max_length=MAX_MODEL_NAME,
@@ -289,6 +311,11 @@ class JobSpec(BaseModel):
         "above the picture: grey (ProRes 422 HQ, white = object), prores4444 (the picture "
         "with the mask as alpha) or none (the default: a full-size matte costs about 35 ms "
         "a 1080p frame)",
+    )
+    preview: bool = Field(
+        default=True,
+        description="write preview.mp4 (the mask drawn over a small picture); false for "
+        "automation: the preview stage then writes nothing and the outputs omit it",
     )
     project: str | None = Field(
         default=None,
@@ -338,6 +365,17 @@ class JobSpec(BaseModel):
         if v is not None and not v.isprintable():
             raise ValueError("project must be printable text (no control characters)")
         return v
+
+    @model_validator(mode="after")
+    def _ranker_needs_candidates(self) -> JobSpec:
+        if self.ranker is not None and self.candidates < 2:
+            raise ValueError("ranker: a ranker chooses among candidates; give candidates 2 or more")
+        if self.separator == "classical" and (self.predict_spans or self.candidates > 1):
+            raise ValueError(
+                "predict_spans and candidates are SAM Audio's; the classical separator has "
+                "neither (use separator sam-audio or auto)"
+            )
+        return self
 
     @property
     def project_name(self) -> str:
@@ -431,3 +469,27 @@ def first_error(e: ValidationError) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     return f"{loc}: {msg}" if loc else msg
+
+
+def rebase_mask_paths(fields: dict[str, Any], here: Callable[[Any], Any]) -> dict[str, Any]:
+    """``fields`` of a JobSpec given as a file with every mask path (``masks``,
+    ``keyframes[].mask``, the objects' too) passed through ``here``: a spec file's relative
+    paths are relative to the file, not to the process (``--spec``, the watch folder)."""
+
+    def rebase(obj: Any) -> Any:
+        if not isinstance(obj, dict):
+            return obj
+        obj = dict(obj)
+        if isinstance(obj.get("masks"), list):
+            obj["masks"] = [here(m) for m in obj["masks"]]
+        if isinstance(obj.get("keyframes"), list):
+            obj["keyframes"] = [
+                {**k, "mask": here(k["mask"])} if isinstance(k, dict) and "mask" in k else k
+                for k in obj["keyframes"]
+            ]
+        return obj
+
+    fields = rebase(fields)
+    if isinstance(fields.get("objects"), list):
+        fields["objects"] = [rebase(o) for o in fields["objects"]]
+    return fields

@@ -66,7 +66,7 @@ from typing import Any
 from worker import files
 from worker.errors import BadInput, QueueUnavailable, SonomaskError, as_sonomask_error
 from worker.settings import Settings
-from worker.spec import JobSpec
+from worker.spec import JobSpec, rebase_mask_paths
 
 FAILED_DIR = "_failed"
 HIDDEN_DIR = ".sonomask-watch"  # state.json, lock, work/<job id>/
@@ -530,7 +530,7 @@ class Watcher:
                 )
             return str(self.in_dir / m)
 
-        return _rebase_masks(fields, here)
+        return rebase_mask_paths(fields, here)
 
     # -- inputs into the job's own folder
 
@@ -728,29 +728,6 @@ class Watcher:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _rebase_masks(fields: dict[str, Any], here: Callable[[Any], Any]) -> dict[str, Any]:
-    """``fields`` with every mask path (``masks``, ``keyframes[].mask``, objects' too)
-    passed through ``here``."""
-
-    def rebase(obj: Any) -> Any:
-        if not isinstance(obj, dict):
-            return obj
-        obj = dict(obj)
-        if isinstance(obj.get("masks"), list):
-            obj["masks"] = [here(m) for m in obj["masks"]]
-        if isinstance(obj.get("keyframes"), list):
-            obj["keyframes"] = [
-                {**k, "mask": here(k["mask"])} if isinstance(k, dict) and "mask" in k else k
-                for k in obj["keyframes"]
-            ]
-        return obj
-
-    fields = rebase(fields)
-    if isinstance(fields.get("objects"), list):
-        fields["objects"] = [rebase(o) for o in fields["objects"]]
-    return fields
-
-
 def _default_fields(path: Path | None) -> tuple[dict[str, Any], set[str], str]:
     """The operator's ``--spec FILE``: its fields (mask paths made absolute from the file's
     folder), those mask paths (trusted: they may lie outside IN_DIR) and its text."""
@@ -779,7 +756,7 @@ def _default_fields(path: Path | None) -> tuple[dict[str, Any], set[str], str]:
         trusted.add(p)
         return p
 
-    fields = _rebase_masks(fields, here)
+    fields = rebase_mask_paths(fields, here)
     probe = dict(fields)
     if not any(probe.get(k) for k in _DRAWING):
         probe["boxes"] = ["0,0,1,1"]  # the clips bring the drawing; check the rest now

@@ -201,6 +201,7 @@ class SamAudioSeparator:
         naive: bool = False,
         candidates: int = 1,
         ranker: str | None = None,
+        predict_spans: bool = False,
     ) -> None:
         if precision not in _AUTOCAST:
             raise ModelLoadError(f"precision must be one of fp32, bf16, fp16, got {precision!r}")
@@ -214,6 +215,8 @@ class SamAudioSeparator:
         self.candidates = candidates
         self.ranker = make_ranker(ranker)
         self.rerank_log: list[dict] = []
+        self.predict_spans = bool(predict_spans)
+        self.span_log: list[dict] = []
         self.model_path = str(model_path)
         self.device = resolve_device(device)
         self.seed = int(seed)
@@ -295,8 +298,21 @@ class SamAudioSeparator:
         """Split mono 48 kHz float32 ``audio`` into target and residual (same length)."""
         targets, residuals, warnings = self._separate(audio, [prompt], progress)
         return Separation(
-            target=targets[0], residual=residuals[0], backend=self.name, warnings=warnings
+            target=targets[0],
+            residual=residuals[0],
+            backend=self.name,
+            warnings=warnings,
+            details=self._details(),
         )
+
+    def _details(self) -> dict:
+        """The last call's reranking and predicted spans (``Separation.details``)."""
+        out: dict = {}
+        if self.rerank_log:
+            out["rerank"] = [dict(r) for r in self.rerank_log]
+        if self.span_log:
+            out["predicted_spans"] = [dict(r) for r in self.span_log]
+        return out
 
     def separate_objects(
         self,
@@ -319,6 +335,7 @@ class SamAudioSeparator:
             backend=self.name,
             warnings=[list(warnings) for _ in prompts],
             confidences=[None for _ in prompts],
+            details=self._details(),
         )
 
     def _separate(
@@ -335,6 +352,7 @@ class SamAudioSeparator:
         n = len(audio)
         warnings: list[str] = []
         self.rerank_log = []
+        self.span_log = []
         prepared = [self._prepare_prompt(p, n / sr, warnings) for p in prompts]
 
         windows = self.windowing.plan(n)
@@ -356,6 +374,11 @@ class SamAudioSeparator:
             for j in range(len(prompts)):
                 targets[j][s:e] += g * tgts[j]
                 residuals[j][s:e] += g * ress[j]
+        if self.predict_spans and not self.span_log:
+            warnings.append(
+                "span prediction did not run: the model's config names no span predictor, "
+                "or every window had spans given"
+            )
         if no_video:
             warnings.append(
                 f"no video frames fall in window(s) {no_video}; those ran without the visual prompt"
@@ -421,6 +444,7 @@ class SamAudioSeparator:
                 progress=step,
                 shared_audio=b > 1,
                 ranker=self.ranker,
+                predict_spans=self.predict_spans,
             )
         if result.scores is not None:
             self.rerank_log.append(
@@ -430,6 +454,18 @@ class SamAudioSeparator:
                     "ranker": result.ranker,
                     "scores": result.scores.float().cpu().tolist(),
                     "chosen": result.chosen.tolist(),
+                }
+            )
+        if result.spans is not None:
+            self.span_log.append(
+                {
+                    "start_s": start_s,
+                    "end_s": end_s,
+                    "applied": bool(result.spans_applied),
+                    "spans": [
+                        [[sign, start_s + a, start_s + b] for sign, a, b in item]
+                        for item in result.spans
+                    ],
                 }
             )
         tgts = [t[:n].float().cpu().numpy() for t in result.target]

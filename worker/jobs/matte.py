@@ -79,7 +79,14 @@ def track_to_file(
     )
     try:
         ws.write_json(files.PROBE, {"display_size": list(size), "frame_rate": p.frame_rate})
-        decode_working_frames(ws, p, size, lambda f, m: progress("decode", f, m))
+        decode_working_frames(
+            ws,
+            p,
+            size,
+            lambda f, m: progress("decode", f, m),
+            settings.hwaccel,
+            settings.decode_threads,
+        )
         try:
             with local_models():  # the local user's own run: --tracker-model may be a path
                 track_stage.run(ws, settings, progress)

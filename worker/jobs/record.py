@@ -27,7 +27,7 @@ def output_names(ws: Workspace) -> list[str]:
             files.RESIDUAL,
             *([files.TARGET] if len(spec.objects) == 1 else []),
             remux_stage.stems_name(spec),
-            files.PREVIEW,
+            *([files.PREVIEW] if spec.preview else []),
             *remux_stage.timeline_outputs(spec),
             files.MANIFEST,
         ]
@@ -40,7 +40,7 @@ def output_names(ws: Workspace) -> list[str]:
     names += [m[0] for m in remux_stage.matte_outputs(spec)]
     return names + [
         files.MASKS,
-        files.PREVIEW,
+        *([files.PREVIEW] if spec.preview else []),
         *remux_stage.timeline_outputs(spec),
         files.MANIFEST,
     ]

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from vision import masks as vmasks
-from worker import files, media
-from worker.arrays import RowFile
+from worker import arrays, files, media
+from worker.arrays import PackedMasks, RowFile
 from worker.errors import SonomaskError
 from worker.workspace import Workspace
 
@@ -30,16 +30,27 @@ MASK_CHUNK = 256  # frames of masks read, resized or written at a time
 
 
 def decode_working_frames(
-    ws: Workspace, p: media.Probe, size: tuple[int, int], prog: media.ProgressFn
+    ws: Workspace,
+    p: media.Probe,
+    size: tuple[int, int],
+    prog: media.ProgressFn,
+    hwaccel: str = media.HWACCEL_NONE,
+    threads: int = 0,
 ) -> None:
-    """Every frame at the working size (frames.raw) and its time (frame_times.npy)."""
+    """Every frame at the working size (frames.raw) and its time (frame_times.npy).
+
+    ``hwaccel`` / ``threads``: ``Settings.hwaccel`` / ``decode_threads`` (``media.decode_frames``);
+    a failed hardware decode is redone plainly and noted in the manifest (``frames.decode``).
+    """
     wsize = media.working_size(size)
+    notes: list[str] = []
     with ws.atomic(files.FRAMES) as tmp:
-        times = media.decode_frames(p, tmp, wsize, prog)
+        times = media.decode_frames(p, tmp, wsize, prog, hwaccel, threads, notes)
         if tmp.stat().st_size != len(times) * wsize[0] * wsize[1] * 3:
             raise SonomaskError("frame decoding produced an unexpected number of bytes")
     ws.write_npy(files.FRAME_TIMES, times)
-    ws.update_manifest(frames={"count": len(times), "working_size": list(wsize)})
+    decode = notes[-1] if notes else f"hwaccel {hwaccel}" if hwaccel != "none" else "plain"
+    ws.update_manifest(frames={"count": len(times), "working_size": list(wsize), "decode": decode})
 
 
 def working_frames(ws: Workspace) -> tuple[RowFile, np.ndarray]:
@@ -47,6 +58,13 @@ def working_frames(ws: Workspace) -> tuple[RowFile, np.ndarray]:
     times = np.load(ws.file(files.FRAME_TIMES))
     w, h = ws.manifest()["frames"]["working_size"]
     return RowFile(ws.file(files.FRAMES), (len(times), h, w, 3), np.uint8), times
+
+
+def working_masks(ws: Workspace, name: str = files.MASKS_WORK) -> PackedMasks:
+    """The tracked masks at the working size (``name``: ``files.MASKS_WORK``, or an object's
+    own), read by rows and unpacked: uint8 0/1 ``[frames, h, w]``."""
+    w, _ = ws.manifest()["frames"]["working_size"]
+    return arrays.open_packed_masks(ws.file(name), w)
 
 
 def load_keyframe_mask(k: Any, size: tuple[int, int]) -> np.ndarray:

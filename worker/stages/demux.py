@@ -47,5 +47,12 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     with ws.atomic(files.AUDIO_MODEL) as tmp:
         media.mixdown_for_model(ws.file(files.AUDIO_SOURCE), tmp, MODEL_SAMPLE_RATE)
     prog(0.5, "decode frames")
-    decode_working_frames(ws, p, tuple(pj["display_size"]), lambda f, m: prog(0.5 + 0.5 * f, m))
+    decode_working_frames(
+        ws,
+        p,
+        tuple(pj["display_size"]),
+        lambda f, m: prog(0.5 + 0.5 * f, m),
+        settings.hwaccel,
+        settings.decode_threads,
+    )
     report("demux", 1.0, "demuxed")

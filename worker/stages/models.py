@@ -94,8 +94,22 @@ def _not_offered(kind: str, requested: str, names: Mapping[str, str], var: str) 
 
 
 def check_separator_config(spec: JobSpec, settings: Settings) -> None:
-    """Fail before any decoding when SAM Audio is asked for without a usable model."""
+    """Fail before any decoding when SAM Audio is asked for without a usable model, or
+    SAM Audio's options for a job that will run the classical separator."""
     model_path = resolve_model(spec.model, settings)
+    if spec.ranker in ("clap", "judge"):
+        raise BadInput(
+            f"the {spec.ranker} ranker is not part of sonomask's SAM Audio port yet; use "
+            "--ranker activity (or leave --ranker out for the model config's)"
+        )
+    wanted = [n for n, on in (("--predict-spans", spec.predict_spans),
+                               ("--candidates", spec.candidates > 1)) if on]  # fmt: skip
+    if wanted and spec.separator == "auto" and not model_path:
+        raise BadInput(
+            f"{' and '.join(wanted)} {'need' if len(wanted) > 1 else 'needs'} SAM Audio and no "
+            "model is configured "
+            "(--model PATH or SONOMASK_MODEL); the classical separator has neither"
+        )
     if spec.separator == "sam-audio" and not model_path:
         raise BadInput("--separator sam-audio needs --model PATH (or SONOMASK_MODEL)")
     if model_path and spec.separator != "classical":
@@ -141,7 +155,13 @@ def choose_separator(spec: JobSpec, settings: Settings) -> Separator:
         return ClassicalSeparator()
     from model.backends.sam_audio import SamAudioSeparator
 
-    return SamAudioSeparator(model_path, device=settings.device)
+    return SamAudioSeparator(
+        model_path,
+        device=settings.device,
+        candidates=spec.candidates,
+        ranker=spec.ranker,
+        predict_spans=spec.predict_spans,
+    )
 
 
 def choose_windowing(spec: JobSpec, settings: Settings) -> Windowing:

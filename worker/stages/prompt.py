@@ -3,20 +3,30 @@ feature step."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import soundfile as sf
 
 from vision import prompt as vprompt
 from vision.evidence import FEATURES, EvidenceMeter
-from worker import arrays, files
-from worker.arrays import RowFile
+from worker import files
+from worker.arrays import PackedMasks, RowFile
 from worker.settings import Settings
-from worker.stages.common import MASK_CHUNK, StageProgress, noop, working_frames
+from worker.stages.common import MASK_CHUNK, StageProgress, noop, working_frames, working_masks
 from worker.stages.models import choose_windowing
+from worker.stages.preview import PreviewPainter
 from worker.workspace import Workspace
 
-READS = (files.FRAMES, files.FRAME_TIMES, files.MASKS_WORK, files.AUDIO_MODEL)
-WRITES = (files.PROMPT_INDEX, files.PROMPT_TIMES, files.ACTIVITY)
+READS = (
+    files.SPEC,
+    files.PROBE,
+    files.FRAMES,
+    files.FRAME_TIMES,
+    files.MASKS_WORK,
+    files.AUDIO_MODEL,
+)
+WRITES = (files.PROMPT_INDEX, files.PROMPT_TIMES, files.ACTIVITY, files.PREVIEW_PICTURE)
 
 
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
@@ -25,12 +35,17 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     The masked frames themselves are built window by window in the separate stage from
     the working frames and masks (``MaskedFrames``): a second copy of the whole clip on
     disk would cost as much as the frames and buy nothing.
+
+    The same pass draws the preview's picture (``files.PREVIEW_PICTURE``, unless the job
+    asks for no preview): the frames and masks are read once for both, and the preview
+    stage only adds the sound.
     """
     spec = ws.spec
     objs = spec.targets()
     prefix = [files.object_file(o.label, "") if spec.several else "" for o in objs]
     activities = [p + files.ACTIVITY for p in prefix]
-    if ws.has(files.PROMPT_INDEX, files.PROMPT_TIMES, *activities):
+    picture = (files.PREVIEW_PICTURE,) if spec.preview else ()
+    if ws.has(files.PROMPT_INDEX, files.PROMPT_TIMES, *activities, *picture):
         return
     frames, times = working_frames(ws)
     n = len(times)
@@ -40,20 +55,27 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     idx = np.clip(np.searchsorted(times, t + 1e-6, side="right") - 1, 0, n - 1)
     ws.write_npy(files.PROMPT_INDEX, idx.astype(np.int64))
     ws.write_npy(files.PROMPT_TIMES, t)
-    # One pass over the frames for every object: each frame is read once.
+    # One pass over the frames for every object and the preview: each frame is read once.
     meters = [EvidenceMeter(*frames.shape[1:3]) for _ in objs]
-    masks = [arrays.open_npy(ws.file(p + files.MASKS_WORK)) for p in prefix]
-    try:
+    masks = [working_masks(ws, p + files.MASKS_WORK) for p in prefix]
+    labels = [o.label for o in objs] if spec.several else None
+    with contextlib.ExitStack() as stack:
+        for m in masks:
+            stack.callback(m.close)
+        painter = None
+        if spec.preview:
+            tmp = stack.enter_context(ws.atomic(files.PREVIEW_PICTURE))
+            painter = stack.enter_context(PreviewPainter(ws, tmp, labels, None))
         for lo in range(0, n, MASK_CHUNK):
             chunk = frames.read(lo, lo + MASK_CHUNK)
-            for o, meter, m in zip(objs, meters, masks, strict=True):
-                for frame, mask in zip(chunk, m.read(lo, lo + MASK_CHUNK), strict=True):
+            ms = [m.read(lo, lo + MASK_CHUNK) for m in masks]
+            for o, meter, mk in zip(objs, meters, ms, strict=True):
+                for frame, mask in zip(chunk, mk, strict=True):
                     meter.add(frame, mask)
                 what = f"object {o.label!r}: its motion" if spec.several else "the object's motion"
                 report("prompt", min(1.0, (lo + MASK_CHUNK) / n), f"measuring {what}")
-    finally:
-        for m in masks:
-            m.close()
+            if painter is not None:
+                painter.add(chunk, ms)
     for meter, name in zip(meters, activities, strict=True):
         ev = meter.result()
         ws.write_npz(
@@ -75,7 +97,7 @@ class MaskedFrames:
     long clip each build their own few hundred frames and nothing more.
     """
 
-    def __init__(self, frames: RowFile, masks: RowFile, index: np.ndarray) -> None:
+    def __init__(self, frames: RowFile, masks: PackedMasks, index: np.ndarray) -> None:
         self.frames, self.masks, self.index = frames, masks, np.asarray(index)
         self.shape = (len(self.index), *frames.shape[1:])
         self.dtype = np.dtype(np.uint8)

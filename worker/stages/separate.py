@@ -9,6 +9,7 @@ component, SAM Audio runs them as one batch); each object's stem goes to
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +30,7 @@ from model.windows import crossfade_gains, window_prompt
 from worker import arrays, files
 from worker.errors import SonomaskError
 from worker.settings import Settings
-from worker.stages.common import StageProgress, noop, working_frames
+from worker.stages.common import StageProgress, noop, working_frames, working_masks
 from worker.stages.models import choose_separator
 from worker.stages.prompt import MaskedFrames
 from worker.workspace import Workspace
@@ -64,7 +65,7 @@ def _job_prompt(ws: Workspace, separator: Separator, obj: Any = None) -> Prompt:
     else:
         # SAM Audio sees the masked frames, sampled at its feature rate.
         frames, _ = working_frames(ws)
-        masks = arrays.open_npy(ws.file(prefix + files.MASKS_WORK))
+        masks = working_masks(ws, prefix + files.MASKS_WORK)
         prompt.masked_video = MaskedFrames(frames, masks, np.load(ws.file(files.PROMPT_INDEX)))
         prompt.video_times = np.load(ws.file(files.PROMPT_TIMES))
     return prompt
@@ -153,6 +154,7 @@ def _separate_window(
     local = window_prompt(prompt, a / sr, b / sr)
     warnings: list[str] = []
     confidence = None
+    details: dict = {}
     if separator.name == "classical" and whole_has_evidence and not _has_evidence(local):
         # Nothing in this stretch says which sound is the object's (no picture, no span).
         target, residual, backend = np.zeros_like(chunk), chunk, separator.name
@@ -169,6 +171,7 @@ def _separate_window(
         target, residual, backend = result.target, result.residual, result.backend
         warnings += result.warnings
         confidence = result.confidence
+        details = result.details
     with ws.atomic(_window_file(i)) as tmp, tmp.open("wb") as f:
         np.savez(
             f,
@@ -177,8 +180,40 @@ def _separate_window(
             backend=np.array(backend),
             warnings=np.array(warnings, dtype=str),
             confidence=np.array(np.nan if confidence is None else confidence),
+            details=np.array(_window_details(details, a / MODEL_SAMPLE_RATE)),
         )
     report("separate", (i + 1) / len(plan), f"{where} separated")
+
+
+def _window_details(details: dict, offset_s: float) -> str:
+    """A window's ``Separation.details`` as JSON, its times moved onto the job's clock."""
+    out: dict[str, list] = {}
+    for key in ("rerank", "predicted_spans"):
+        for entry in details.get(key, []):
+            moved = {**entry, "start_s": entry["start_s"] + offset_s}
+            if details.get("objects"):  # the batch's items, in order (several objects)
+                moved["objects"] = details["objects"]
+            moved["end_s"] = entry["end_s"] + offset_s
+            if key == "predicted_spans":
+                moved["spans"] = [
+                    [[sign, a + offset_s, b + offset_s] for sign, a, b in item]
+                    for item in entry["spans"]
+                ]
+            out.setdefault(key, []).append(moved)
+    return json.dumps(out)
+
+
+def _joined_details(ws: Workspace, plan: list[tuple[int, int]]) -> dict[str, list]:
+    """Every window's reranking and predicted spans (job.json ``rerank``,
+    ``predicted_spans``): what each candidate scored and which one was kept."""
+    out: dict[str, list] = {}
+    for i in range(len(plan)):
+        with np.load(ws.file(_window_file(i))) as part:
+            if "details" not in part:
+                continue
+            for key, entries in json.loads(str(part["details"])).items():
+                out.setdefault(key, []).extend(entries)
+    return out
 
 
 def _check_stems(result: Separation, n: int) -> None:
@@ -218,6 +253,7 @@ def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
         backend=" + ".join(sorted(backends)),
         separate_warnings=notes,
         confidence=round(float(np.mean(confidences)), 3) if confidences else None,
+        **_joined_details(ws, plan),
     )
 
 
@@ -287,6 +323,7 @@ def _separate_objects_window(
     where = f"window {i + 1}/{len(plan)}"
     targets = np.zeros((len(local), len(chunk)), np.float32)
     backend, confidences = separator.name, [np.nan] * len(local)
+    details: dict = {}
     if use:
 
         def prog(f: float, m: str) -> None:
@@ -307,6 +344,8 @@ def _separate_objects_window(
             warnings += [f"{labels[j]}: {w}" for w in notes]
             confidences[j] = np.nan if conf is None else conf
         backend = result.backend
+        details = result.details  # (in the order of the objects that ran: ``objects``)
+        details = {**details, "objects": [labels[j] for j in use]} if details else {}
     residual = chunk - targets.sum(axis=0, dtype=np.float32)
     with ws.atomic(_window_file(i)) as tmp, tmp.open("wb") as f:
         np.savez(
@@ -316,6 +355,7 @@ def _separate_objects_window(
             backend=np.array(backend),
             warnings=np.array(warnings, dtype=str),
             confidences=np.array(confidences, dtype=np.float64),
+            details=np.array(_window_details(details, a / MODEL_SAMPLE_RATE)),
         )
     report("separate", (i + 1) / len(plan), f"{where} separated")
 
@@ -357,4 +397,5 @@ def _join_object_windows(
         separate_warnings=notes,
         confidence=None,
         object_confidence=per_object,
+        **_joined_details(ws, plan),
     )

@@ -252,6 +252,14 @@ async function loadOptions() {
   $("#server-note").textContent = o.model
     ? "SAM Audio model configured"
     : "No SAM Audio model: the weight-free classical separator runs";
+  // SAM Audio's reranking and span prediction: offered only with a model, and not for a
+  // job the classical separator runs.
+  $("#sam-options").hidden = !o.model;
+  const samOn = () => {
+    $("#sam-options").disabled = $("#separator").value === "classical";
+  };
+  sep.addEventListener("change", samOn);
+  samOn();
   $("#token-button").hidden = !o.auth;
 }
 
@@ -1913,6 +1921,19 @@ function objectsReady() {
   return true;
 }
 
+/** The SAM Audio fields of the spec (candidates, ranker, predict_spans) the form asks for;
+ * none when SAM Audio is not offered or the classical separator is chosen. */
+function samAudioFields() {
+  const box = $("#sam-options");
+  if (box.hidden || box.disabled) return {};
+  const out = {};
+  const k = Number($("#candidates").value || 1);
+  if (k !== 1) out.candidates = k; // the server says what is wrong with a bad number
+  if (k > 1 && $("#ranker").value) out.ranker = $("#ranker").value;
+  if ($("#predict-spans").checked) out.predict_spans = true;
+  return out;
+}
+
 async function submitJob(e) {
   e.preventDefault();
   showError("#submit-error", "");
@@ -1929,6 +1950,7 @@ async function submitJob(e) {
       tracker: $("#tracker").value,
       audio_stream: +($("#audio-stream").value || 0),
     };
+    Object.assign(spec, samAudioFields());
     const framesOf = (o) => [...o.filled].sort((a, b) => a - b);
     if (several()) {
       // One job, one stem per object: spec.objects, each object's masks as mask:<label>
