@@ -420,25 +420,13 @@ def _object_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def _spec_file_fields(path: Path) -> dict[str, Any]:
     """JobSpec fields from a JSON file (``--spec``); relative mask paths are the file's."""
-    try:
-        raw = path.read_text()
-    except OSError as e:
-        raise BadInput(f"cannot read --spec {path}: {e.strerror or e}") from None
-    try:
-        fields = json.loads(raw)
-    except ValueError as e:
-        raise BadInput(f"--spec {path} is not JSON: {e}") from None
-    if not isinstance(fields, dict):
-        raise BadInput(f"--spec {path} must hold a JSON object of job fields")
-    for key in ("video", "out"):
-        if key in fields:
-            raise BadInput(f"--spec {path}: give {key!r} on the command line, not in the file")
+    from worker.spec import read_spec_file, rebase_mask_paths
+
+    fields, _ = read_spec_file(path, "give {key} on the command line, not in the file")
     base = path.resolve().parent
 
     def here(m: Any) -> Any:
         return str(base / m) if isinstance(m, str) and not Path(m).is_absolute() else m
-
-    from worker.spec import rebase_mask_paths
 
     return rebase_mask_paths(fields, here)
 

@@ -15,6 +15,7 @@ names a folder (``objects/<label>/``) and an audio track's title, so it is check
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -493,3 +494,23 @@ def rebase_mask_paths(fields: dict[str, Any], here: Callable[[Any], Any]) -> dic
     if isinstance(fields.get("objects"), list):
         fields["objects"] = [rebase(o) for o in fields["objects"]]
     return fields
+
+
+def read_spec_file(path: Path, set_elsewhere: str) -> tuple[dict[str, Any], str]:
+    """A JSON spec file's fields and its text (``--spec`` of ``separate`` / ``submit`` and
+    of ``watch``), refused in one line when unreadable, not a JSON object, or naming
+    ``video`` / ``out`` (``set_elsewhere`` says where those come from, with ``{key}``)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise BadInput(f"cannot read --spec {path}: {e.strerror or e}") from None
+    try:
+        fields = json.loads(text)
+    except ValueError as e:
+        raise BadInput(f"--spec {path} is not JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise BadInput(f"--spec {path} must hold a JSON object of job fields")
+    for key in ("video", "out"):
+        if key in fields:
+            raise BadInput(f"--spec {path}: " + set_elsewhere.format(key=repr(key)))
+    return fields, text

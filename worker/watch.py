@@ -66,7 +66,7 @@ from typing import Any
 from worker import files
 from worker.errors import BadInput, QueueUnavailable, SonomaskError, as_sonomask_error
 from worker.settings import Settings
-from worker.spec import JobSpec, rebase_mask_paths
+from worker.spec import JobSpec, read_spec_file, rebase_mask_paths
 
 FAILED_DIR = "_failed"
 HIDDEN_DIR = ".sonomask-watch"  # state.json, lock, work/<job id>/
@@ -733,19 +733,7 @@ def _default_fields(path: Path | None) -> tuple[dict[str, Any], set[str], str]:
     folder), those mask paths (trusted: they may lie outside IN_DIR) and its text."""
     if path is None:
         return {}, set(), ""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise BadInput(f"cannot read --spec {path}: {e.strerror or e}") from None
-    try:
-        fields = json.loads(text)
-    except ValueError as e:
-        raise BadInput(f"--spec {path} is not JSON: {e}") from None
-    if not isinstance(fields, dict):
-        raise BadInput(f"--spec {path} must hold a JSON object of job fields")
-    for key in ("video", "out"):
-        if key in fields:
-            raise BadInput(f"--spec {path}: {key!r} is the watch folder's to set; remove it")
+    fields, text = read_spec_file(path, "{key} is the watch folder's to set; remove it")
     base = path.resolve().parent
     trusted: set[str] = set()
 
