@@ -21,6 +21,8 @@ memory is reset before each stage (``/proc/self/clear_refs``), so every row show
     python benchmarks/sam_audio.py                       # small DiT, 5 s, 2 steps, CPU
     python benchmarks/sam_audio.py --size base --seconds 10 --steps 16 --device cuda --bf16
     python benchmarks/sam_audio.py --skip-codec --skip-vision  # DiT only
+    python benchmarks/sam_audio.py --size base --save-random /tmp/sam-audio-base-random
+        # a random model folder for `sonomask separate --model` (released layout)
 """
 
 from __future__ import annotations
@@ -98,6 +100,40 @@ def random_t5_base() -> T5TextEncoder:
     return T5TextEncoder(transformers.T5EncoderModel(cfg).eval(), HashTokenizer())
 
 
+def word_level_tokenizer():
+    """A stand-in T5 tokenizer that ``save_pretrained`` can write and ``AutoTokenizer`` reads
+    back (every word is ``<unk>``, then ``</s>``): for a saved random model, where token ids do
+    not matter for speed."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def save_random(size: str, folder: Path) -> None:
+    """Write a random-weight model of ``size`` in the released layout (config.json,
+    checkpoint.pt, the T5 in a subfolder) for runs through ``sonomask separate --model``."""
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    t5 = random_t5_base()
+    t5.tokenizer = word_level_tokenizer()
+    model = SAMAudio(config_for(size, tiny_codec=False), text_encoder=t5).eval()
+    model.save_pretrained(folder)
+    total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    print(
+        f"random SAM Audio {size} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f} M "
+        f"parameters) saved to {folder}: {total / 2**30:.2f} GiB in "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+
+
 class _Stub(torch.nn.Module):
     """Placeholder for a skipped component (never called)."""
 
@@ -173,10 +209,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-naive", action="store_true", help="do not time the naive path")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast of the DiT")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the DiT")
+    ap.add_argument(
+        "--save-random",
+        metavar="DIR",
+        default=None,
+        help="only write a random --size model folder (released layout) to DIR and exit",
+    )
     args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.save_random:
+        save_random(args.size, Path(args.save_random))
+        return
     device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = config_for(args.size, tiny_codec=args.skip_codec)

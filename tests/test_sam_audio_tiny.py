@@ -656,3 +656,44 @@ def test_compile_dit_keeps_reference_state_dict_keys():
     model.compile_dit()  # lazy: nothing is compiled until the first call
     assert set(model.state_dict()) == keys
     assert model._compiled_dit is not None
+
+
+@needs_tokenizer
+def test_encoder_offload_is_a_no_op_for_outputs(monkeypatch):
+    """set_encoder_offload: the T5 and vision encoders are moved to the model's device for
+    each use and back to the offload device after it; the stems are exactly the same."""
+    model = tiny_model()
+    batch = two_item_batch(model)
+    noise_gen = torch.Generator().manual_seed(3)
+    bits = torch.randint(0, 2, (4, 16), dtype=torch.float32, generator=noise_gen)
+    plain = model.separate(
+        batch, generator=torch.Generator().manual_seed(4), watermark_message=bits
+    )
+
+    moves: list[tuple[str, str]] = []
+    for name in ("text_encoder", "vision_encoder"):
+        module = getattr(model, name)
+        original = module.to
+
+        def spy(device, *args, _name=name, _original=original, **kwargs):
+            moves.append((_name, str(device)))
+            return _original(device, *args, **kwargs)
+
+        monkeypatch.setattr(module, "to", spy)
+    model.set_encoder_offload(True, device="cpu")
+    assert moves == [("text_encoder", "cpu"), ("vision_encoder", "cpu")]
+    moves.clear()
+    offloaded = model.separate(
+        two_item_batch(model), generator=torch.Generator().manual_seed(4), watermark_message=bits
+    )
+    # each encoder: to the model's device for its use, then back to the offload device
+    assert moves == [("text_encoder", "cpu")] * 2 + [("vision_encoder", "cpu")] * 2
+    assert not any(p.is_inference() for p in model.text_encoder.parameters())
+    for a, b in zip(
+        plain.target + plain.residual, offloaded.target + offloaded.residual, strict=True
+    ):
+        assert torch.equal(a, b)
+    model.set_encoder_offload(False)
+    moves.clear()
+    model.separate(batch, generator=torch.Generator().manual_seed(4), watermark_message=bits)
+    assert moves == []

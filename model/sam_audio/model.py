@@ -274,6 +274,9 @@ class SAMAudio(nn.Module):
         # use_span_predictor); loaded on first use of predict_spans
         object.__setattr__(self, "_span_predictor", None)
         self._compiled_dit: Callable[..., torch.Tensor] | None = None
+        # opt-in (set_encoder_offload): encoders wait on offload_device between uses
+        self.offload_encoders = False
+        self.offload_device = torch.device("cpu")
         # Inference port: dropout (p = transformer.dropout) must stay off. The reference leaves
         # the model in training mode after from_pretrained; we never do.
         self.eval()
@@ -398,6 +401,49 @@ class SAMAudio(nn.Module):
         object.__setattr__(self, "_compiled_dit", torch.compile(self.transformer, **kwargs))
         return self
 
+    # -- encoder offloading ------------------------------------------------------------------
+
+    def set_encoder_offload(
+        self, enabled: bool = True, device: str | torch.device = "cpu"
+    ) -> SAMAudio:
+        """Release the accelerator's memory held by the encoders between uses (sonomask's
+        option, off by default; for GPUs where the DiT, codec and encoders do not fit together).
+
+        When enabled, the T5 text encoder, the vision encoder and the span predictor wait on
+        ``device`` (cpu) and are moved to the model's device only while they encode, then
+        moved back; the codec and the DiT stay. The outputs are unchanged (the same weights
+        compute the same values on the same device; only where they wait changes), at the
+        cost of copying their weights across per use (PE-Core-L14 about 1.2 GB, T5-base
+        0.4 GB in float32). Enabling moves them to ``device`` at once; a later
+        ``model.to(...)`` moves them along with the rest until their next use.
+        """
+        self.offload_encoders = bool(enabled)
+        self.offload_device = torch.device(device)
+        if self.offload_encoders:
+            for module in (self.text_encoder, self.vision_encoder, self.span_predictor):
+                self._move(module, self.offload_device)
+        return self
+
+    @staticmethod
+    def _move(module: nn.Module | None, device: torch.device) -> None:
+        if module is None:
+            return
+        # normal (not inference) tensors even when called inside separate's inference mode
+        with torch.inference_mode(False), torch.no_grad():
+            module.to(device)
+
+    @contextlib.contextmanager
+    def _encoder_on_device(self, module: nn.Module | None):
+        """``module`` on the model's device for the duration (only with encoder offload)."""
+        if not self.offload_encoders or module is None:
+            yield module
+            return
+        self._move(module, self.device)
+        try:
+            yield module
+        finally:
+            self._move(module, self.offload_device)
+
     # -- span predictor ----------------------------------------------------------------------
 
     @property
@@ -433,9 +479,10 @@ class SAMAudio(nn.Module):
         predictor = self.span_predictor
         if predictor is None:
             predictor = self.load_span_predictor()
-        if next(predictor.parameters()).device != audio_features.device:
-            predictor.to(audio_features.device)
-        anchors = predictor.predict_anchors(batch.descriptions, audio_features, audio_pad_mask)
+        with self._encoder_on_device(predictor):
+            if next(predictor.parameters()).device != audio_features.device:
+                predictor.to(audio_features.device)
+            anchors = predictor.predict_anchors(batch.descriptions, audio_features, audio_pad_mask)
         batch.process_anchors(anchors)
         return anchors
 
@@ -452,6 +499,17 @@ class SAMAudio(nn.Module):
         B, T, _ = audio_features.shape
         if video is None:
             return audio_features.new_zeros(B, self.config.vision_encoder.dim, T)
+        with self._encoder_on_device(self.vision_encoder):
+            feats = self._encode_video(video)
+        if feats.shape[1] != T:
+            raise SAMAudioInputError(
+                f"video gives {feats.shape[1]} feature frames but the audio has {T}; pass videos "
+                "through SAMAudioProcessor so they are resampled to the audio frame rate"
+            )
+        return feats.transpose(1, 2).to(audio_features.dtype)
+
+    def _encode_video(self, video: list[torch.Tensor]) -> torch.Tensor:
+        """Vision features [B, frames, dim] of the masked videos."""
         if self.dedupe_video_frames:
             # Resampling a video to the audio frame rate (25 fps) repeats frames whenever the
             # video is slower; encode each run of identical frames once (per-frame encoding is
@@ -460,15 +518,8 @@ class SAMAudio(nn.Module):
             for v in video:
                 keep, inverse = _consecutive_unique(v)
                 per_video.append(self.vision_encoder([v[keep]])[0][inverse])
-            feats = pad_sequence(per_video, batch_first=True)
-        else:
-            feats = self.vision_encoder(video)
-        if feats.shape[1] != T:
-            raise SAMAudioInputError(
-                f"video gives {feats.shape[1]} feature frames but the audio has {T}; pass videos "
-                "through SAMAudioProcessor so they are resampled to the audio frame rate"
-            )
-        return feats.transpose(1, 2).to(audio_features.dtype)
+            return pad_sequence(per_video, batch_first=True)
+        return self.vision_encoder(video)
 
     def get_forward_args(self, batch: Batch, shared_audio: bool = False) -> dict[str, torch.Tensor]:
         """Encode a batch: the keyword arguments of ``forward`` except the noisy latent and
@@ -483,7 +534,8 @@ class SAMAudio(nn.Module):
             audio_features = one.expand(batch.audios.shape[0], -1, -1)
         else:
             audio_features = self._get_audio_features(batch.audios)
-        text_features, text_mask = self.text_encoder(batch.descriptions)
+        with self._encoder_on_device(self.text_encoder):
+            text_features, text_mask = self.text_encoder(batch.descriptions)
         masked_video_features = self._get_video_features(batch.masked_video, audio_features)
         return {
             "audio_features": audio_features,
