@@ -203,17 +203,12 @@ def _window_details(details: dict, offset_s: float) -> str:
     return json.dumps(out)
 
 
-def _joined_details(ws: Workspace, plan: list[tuple[int, int]]) -> dict[str, list]:
-    """Every window's reranking and predicted spans (job.json ``rerank``,
-    ``predicted_spans``): what each candidate scored and which one was kept."""
-    out: dict[str, list] = {}
-    for i in range(len(plan)):
-        with np.load(ws.file(_window_file(i))) as part:
-            if "details" not in part:
-                continue
-            for key, entries in json.loads(str(part["details"])).items():
-                out.setdefault(key, []).extend(entries)
-    return out
+def _add_details(out: dict[str, list], part: Any) -> None:
+    """Add a window's reranking and predicted spans to ``out`` (job.json ``rerank``,
+    ``predicted_spans``: what each candidate scored and which one was kept)."""
+    if "details" in part:
+        for key, entries in json.loads(str(part["details"])).items():
+            out.setdefault(key, []).extend(entries)
 
 
 def _check_stems(result: Separation, n: int) -> None:
@@ -228,6 +223,7 @@ def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
     backends: set[str] = set()
     warnings: dict[str, int] = {}
     confidences: list[float] = []
+    details: dict[str, list] = {}
     with ws.atomic(files.STEMS_MODEL[0]) as t_tmp, ws.atomic(files.STEMS_MODEL[1]) as r_tmp:
         with (
             arrays.create_npy(t_tmp, (n,), np.float32) as target,
@@ -243,6 +239,7 @@ def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
                     backends.add(str(part["backend"]))
                     if "confidence" in part and np.isfinite(part["confidence"]):
                         confidences.append(float(part["confidence"]))
+                    _add_details(details, part)
                     for w in part["warnings"].tolist():
                         warnings[w] = warnings.get(w, 0) + 1
     notes = [
@@ -253,7 +250,7 @@ def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
         backend=" + ".join(sorted(backends)),
         separate_warnings=notes,
         confidence=round(float(np.mean(confidences)), 3) if confidences else None,
-        **_joined_details(ws, plan),
+        **details,
     )
 
 
@@ -367,6 +364,7 @@ def _join_object_windows(
     backends: set[str] = set()
     warnings: dict[str, int] = {}
     confidences: list[np.ndarray] = []
+    details: dict[str, list] = {}
     with contextlib.ExitStack() as stack:
         tmps = [stack.enter_context(ws.atomic(name)) for name in names]
         stems = [stack.enter_context(arrays.create_npy(t, (n,), np.float32)) for t in tmps]
@@ -380,6 +378,7 @@ def _join_object_windows(
                     stem.write(a, acc)
                 backends.add(str(part["backend"]))
                 confidences.append(part["confidences"])
+                _add_details(details, part)
                 for w in part["warnings"].tolist():
                     warnings[w] = warnings.get(w, 0) + 1
     notes = [
@@ -397,5 +396,5 @@ def _join_object_windows(
         separate_warnings=notes,
         confidence=None,
         object_confidence=per_object,
-        **_joined_details(ws, plan),
+        **details,
     )
