@@ -6,6 +6,7 @@ OpenTimelineIO with its FCP 7 XML, FCPXML and CMX 3600 adapters (timelines)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -31,6 +32,7 @@ from worker.timecode import (  # noqa: E402
     parse_timecode,
     read_start_timecode,
 )
+from worker.timeline import read_fcpxml  # noqa: E402
 
 NTSC24, NTSC30 = Fraction(24000, 1001), Fraction(30000, 1001)
 W, H = 160, 90
@@ -274,9 +276,9 @@ def _check_timelines(out: Path, tc: StartTimecode, expected_tracks: list[str]):
     for e in ET.parse(out / "timeline.xml").iter("timecode"):
         assert e.findtext("string") == tc.text and int(e.findtext("frame")) == tc.frames
         assert e.findtext("displayformat") == ("DF" if tc.drop_frame else "NDF")
-    # FCPXML: well-formed, every start exactly the timecode's time; the adapter reads back
-    # the same clips and ranges (its reader counts at the rate rounded down to a whole
-    # number: exact at 25, within a frame at NTSC rates)
+    # FCPXML: well-formed, every start exactly the timecode's time; OTIO's adapter reads
+    # back the same clips at the same ranges (read_fcpxml: the adapter counting at the exact
+    # rate; the adapter alone is shown off by up to a frame at NTSC rates, to notice a fix)
     root = ET.parse(out / "timeline.fcpxml").getroot()
     seconds = Fraction(tc.frames) / tc.rate
     starts = [e.get("start") for e in root.iter() if e.tag in ("clip", "asset")]
@@ -284,26 +286,31 @@ def _check_timelines(out: Path, tc: StartTimecode, expected_tracks: list[str]):
     seq = root.find(".//sequence")
     assert Fraction(seq.get("tcStart").removesuffix("s")) == seconds
     assert seq.get("tcFormat") == ("DF" if tc.drop_frame else "NDF")
-    fx = otio.adapters.read_from_file(str(out / "timeline.fcpxml"), adapter_name="fcpx_xml")
+    fx = read_fcpxml(out / "timeline.fcpxml")
     fx = fx[0] if isinstance(fx, otio.schema.SerializableCollection) else fx
     back = _clips(fx)
-    assert sorted((k, n) for k, n, _ in back) == sorted((k, n) for k, n, _ in clips)
-    want = {(k, n): r for k, n, r in clips}
-    for k, n, r in back:
-        if tc.rate.denominator == 1:
-            assert r == want[(k, n)]
-        else:
-            assert abs(r.start_time.to_seconds() - float(seconds)) < 1 / rate
-            assert abs(r.duration.to_seconds() - want[(k, n)].duration.to_seconds()) < 2 / rate
-    # EDL: the picture's event, source in and record in at the timecode
+    assert sorted(back, key=str) == sorted(clips, key=str)
+    for _, _, r in back:
+        assert r.start_time.to_timecode(rate, tc.drop_frame) == tc.text
+    plain = otio.adapters.read_from_file(str(out / "timeline.fcpxml"), adapter_name="fcpx_xml")
+    plain = plain[0] if isinstance(plain, otio.schema.SerializableCollection) else plain
+    assert (sorted(_clips(plain), key=str) == sorted(clips, key=str)) == (tc.rate.denominator == 1)
+    # EDL: the picture (V) and the first two stems (A, A2), source in and record in at the
+    # timecode; OTIO's adapter reads back the same three clips at the same ranges
     text = (out / "timeline.edl").read_text()
-    event = next(line for line in text.splitlines() if line.startswith("001"))
-    assert event.split()[4] == tc.text and event.split()[6] == tc.text
+    events = [line.split() for line in text.splitlines() if re.match(r"\d{3} ", line)]
+    stems = [c for c in clips if c[0] == "Audio"][1:3]
+    assert [e[0] for e in events] == ["001", "002", "003"][: 1 + len(stems)]
+    assert [e[2] for e in events] == ["V", "A", "A2"][: 1 + len(stems)]
+    for e in events:
+        assert e[4] == tc.text and e[6] == tc.text
     assert f"FCM: {'DROP FRAME' if tc.drop_frame else 'NON-DROP FRAME'}" in text
     e = otio.adapters.read_from_file(str(out / "timeline.edl"), adapter_name="cmx_3600", rate=rate)
-    (picture,) = [c for t in e.tracks for c in t.find_clips()]
-    assert picture.source_range.start_time.value == tc.frames
-    assert picture.source_range == clips[0][2]
+    assert [t.name for t in e.tracks] == ["V", "A1", "A2"][: 1 + len(stems)]
+    edl_clips = [c for t in e.tracks for c in t.find_clips()]
+    assert [c.source_range for c in edl_clips] == [clips[0][2]] + [r for _, _, r in stems]
+    # in sync: the reader puts every event at the same record position
+    assert len({c.range_in_parent().start_time.to_seconds() for c in edl_clips}) == 1
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,16 @@ Where the adapters fall short, this module helps them, and says so here:
   format; the table gets the exact rates and the format name comes from the picture size
   we know (no subprocess). Its output gains what FCP reads and the adapter does not write:
   the sequence's ``tcStart``/``tcFormat`` and the format's ``width``/``height``.
-  (Reading FCPXML back, the adapter counts frames at the rate rounded down to a whole
-  number, 29 for 29.97: exact at whole rates, within a frame at NTSC rates.)
-- CMX 3600: an EDL holds one track; the adapter writes the picture's events (the first
-  track) and ignores audio, so ``timeline.edl`` lists the picture, with its record
-  timecode at the source's start (a leading gap) like the other timelines.
+  Reading FCPXML back, the adapter counts frames at the rate truncated to a whole number
+  (29 for 29.97) and truncates every time to a frame at that rate, so an NTSC file reads
+  back up to a frame off; ``read_fcpxml`` reads it through the same adapter with those two
+  helpers counting at the exact rate (the file itself is exact either way).
+- CMX 3600: the adapter writes the events of the first track only. An EDL holds one
+  picture channel and two audio channels (``A``, ``A2``), so ``timeline.edl`` lists the
+  picture (V) and the first two stems (A, A2: the isolated and the removed sound of a
+  one-object job; the first object and the residual of a multi-object job), each written
+  by the adapter's own event writer and numbered in one list; every record timecode
+  starts at the source's start (a leading gap), like the other timelines.
 """
 
 from __future__ import annotations
@@ -203,24 +208,77 @@ def _fcpxml(tl: Any, plan: TimelinePlan) -> str:
 def _edl(tl: Any, plan: TimelinePlan) -> str:
     import opentimelineio as otio
 
+    module = otio.adapters.from_name("cmx_3600").module()
     tc = plan.timecode
     rate = float(tc.rate)
-    picture = tl.tracks[0]
-    track = otio.schema.Track(name="picture", kind=otio.schema.TrackKind.Video)
-    if tc.frames:  # the record side starts at the source's timecode too
-        gap = otio.opentime.TimeRange(
-            otio.opentime.RationalTime(0, rate), otio.opentime.RationalTime(tc.frames, rate)
-        )
-        track.append(otio.schema.Gap(source_range=gap))
-    clip = picture[0].clone()
-    clip.name = _CONTROL.sub("?", clip.name)
-    ref = clip.media_reference
-    if getattr(ref, "target_url", None):
-        ref.target_url = _CONTROL.sub("?", ref.target_url)
-    track.append(clip)
+    audio = [t for t in tl.tracks if t.kind == otio.schema.TrackKind.Audio]
+    stems = audio[1:3]  # after the original audio: the first two stems (A, A2)
     edl = otio.schema.Timeline(name=_CONTROL.sub("?", plan.name))
-    edl.tracks.append(track)
-    text = otio.adapters.write_to_string(edl, adapter_name="cmx_3600", rate=rate)
+    for source in [tl.tracks[0], *stems]:
+        track = otio.schema.Track(name=source.name, kind=source.kind)
+        if tc.frames:  # the record side starts at the source's timecode too
+            gap = otio.opentime.TimeRange(
+                otio.opentime.RationalTime(0, rate), otio.opentime.RationalTime(tc.frames, rate)
+            )
+            track.append(otio.schema.Gap(source_range=gap))
+        clip = source[0].clone()
+        clip.name = _CONTROL.sub("?", clip.name)
+        ref = clip.media_reference
+        if getattr(ref, "target_url", None):
+            ref.target_url = _CONTROL.sub("?", ref.target_url)
+        track.append(clip)
+        edl.tracks.append(track)
+    # the adapter's entry point writes the first track only; its writer does each track
+    writer = module.EDLWriter(tracks=edl.tracks, rate=rate, style="avid", reelname_len=8)
+    events: list[list[str]] = []
+    for index, channel in enumerate(["V", "A", "A2"][: len(edl.tracks)]):
+        text = writer.get_content_for_track_at_index(index, title=None)
+        for line in text.splitlines():
+            if re.match(r"\d{3} ", line):
+                head, reel, _kind, rest = line.split(None, 3)
+                events.append([f"{len(events) + 1:03d}  {reel:8} {channel:5} {rest}"])
+            elif line.strip() and events:
+                events[-1].append(line)
     fcm = "DROP FRAME" if tc.drop_frame else "NON-DROP FRAME"
-    head, sep, rest = text.partition("\n\n")
-    return f"{head}\nFCM: {fcm}\n\n{rest}" if sep else text
+    body = "\n".join("\n".join(e) for e in events)
+    return f"TITLE: {edl.name}\nFCM: {fcm}\n\n{body}\n"
+
+
+def read_fcpxml(path: Path) -> Any:
+    """Read an FCPXML file with OTIO's adapter, counting at the file's exact frame rate.
+
+    The adapter (1.0.0) turns ``frameDuration="1001/30000s"`` into a rate of ``int(29.97)``
+    = 29 and truncates every time to a frame at that rate; here its two time helpers count
+    with exact fractions for the duration of the read (see the module docstring).
+    """
+    import opentimelineio as otio
+
+    module = otio.adapters.from_name("fcpx_xml").module()
+    reader = module.FcpxXml
+
+    def exact_rate(self: Any, format_id: str) -> float:
+        total, per = self._format_frame_duration(format_id)
+        return float(Fraction(per) / Fraction(total))
+
+    def frames(seconds: str | None, fps: float) -> int:
+        if seconds in (None, "0s"):
+            return 0
+        num, _, den = seconds.removesuffix("s").partition("/")
+        exact = Fraction(num) / Fraction(den or 1)
+        return math.floor(exact * Fraction(fps).limit_denominator(100_000))
+
+    def to_rational_time(seconds: str | None, fps: float) -> Any:
+        return otio.opentime.RationalTime(frames(seconds, fps), float(fps))
+
+    def number_of_frames(self: Any, seconds: str | None, format_id: str) -> int:
+        return frames(seconds, exact_rate(self, format_id))
+
+    with _LOCK:
+        saved = (module.to_rational_time, reader._format_frame_rate, reader._number_of_frames)
+        module.to_rational_time = to_rational_time
+        reader._format_frame_rate = exact_rate
+        reader._number_of_frames = number_of_frames
+        try:
+            return otio.adapters.read_from_file(str(path), adapter_name="fcpx_xml")
+        finally:
+            module.to_rational_time, reader._format_frame_rate, reader._number_of_frames = saved
