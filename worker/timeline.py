@@ -25,7 +25,7 @@ Where the adapters fall short, this module helps them, and says so here:
 - CMX 3600: the adapter writes the events of the first track only. An EDL holds one
   picture channel and two audio channels (``A``, ``A2``), so ``timeline.edl`` lists the
   picture (V) and the first two stems (A, A2: the isolated and the removed sound of a
-  one-object job; the first object and the residual of a multi-object job), each written
+  one-object job; the first two objects' stems of a multi-object job), each written
   by the adapter's own event writer and numbered in one list; every record timecode
   starts at the source's start (a leading gap), like the other timelines.
 """
