@@ -11,10 +11,12 @@ component is then credited to the target by how well its activation follows the
   ``model.attribution`` credits the object with the components whose combination
   follows one of its curves on held-out time blocks, and says how far above chance that
   fit is (the confidence); ``prompt.background_activity`` (motion outside the mask)
-  claims components for the rest of the picture. The credit is then shared among
-  components that sound alike (``model.timbre``: a melody's notes, a ring's partials),
-  which recovers notes the picture missed and drops off-screen partials it took by
-  chance. Each component's share of the object over time scales its weight as far as
+  claims components for the rest of the picture. Members are decided per timbre
+  cluster (a sound's components are credited or rejected together, by whether the
+  sound helps the credited loudness follow the curve on both held-out halves). The
+  credit is then shared among components that sound alike (``model.timbre``: a
+  melody's notes, a ring's partials), which recovers notes the picture missed and drops
+  off-screen partials it took by chance. Each component's share of the object over time scales its weight as far as
   the confidence allows.
 - spans: ``+`` spans mark where the target sounds, ``-`` spans where it is silent.
   A component's span score is the contrast ``(m+ - m-) / (m+ + m-)`` of its mean
@@ -459,7 +461,7 @@ def _prompt_weights(
     k, n_frames = h.shape
     score = np.zeros(k)
     confidence = None
-    video = video_match(h, frame_times, prompt, warnings) if has_video else None
+    video = video_match(h, frame_times, prompt, warnings, similarity) if has_video else None
     spans = (
         span_scores(h, frame_times, n / MODEL_SAMPLE_RATE, prompt.spans, warnings)
         if has_spans

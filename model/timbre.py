@@ -7,13 +7,17 @@ off-screen ring's components share the ring's. Computational auditory scene anal
 groups partials by such common timbre; here each component's template is summarised by
 its mel-cepstrum (the shape of its spectral envelope, independent of level and of the
 exact pitch), and a component's credit is pulled towards the credit of the components
-that sound like it (``smooth_by_timbre``).
+that sound like it (``smooth_by_timbre``). ``timbre_clusters`` groups the components
+into sounds, so that ``model.attribution`` can credit or reject a sound's components
+together.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.fft import dct
+from scipy.spatial.distance import squareform
 
 N_MELS = 40
 N_CEPS = 12
@@ -21,6 +25,11 @@ N_CEPS = 12
 MEL_LO_HZ, MEL_HI_HZ = 60.0, 16000.0
 TIMBRE_PULL = 0.5
 """How far a component's credit moves towards that of the components that sound like it."""
+CLUSTER_DISTANCE = 0.6
+"""Components closer than this in average cepstral distance (1 - similarity, average
+linkage) are one sound. A sound's own components are typically +0.4..+0.9 alike and two
+different sounds' around -0.4..+0.2, so 0.6 sits in the gap (on the dev benchmark 0.5 and
+0.7 gave a mean SI-SDRi within 0.1 dB of 0.6's)."""
 _EPS = 1e-9
 
 
@@ -68,3 +77,14 @@ def smooth_by_timbre(
     total = affinity.sum(axis=1)
     neighbours = (affinity @ credit) / np.maximum(total, _EPS)
     return np.where(total > _EPS, (1.0 - pull) * credit + pull * neighbours, credit)
+
+
+def timbre_clusters(similarity: np.ndarray, distance: float = CLUSTER_DISTANCE) -> np.ndarray:
+    """A cluster label per component: average-linkage groups of components that sound
+    alike (``similarity`` [K, K] from ``timbre_similarity``)."""
+    k = similarity.shape[0]
+    if k < 2:
+        return np.zeros(k, dtype=int)
+    dist = np.clip(1.0 - (similarity + similarity.T) / 2.0, 0.0, None)
+    np.fill_diagonal(dist, 0.0)
+    return fcluster(linkage(squareform(dist, checks=False), "average"), distance, "distance")
