@@ -193,6 +193,9 @@ def test_models_outside_the_configured_list_are_refused(svc):
             _refused(_post_form(svc, {field: choice}), 400, field, "not one this server offers")
     options = httpx.get(f"{svc.server.url}/v1/options").json()
     assert options["models"] == [] and options["tracker_models"] == []
+    assert options["rankers"] == ["activity"]  # no SONOMASK_JUDGE_MODEL: no judge offered
+    body = {"video_path": "clip.mp4", "mask_paths": ["mask.png"], "candidates": 2}
+    _refused(_post_json(svc, {**body, "ranker": "judge"}), 422, "judge", "SONOMASK_JUDGE_MODEL")
 
 
 def test_a_worker_refuses_models_it_was_not_given_and_never_downloads(svc, tmp_path):

@@ -10,6 +10,7 @@ the best of those scores.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,11 +173,23 @@ def test_create_ranker_from_config():
     assert isinstance(r, SoundActivityRanker) and r.sil_threshold == -30 and r.metric == "recall"
     with pytest.raises(ConfigError, match="unknown sound_activity"):
         create_ranker({"kind": "sound_activity", "window": 3})
-    for kind in ("clap", "judge", "imagebind"):
-        r = create_ranker({"kind": kind, "checkpoint": None})
-        assert isinstance(r, UnavailableRanker)
-        with pytest.raises(NotImplementedError, match=kind):
-            r(extracted_audio=[torch.zeros(2, 10)])
+    from model.sam_audio.judge import JudgeRanker
+
+    folder = Path(__file__).parent / "fixtures" / "sam_audio_judge"
+    r = create_ranker({"kind": "judge", "checkpoint_or_model_id": str(folder)})
+    assert isinstance(r, JudgeRanker) and r.judge.config.sample_rate == 48_000
+    with pytest.raises(ConfigError, match="unknown judge"):
+        create_ranker({"kind": "judge", "checkpoint": str(folder)})
+    from model.sam_audio.clap import ClapRanker
+
+    r = create_ranker({"kind": "clap", "checkpoint": None})
+    assert isinstance(r, ClapRanker)
+    with pytest.raises(ConfigError, match="'checkpoint'"):
+        r(extracted_audio=[torch.zeros(2, 10)], descriptions=["a"])
+    r = create_ranker({"kind": "imagebind", "checkpoint": None})
+    assert isinstance(r, UnavailableRanker)
+    with pytest.raises(NotImplementedError, match="imagebind"):
+        r(extracted_audio=[torch.zeros(2, 10)])
     ens = create_ranker(
         {
             "kind": "ensemble",
@@ -346,10 +359,15 @@ def test_which_ranker_scores_and_unported_rankers():
         assert torch.allclose(a, b, atol=1e-6)
     # a configured ranker this port lacks: loading works, reranking says what is missing
     cfg = copy.deepcopy(TINY)
-    cfg["text_ranker"] = {"kind": "clap", "checkpoint": None}
+    cfg["text_ranker"] = {"kind": "imagebind", "checkpoint": None}
     model = tiny_model(cfg)
     model.separate(two_item_batch(model))  # one candidate: never scored
-    with pytest.raises(NotImplementedError, match="'clap' ranker"):
+    with pytest.raises(NotImplementedError, match="'imagebind' ranker"):
+        model.separate(two_item_batch(model), reranking_candidates=2)
+    # CLAP named without a checkpoint (the reference would download it): one line, when used
+    cfg["text_ranker"] = {"kind": "clap", "checkpoint": None}
+    model = tiny_model(cfg)
+    with pytest.raises(ConfigError, match="needs a local checkpoint"):
         model.separate(two_item_batch(model), reranking_candidates=2)
 
 
@@ -378,8 +396,15 @@ def test_backend_candidates(tmp_path):
     (entry,) = sep.rerank_log
     assert entry["ranker"] == "sound_activity" and len(entry["scores"][0]) == 3
     assert entry["chosen"] == [int(np.argmax(entry["scores"][0]))]
-    with pytest.raises(ModelLoadError, match="clap ranker is not part"):
+    with pytest.raises(ModelLoadError, match="SONOMASK_CLAP_MODEL"):
         backend.SamAudioSeparator(str(folder), "cpu", candidates=2, ranker="clap")
+    clap = Path(__file__).parent / "fixtures" / "sam_audio_clap" / "model"
+    sep = backend.SamAudioSeparator(
+        str(folder), "cpu", seed=7, candidates=2, ranker="clap", ranker_weights=str(clap)
+    )
+    sep.separate(audio, prompt)
+    (entry,) = sep.rerank_log
+    assert entry["ranker"] == "clap" and entry["chosen"] == [int(np.argmax(entry["scores"][0]))]
     with pytest.raises(ModelInputError, match="unknown ranker"):
         backend.SamAudioSeparator(str(folder), "cpu", candidates=2, ranker="loud")
     with pytest.raises(ModelInputError, match="candidates"):

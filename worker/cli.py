@@ -271,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     su.add_argument("--interval", type=float, default=5.0, help="seconds between sweeps")
 
+    jd = sub.add_parser(
+        "judge",
+        help="score a separated sound with the SAM Audio Judge: overall, recall, precision, "
+        "faithfulness",
+    )
+    jd.add_argument("mixture", metavar="MIXTURE", help="the original sound (audio or video file)")
+    jd.add_argument("separated", metavar="SEPARATED", help="the separated sound to score")
+    jd.add_argument("--text", required=True, help="what the separated sound should be")
+    jd.add_argument(
+        "--model",
+        metavar="PATH",
+        help="the judge's folder or Hub id in the local Hugging Face cache (default "
+        "SONOMASK_JUDGE_MODEL, else facebook/sam-audio-judge); never downloaded",
+    )
+    jd.add_argument("--json", action="store_true", help="print the scores as JSON")
+
     sv = sub.add_parser("serve", help="run the HTTP API")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
@@ -832,8 +848,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+JUDGE_WINDOW_SECONDS = 30.0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """The judge's four scores for one separation. Files longer than
+    ``JUDGE_WINDOW_SECONDS`` are scored window by window and averaged by length (the judge
+    looks at a whole clip at once, and its memory grows with the length)."""
+    import torch
+
+    from model.backends.sam_audio import port_errors, resolve_device
+    from model.errors import ModelInputError, ModelLoadError
+    from model.sam_audio.judge import DEFAULT_JUDGE_ID, judge_waveforms, load_judge
+    from worker import media
+
+    text = " ".join(str(args.text).split())
+    if not text:
+        raise BadInput("--text is empty: say what the separated sound should be")
+    if len(text) > 1000:
+        raise BadInput(f"--text is {len(text)} characters; keep it under 1000")
+    settings: Settings = args.settings
+    try:
+        with port_errors():
+            judge = load_judge(
+                args.model or settings.judge_model or DEFAULT_JUDGE_ID,
+                device=resolve_device(settings.device),
+            )
+    except (ModelLoadError, ModelInputError) as err:
+        raise BadInput(str(err)) from None
+    rate = judge.config.sample_rate
+    mix = media.read_audio(Path(args.mixture), rate)
+    sep = media.read_audio(Path(args.separated), rate)
+    if abs(len(mix) - len(sep)) > rate:
+        raise BadInput(
+            f"{Path(args.mixture).name} lasts {len(mix) / rate:.2f} s and "
+            f"{Path(args.separated).name} {len(sep) / rate:.2f} s; the judge compares them "
+            "moment by moment, so give the separated sound of this mixture"
+        )
+    n = min(len(mix), len(sep))
+    step = int(JUDGE_WINDOW_SECONDS * rate)
+    totals: dict[str, float] = {}
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        if b - a < judge.config.hop_length and a > 0:
+            break  # a sliver at the end: too short for one codec frame
+        with port_errors(), torch.inference_mode():
+            scores = judge_waveforms(
+                judge,
+                torch.from_numpy(mix[a:b].copy()),
+                torch.from_numpy(sep[a:b].copy()),
+                rate,
+                text,
+            ).to_dict()
+        for k, v in scores.items():
+            totals[k] = totals.get(k, 0.0) + v * (b - a) / n
+    if args.json:
+        print_json({"text": text, "seconds": n / rate, **totals})
+    else:
+        for k, v in totals.items():
+            print(f"{k:<13} {v:.4f}")
+    return 0
+
+
 COMMANDS = {
     "separate": cmd_separate,
+    "judge": cmd_judge,
     "track": cmd_track,
     "demo": cmd_demo,
     "submit": cmd_submit,

@@ -59,6 +59,8 @@ FFPROBE_SAFE = [
     FORMAT_WHITELIST,
 ]
 """ffprobe on untrusted input: local files only, real media containers only."""
+AUDIO_FORMAT_WHITELIST = FORMAT_WHITELIST + ",wav,w64,flac,mp3,aiff,caf"
+"""Containers ``read_audio`` takes: the video containers and plain audio files (stems)."""
 
 ProgressFn = Callable[[float, str], None]
 
@@ -302,6 +304,38 @@ def run_ffmpeg_args(
 
 
 # --------------------------------------------------------------------------- audio
+
+
+def read_audio(path: Path, rate: int) -> np.ndarray:
+    """The first audio stream of a media or audio file, mixed down to mono (mean of the
+    channels) at ``rate``: float32 [samples]. For scoring files (``sonomask judge``), not for
+    jobs; untrusted input, so local files and known containers only."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file")
+    sniff(path)
+    safe = ["-protocol_whitelist", "file", "-format_whitelist", AUDIO_FORMAT_WHITELIST]
+    res = subprocess.run(
+        [
+            *FFMPEG_QUIET,
+            *safe,
+            "-i",
+            f"file:{path.resolve()}",
+            *("-map", "0:a:0", "-ac", "1", "-ar", str(rate)),
+            *("-af", "aresample=resampler=soxr:precision=28"),
+            *("-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"),
+        ],
+        capture_output=True,
+    )
+    if res.returncode != 0:
+        detail = _last_line(res.stderr.decode("utf-8", "replace"))
+        if "matches no streams" in detail:
+            raise BadInput(f"{path.name} has no audio stream")
+        raise BadInput(f"{path.name} is not a readable audio file ({detail or 'ffmpeg failed'})")
+    audio = np.frombuffer(res.stdout, dtype="<f4").astype(np.float32)
+    if audio.size == 0:
+        raise BadInput(f"{path.name} has no audio samples")
+    return audio
 
 
 @dataclass

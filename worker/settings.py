@@ -52,6 +52,13 @@ class Settings:
     # fails; and its decoding threads (0: ffmpeg's choice).
     hwaccel: str = "auto"  # SONOMASK_HWACCEL
     decode_threads: int = 0  # SONOMASK_DECODE_THREADS
+    # SAM Audio's rankers' weights (--ranker judge / clap): a local folder or a Hub id in the
+    # local Hugging Face cache, named by the operator only (clients choose the ranker, not
+    # a path).
+    judge_model: str | None = None  # SONOMASK_JUDGE_MODEL (default facebook/sam-audio-judge)
+    clap_model: str | None = None  # SONOMASK_CLAP_MODEL
+    # SAM Audio windows solved as one batch (None: as memory allows on CUDA, 1 on the CPU).
+    window_batch: int | None = None  # SONOMASK_WINDOW_BATCH
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -88,6 +95,9 @@ class Settings:
             debug=bool(env.get("SONOMASK_DEBUG")),
             hwaccel=_hwaccel(env.get("SONOMASK_HWACCEL", "auto")),
             decode_threads=int(_positive(env, "SONOMASK_DECODE_THREADS", 0, "threads")),
+            judge_model=env.get("SONOMASK_JUDGE_MODEL") or None,
+            clap_model=env.get("SONOMASK_CLAP_MODEL") or None,
+            window_batch=_window_batch(env.get("SONOMASK_WINDOW_BATCH", "auto")),
         )
 
     @property
@@ -189,6 +199,16 @@ def _positive(
     if not (value > 0 and value < float("inf")):
         raise ValueError(f"{name}={raw!r} must be a positive number of {unit}")
     return value
+
+
+def _window_batch(raw: str) -> int | None:
+    """SONOMASK_WINDOW_BATCH: auto (None) or a whole number of windows, 1 to 64."""
+    value = raw.strip().lower() or "auto"
+    if value == "auto":
+        return None
+    if not re.fullmatch(r"[0-9]{1,2}", value) or not 1 <= int(value) <= 64:
+        raise ValueError(f"SONOMASK_WINDOW_BATCH={raw!r} must be auto or a whole number 1-64")
+    return int(value)
 
 
 def _hwaccel(raw: str) -> str:

@@ -3,8 +3,15 @@
 Long audio is cut into overlapping windows (default 30 s with 2 s overlap, ``model.windows``),
 each window is separated on its own with the same noise seed, and the windows are joined with
 complementary raised-cosine crossfades over the overlaps. Memory is bounded by one window.
-(The worker windows a job's audio itself, at ``window_seconds``, so each call it makes is one
-window; this windowing serves direct Python use.) Prompts map as:
+(The worker windows a job's audio itself, at ``window_seconds``, and hands the model several
+windows at once through ``separate_windows``; this windowing serves direct Python use.)
+
+Windows batched when memory allows: windows of the same length (every window but the last)
+go through the model as one batch, each item with the noise and bits of its own run, so a
+window's stems are the same batched or alone (tested to 1e-5). On CUDA the first batch is
+one window, its peak memory is measured, and later batches hold as many windows as fit in
+80 % of the free memory (at most ``MAX_WINDOW_BATCH``); on the CPU a batch is no faster and
+the default is one window (``window_batch`` overrides both). Prompts map as:
 
 * ``prompt.text`` -> the description (None -> "", which the model treats as no text);
 * ``prompt.spans`` -> span anchors, clipped to each window and shifted to its clock;
@@ -68,20 +75,40 @@ _CACHE_LOCK = threading.Lock()
 WINDOW_SECONDS = 30.0  # long audio is separated in windows this long ...
 OVERLAP_SECONDS = 2.0  # ... joined over overlaps this long
 _AUTOCAST = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_WINDOW_BATCH = 8  # windows in one batch at most (CUDA, when memory allows)
 RANKERS = ("activity", "clap", "judge")
-"""Names a caller may ask for; only ``activity`` is built by this port so far."""
+"""Names a caller may ask for (``make_ranker``)."""
 
 
-def make_ranker(name: str | None) -> Ranker | None:
-    """The ranker called ``name`` (None: the one the model's config names)."""
+def make_ranker(
+    name: str | None, weights: str | None = None, device: str | None = None
+) -> Ranker | None:
+    """The ranker called ``name`` (None: the one the model's config names). ``weights``: the
+    judge's folder or Hub id (local files only; default ``facebook/sam-audio-judge`` in the
+    local Hugging Face cache) or CLAP's checkpoint (laion's ``630k-best.pt`` or its folder). Weights load here, so a
+    missing checkpoint fails before any separation, in one line."""
     if name is None:
         return None
     if name == "activity":
         return SoundActivityRanker()
-    if name in RANKERS:
-        raise ModelLoadError(
-            f"the {name} ranker is not part of the SAM Audio port yet; use --ranker activity"
-        )
+    if name == "judge":
+        from model.sam_audio.judge import DEFAULT_JUDGE_ID, JudgeRanker, load_judge
+
+        with port_errors():
+            return JudgeRanker(load_judge(weights or DEFAULT_JUDGE_ID, device=device))
+    if name == "clap":
+        from model.sam_audio.clap import load_clap_ranker
+        from model.sam_audio.errors import ConfigError
+
+        if not weights:
+            raise ModelLoadError(
+                "the clap ranker needs laion's CLAP checkpoint (630k-best.pt with roberta-base's "
+                "tokenizer files beside it): set SONOMASK_CLAP_MODEL"
+            )
+        try:
+            return load_clap_ranker(weights, device=device)
+        except ConfigError as err:
+            raise ModelLoadError(str(err)) from err
     raise ModelInputError(f"unknown ranker {name!r}; choose one of {', '.join(RANKERS)}")
 
 
@@ -174,6 +201,28 @@ class _PreparedPrompt:
     times: np.ndarray | None  # [F] seconds
 
 
+@dataclass
+class _WindowInputs:
+    chunk: np.ndarray  # mono float32
+    start: int  # its first sample on its prompts' clock
+    prompts: list[_PreparedPrompt]
+    anchors: list[list[tuple[str, float, float]]]  # per prompt, on the window's clock
+    videos: list[torch.Tensor] | None  # per prompt [frames, 3, H, W] uint8, or None for all
+
+    @property
+    def key(self) -> tuple:
+        """Windows with equal keys can share a batch."""
+        return (len(self.chunk), len(self.prompts), self.videos is None, any(self.anchors))
+
+
+@dataclass
+class _WindowOutput:
+    targets: list[np.ndarray]  # per prompt
+    residuals: list[np.ndarray]
+    rerank: dict | None = None  # the window's candidates' scores and the chosen ones
+    spans: dict | None = None  # the window's predicted spans
+
+
 class SamAudioSeparator:
     """SAM Audio as a sonomask ``Separator`` (``name = "sam-audio"``).
 
@@ -183,6 +232,9 @@ class SamAudioSeparator:
     here reads the environment. window_seconds / overlap_seconds: long-audio windowing. seed: ODE noise and
     watermark bits (identical for every window). precision: "fp32" (default), "bf16" or
     "fp16" autocast of the DiT (CUDA). ode_opt: solver options as in ``SAMAudio.separate``.
+    window_batch: windows of one length solved as one batch (None: ``window_batch_size``
+    decides, 1 on the CPU); each window's result is the same as alone. ranker_weights: the
+    judge's (or CLAP's) folder or Hub id for ``ranker`` (``make_ranker``).
     """
 
     name = "sam-audio"
@@ -202,6 +254,8 @@ class SamAudioSeparator:
         candidates: int = 1,
         ranker: str | None = None,
         predict_spans: bool = False,
+        window_batch: int | None = None,
+        ranker_weights: str | None = None,
     ) -> None:
         if precision not in _AUTOCAST:
             raise ModelLoadError(f"precision must be one of fp32, bf16, fp16, got {precision!r}")
@@ -213,16 +267,22 @@ class SamAudioSeparator:
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
             raise ModelInputError(f"candidates must be an integer >= 1, got {candidates!r}")
         self.candidates = candidates
-        self.ranker = make_ranker(ranker)
+        self.device = resolve_device(device)
+        self.ranker = make_ranker(ranker, ranker_weights, self.device)
         self.rerank_log: list[dict] = []
         self.predict_spans = bool(predict_spans)
         self.span_log: list[dict] = []
         self.model_path = str(model_path)
-        self.device = resolve_device(device)
         self.seed = int(seed)
         self.autocast_dtype = _AUTOCAST[precision]
         self.ode_opt = ode_opt or DFLT_ODE_OPT
         self.naive = naive
+        if window_batch is not None and (
+            isinstance(window_batch, bool) or not isinstance(window_batch, int) or window_batch < 1
+        ):
+            raise ModelInputError(f"window_batch must be an integer >= 1, got {window_batch!r}")
+        self.window_batch = window_batch
+        self._peak_per_window: int | None = None
         self.model, self.processor = load_cached(self.model_path, self.device)
         self.windowing = Windowing(
             float(window_seconds), float(overlap_seconds), self.model.hop_length
@@ -344,11 +404,10 @@ class SamAudioSeparator:
         prompts: list[Prompt],
         progress: ProgressCallback | None,
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-        """Targets and the model's own residuals, one per prompt, window by window."""
+        """Targets and the model's own residuals, one per prompt, window by window (windows
+        of one length batched as ``window_batch_size`` allows)."""
         audio = self._check_audio(audio)
-        sr = self.model.sample_rate
-        if sr != MODEL_SAMPLE_RATE:
-            raise ModelLoadError(f"model sample rate is {sr}, sonomask feeds {MODEL_SAMPLE_RATE}")
+        sr = self._sample_rate()
         n = len(audio)
         warnings: list[str] = []
         self.rerank_log = []
@@ -356,24 +415,32 @@ class SamAudioSeparator:
         prepared = [self._prepare_prompt(p, n / sr, warnings) for p in prompts]
 
         windows = self.windowing.plan(n)
-        gains = [crossfade_gains(windows, i) for i in range(len(windows))]
         targets = [np.zeros(n, dtype=np.float32) for _ in prompts]
         residuals = [np.zeros(n, dtype=np.float32) for _ in prompts]
         n_win = len(windows)
         no_video = []
         objects = f" ({len(prompts)} objects)" if len(prompts) > 1 else ""
-        for i, ((s, e), g) in enumerate(zip(windows, gains, strict=True)):
 
-            def step(frac: float, what: str, i: int = i) -> None:
-                if progress is not None:
-                    progress((i + frac) / n_win, f"window {i + 1}/{n_win}{objects}: {what}")
+        def step(frac: float, what: str, first: int, count: int) -> None:
+            if progress is not None:
+                which = f"{first + 1}" if count == 1 else f"{first + 1}-{first + count}"
+                progress((first + frac * count) / n_win, f"window {which}/{n_win}{objects}: {what}")
 
-            tgts, ress, had_video = self._separate_window(audio[s:e], s, prepared, step)
-            if any(p.video is not None for p in prepared) and not had_video:
-                no_video.append(i + 1)
-            for j in range(len(prompts)):
-                targets[j][s:e] += g * tgts[j]
-                residuals[j][s:e] += g * ress[j]
+        inputs = (self._window_inputs(audio[s:e], s, prepared) for s, e in windows)
+        i = 0
+        for group in self._groups(inputs):
+            count = len(group)
+            outs = self._run_windows(group, lambda f, m, i=i, c=count: step(f, m, i, c))
+            for w, out in zip(group, outs, strict=True):
+                if any(p.video is not None for p in prepared) and w.videos is None:
+                    no_video.append(i + 1)
+                self._log(out)
+                g = crossfade_gains(windows, i)
+                s, e = windows[i]
+                for j in range(len(prompts)):
+                    targets[j][s:e] += g * out.targets[j]
+                    residuals[j][s:e] += g * out.residuals[j]
+                i += 1
         if self.predict_spans and not self.span_log:
             warnings.append(
                 "span prediction did not run: the model's config names no span predictor, "
@@ -387,12 +454,102 @@ class SamAudioSeparator:
             progress(1.0, "separated")
         return targets, residuals, warnings
 
-    def _separate_window(
-        self, chunk: np.ndarray, start: int, prompts: list[_PreparedPrompt], step
-    ) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
-        """One window for every prompt as one batch (one codec encode of the mixture)."""
-        model, proc = self.model, self.processor
-        sr, hop = model.sample_rate, model.hop_length
+    def separate_windows(
+        self,
+        chunks: list[np.ndarray],
+        prompts: list[list[Prompt]],
+        progress: ProgressCallback | None = None,
+    ) -> list[list[Separation]]:
+        """Several windows of one clip at once, each with its own prompts (already on the
+        window's clock, as ``separate`` takes them): per window, one ``Separation`` per prompt,
+        each equal to ``separate(chunk, prompt)`` (the same noise and bits; batched as
+        ``window_batch_size`` allows). Used by the worker, which keeps each window's result."""
+        if len(chunks) != len(prompts) or not chunks:
+            raise ModelInputError("separate_windows needs one list of prompts per window")
+        sr = self._sample_rate()
+        out: list[list[Separation]] = []
+        self.rerank_log, self.span_log = [], []
+        inputs = []
+        notes: list[list[str]] = []
+        for chunk, items in zip(chunks, prompts, strict=True):
+            chunk = self._check_audio(chunk)
+            warnings: list[str] = []
+            prepared = [self._prepare_prompt(p, len(chunk) / sr, warnings) for p in items]
+            inputs.append(self._window_inputs(chunk, 0, prepared))
+            notes.append(warnings)
+        done = 0
+        for group in self._groups(iter(inputs)):
+
+            def step(f: float, m: str, first: int = done, count: int = len(group)) -> None:
+                if progress is not None:
+                    progress((first + f * count) / len(inputs), m)
+
+            for w, res in zip(group, self._run_windows(group, step), strict=True):
+                warnings = notes[done]
+                if any(p.video is not None for p in w.prompts) and w.videos is None:
+                    warnings.append(
+                        "no video frames fall in this window; it ran without the visual prompt"
+                    )
+                self._log(res)
+                details: dict = {}
+                if res.rerank is not None:
+                    details["rerank"] = [dict(res.rerank)]
+                if res.spans is not None:
+                    details["predicted_spans"] = [dict(res.spans)]
+                out.append(
+                    [
+                        Separation(t, r, self.name, warnings=list(warnings), details=details)
+                        for t, r in zip(res.targets, res.residuals, strict=True)
+                    ]
+                )
+                done += 1
+        if progress is not None:
+            progress(1.0, "separated")
+        return out
+
+    def window_batch_size(self, window_samples: int | None = None) -> int:
+        """How many windows go through the model as one batch.
+
+        ``window_batch`` when given; else 1 on the CPU (a batch is no faster there and holds
+        more in memory) and, on CUDA, as many as fit in 80 % of the free memory by the peak
+        the last batch needed per window (the first batch is one window, measured)."""
+        if self.window_batch is not None:
+            return self.window_batch
+        if not self.device.startswith("cuda") or self._peak_per_window is None:
+            return 1
+        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        return max(1, min(MAX_WINDOW_BATCH, int(0.8 * free // max(1, self._peak_per_window))))
+
+    def _log(self, out: _WindowOutput) -> None:
+        if out.rerank is not None:
+            self.rerank_log.append(out.rerank)
+        if out.spans is not None:
+            self.span_log.append(out.spans)
+
+    def _sample_rate(self) -> int:
+        sr = self.model.sample_rate
+        if sr != MODEL_SAMPLE_RATE:
+            raise ModelLoadError(f"model sample rate is {sr}, sonomask feeds {MODEL_SAMPLE_RATE}")
+        return sr
+
+    def _groups(self, inputs: Iterator[_WindowInputs]) -> Iterator[list[_WindowInputs]]:
+        """Consecutive windows that can share a batch: the same length (no padding, so each
+        is computed exactly as alone), all with or all without video and anchors."""
+        group: list[_WindowInputs] = []
+        for w in inputs:
+            if group and (w.key != group[0].key or len(group) >= self.window_batch_size()):
+                yield group
+                group = []
+            group.append(w)
+        if group:
+            yield group
+
+    def _window_inputs(
+        self, chunk: np.ndarray, start: int, prompts: list[_PreparedPrompt]
+    ) -> _WindowInputs:
+        """What the processor needs for one window: each prompt's anchors clipped to it and
+        its masked frames picked at the codec's frame times (None for all if one has none)."""
+        sr, hop = self.model.sample_rate, self.model.hop_length
         n = len(chunk)
         start_s, end_s = start / sr, (start + n) / sr
         anchors = [
@@ -412,12 +569,31 @@ class SamAudioSeparator:
                 videos = None  # the processor takes videos for all items or none
                 break
             videos.append(clip)
-        b = len(prompts)
-        wave = torch.from_numpy(np.ascontiguousarray(chunk))[None]
+        return _WindowInputs(chunk, start, prompts, anchors, videos)
+
+    def _run_windows(self, group: list[_WindowInputs], step) -> list[_WindowOutput]:
+        """Every prompt of every window of ``group`` as one batch (windows x prompts items;
+        one codec encode of the mixture when there is one window): per window, the targets,
+        residuals and what reranking and span prediction did. Every item starts from the
+        same noise and bits as a single run."""
+        model, proc = self.model, self.processor
+        sr = model.sample_rate
+        b = len(group[0].prompts)
+        n = len(group[0].chunk)
+        anchors = [a for w in group for a in w.anchors]
+        videos = None if group[0].videos is None else [v for w in group for v in w.videos]
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(torch.device(self.device))
+            base = torch.cuda.memory_allocated(torch.device(self.device))
         with port_errors():
             batch = proc(
-                descriptions=[p.text for p in prompts],
-                audios=[wave] * b,
+                descriptions=[p.text for w in group for p in w.prompts],
+                audios=[
+                    torch.from_numpy(np.ascontiguousarray(w.chunk))[None]
+                    for w in group
+                    for _ in range(b)
+                ],
                 anchors=anchors if any(anchors) else None,
                 masked_videos=videos,
             )
@@ -432,42 +608,49 @@ class SamAudioSeparator:
                 noise = torch.cat([noise, torch.randn(k - 1, *shape, generator=gen)])
                 extra = torch.randint(0, 2, (2 * (k - 1), bits), generator=gen)
                 message = torch.cat([message, extra.float()])
-            # Every object starts from the same noise and bits as its single run would.
+            items = b * len(group)
+            # Every item starts from the same noise and bits as its single run would.
             result = model.separate(
                 batch,
-                noise=noise.repeat(b, 1, 1),
+                noise=noise.repeat(items, 1, 1),
                 ode_opt=self.ode_opt,
                 reranking_candidates=k,
-                watermark_message=message.repeat(b, 1),
+                watermark_message=message.repeat(items, 1),
                 naive=self.naive,
                 autocast_dtype=self.autocast_dtype,
                 progress=step,
-                shared_audio=b > 1,
+                shared_audio=b > 1 and len(group) == 1,
                 ranker=self.ranker,
                 predict_spans=self.predict_spans,
             )
-        if result.scores is not None:
-            self.rerank_log.append(
-                {
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(torch.device(self.device)) - base
+            self._peak_per_window = max(self._peak_per_window or 0, math.ceil(peak / len(group)))
+        outs = []
+        for wi, w in enumerate(group):
+            rows = slice(wi * b, (wi + 1) * b)
+            start_s, end_s = w.start / sr, (w.start + n) / sr
+            out = _WindowOutput(
+                [t[:n].float().cpu().numpy() for t in result.target[rows]],
+                [r[:n].float().cpu().numpy() for r in result.residual[rows]],
+            )
+            if result.scores is not None:
+                out.rerank = {
                     "start_s": start_s,
                     "end_s": end_s,
                     "ranker": result.ranker,
-                    "scores": result.scores.float().cpu().tolist(),
-                    "chosen": result.chosen.tolist(),
+                    "scores": result.scores[rows].float().cpu().tolist(),
+                    "chosen": result.chosen[rows].tolist(),
                 }
-            )
-        if result.spans is not None:
-            self.span_log.append(
-                {
+            if result.spans is not None:
+                out.spans = {
                     "start_s": start_s,
                     "end_s": end_s,
                     "applied": bool(result.spans_applied),
                     "spans": [
-                        [[sign, start_s + a, start_s + b] for sign, a, b in item]
-                        for item in result.spans
+                        [[sign, start_s + a, start_s + e] for sign, a, e in item]
+                        for item in result.spans[rows]
                     ],
                 }
-            )
-        tgts = [t[:n].float().cpu().numpy() for t in result.target]
-        ress = [r[:n].float().cpu().numpy() for r in result.residual]
-        return tgts, ress, videos is not None
+            outs.append(out)
+        return outs

@@ -26,8 +26,11 @@ What this module has:
   (pydub's ``detect_nonsilent``: 250 ms windows every 10 ms, silence at or below -40 dB under
   the loudest 250 ms window) and the same IoU / recall / precision, computed per candidate in
   torch, with the ``+`` spans as the reference regions;
-* ``UnavailableRanker``: stands for a configured ranker this port does not run yet (CLAP, the
-  SAM Audio Judge, ImageBind). Loading a config that names one works; scoring with it raises
+* the SAM Audio Judge's and CLAP's rankers: ``model.sam_audio.judge.JudgeRanker`` and
+  ``model.sam_audio.clap.ClapRanker`` (``create_ranker`` builds them for ``judge`` and ``clap``
+  entries);
+* ``UnavailableRanker``: stands for a configured ranker this port does not run (ImageBind: no
+  maintained implementation in the package registries). Loading a config that names one works; scoring with it raises
   ``NotImplementedError`` saying which ranker is missing. It never returns scores.
 
 ``create_ranker(config_dict)`` builds a ranker from a ``visual_ranker`` / ``text_ranker``
@@ -307,16 +310,17 @@ class SoundActivityRanker(Ranker):
 # From config.json
 # ---------------------------------------------------------------------------------------------
 
-_NOT_PORTED = ("clap", "judge", "imagebind")
+_NOT_PORTED = ("imagebind",)
 
 
 def create_ranker(config: Mapping[str, Any] | None) -> Ranker | None:
     """The ranker a config.json ``visual_ranker`` / ``text_ranker`` entry names (reference
     ``create_ranker(parse_ranker_config(...))``).
 
-    ``sound_activity`` is built; ``ensemble`` builds its members (``{"rankers": {name: [config,
-    weight]}}``); ``clap`` / ``judge`` / ``imagebind`` give an ``UnavailableRanker`` (loading
-    works, scoring raises); an unknown kind gives None with a warning, as the reference's
+    ``sound_activity`` is built; ``judge`` and ``clap`` build ``model.sam_audio.judge.
+    JudgeRanker`` / ``model.sam_audio.clap.ClapRanker`` (their weights load, local files only,
+    on the first score); ``ensemble`` builds its members (``{"rankers": {name: [config,
+    weight]}}``); ``imagebind`` gives an ``UnavailableRanker`` (loading works, scoring raises); an unknown kind gives None with a warning, as the reference's
     parser returns None for it.
     """
     if config is None:
@@ -344,6 +348,17 @@ def create_ranker(config: Mapping[str, Any] | None) -> Ranker | None:
             rankers.append(ranker)
             weights.append(weight)
         return EnsembleRanker(rankers, weights)
+    if kind == "judge":
+        unknown = set(config) - {"checkpoint_or_model_id"}
+        if unknown:
+            raise ConfigError(f"unknown judge ranker field(s): {sorted(unknown)}")
+        from model.sam_audio.judge import DEFAULT_JUDGE_ID, JudgeRanker
+
+        return JudgeRanker(config.get("checkpoint_or_model_id") or DEFAULT_JUDGE_ID)
+    if kind == "clap":
+        from model.sam_audio.clap import ClapRanker
+
+        return ClapRanker.from_config(config)
     if kind in _NOT_PORTED:
         return UnavailableRanker(kind, config)
     logger.warning("unknown ranker kind %r in config; no ranker (as the reference)", kind)

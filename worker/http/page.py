@@ -146,7 +146,7 @@ def router(cfg: ApiSettings, authorize: Callable[..., None]) -> APIRouter:
     @r.get("/v1/options", tags=web)
     async def options() -> dict[str, Any]:
         """What the page may offer: separators (sam-audio only with a model), trackers, modes,
-        and the model names a spec may choose (``model``, ``tracker_model``). Async and
+        rankers, and the model names a spec may choose (``model``, ``tracker_model``). Async and
         free of I/O, so it answers at once however busy the thread pool is."""
         base = cfg.base
         model = base.model is not None or bool(base.models)
@@ -164,6 +164,14 @@ def router(cfg: ApiSettings, authorize: Callable[..., None]) -> APIRouter:
             "model": model,
             "models": sorted(base.models),
             "tracker_models": sorted(base.tracker_models),
+            # SAM Audio's rankers: activity needs no weights; the judge and CLAP are offered
+            # when the operator named their weights (SONOMASK_JUDGE_MODEL,
+            # SONOMASK_CLAP_MODEL; a job checks they load).
+            "rankers": [
+                "activity",
+                *(["judge"] if base.judge_model else []),
+                *(["clap"] if base.clap_model else []),
+            ],
             "auth": cfg.token is not None,
             "media_root": cfg.media_root is not None,
             "max_upload_bytes": cfg.max_upload,

@@ -97,11 +97,10 @@ def check_separator_config(spec: JobSpec, settings: Settings) -> None:
     """Fail before any decoding when SAM Audio is asked for without a usable model, or
     SAM Audio's options for a job that will run the classical separator."""
     model_path = resolve_model(spec.model, settings)
-    if spec.ranker in ("clap", "judge"):
-        raise BadInput(
-            f"the {spec.ranker} ranker is not part of sonomask's SAM Audio port yet; use "
-            "--ranker activity (or leave --ranker out for the model config's)"
-        )
+    if spec.ranker == "judge":
+        check_judge_weights(settings)
+    if spec.ranker == "clap":
+        check_clap_weights(settings)
     wanted = [n for n, on in (("--predict-spans", spec.predict_spans),
                                ("--candidates", spec.candidates > 1)) if on]  # fmt: skip
     if wanted and spec.separator == "auto" and not model_path:
@@ -120,6 +119,34 @@ def check_separator_config(spec: JobSpec, settings: Settings) -> None:
                 f"model folder {model_path} does not exist; download the SAM Audio "
                 "weights (config.json + checkpoint.pt) into it first"
             )
+
+
+def check_judge_weights(settings: Settings) -> None:
+    """``--ranker judge`` needs the SAM Audio Judge's weights where the operator put them
+    (SONOMASK_JUDGE_MODEL, else facebook/sam-audio-judge in the local Hugging Face cache):
+    found before any decoding, not after the first window's separation."""
+    from model.sam_audio.errors import SAMAudioLoadError
+    from model.sam_audio.judge import DEFAULT_JUDGE_ID, resolve_judge_dir
+
+    try:
+        resolve_judge_dir(settings.judge_model or DEFAULT_JUDGE_ID)
+    except SAMAudioLoadError as err:
+        raise BadInput(
+            f"--ranker judge needs the SAM Audio Judge's weights (SONOMASK_JUDGE_MODEL): {err}"
+        ) from err
+
+
+def check_clap_weights(settings: Settings) -> None:
+    """``--ranker clap`` needs laion's CLAP checkpoint where the operator put it
+    (SONOMASK_CLAP_MODEL: ``630k-best.pt`` or its folder, roberta-base's tokenizer beside it)."""
+    where = settings.clap_model
+    path = Path(where).expanduser() if where else None
+    if path is None or not (path.is_file() or (path.is_dir() and any(path.glob("*.pt")))):
+        raise BadInput(
+            "--ranker clap needs laion's CLAP checkpoint (630k-best.pt, roberta-base's "
+            "tokenizer files beside it) named by SONOMASK_CLAP_MODEL"
+            + (f"; {where} holds none" if where else "; it is not set")
+        )
 
 
 def check_tracker_config(spec: JobSpec, settings: Settings) -> None:
@@ -161,6 +188,10 @@ def choose_separator(spec: JobSpec, settings: Settings) -> Separator:
         candidates=spec.candidates,
         ranker=spec.ranker,
         predict_spans=spec.predict_spans,
+        window_batch=settings.window_batch,
+        ranker_weights={"judge": settings.judge_model, "clap": settings.clap_model}.get(
+            spec.ranker or ""
+        ),
     )
 
 

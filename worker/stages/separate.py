@@ -4,7 +4,12 @@ complementary crossfades.
 Several objects (``JobSpec.objects``): every window separates all objects at once
 (``model.separator.separate_objects``: the classical backend lets them compete for each
 component, SAM Audio runs them as one batch); each object's stem goes to
-``objects/<label>/stems_target.npy``, what no object took to ``stems_residual.npy``."""
+``objects/<label>/stems_target.npy``, what no object took to ``stems_residual.npy``.
+
+Windows batched: a separator with ``separate_windows`` (SAM Audio) is handed as many pending
+windows at once as its ``window_batch_size`` says (SONOMASK_WINDOW_BATCH; on CUDA as memory
+allows, on the CPU one); each window's result is the same as alone and is still kept in its
+own file, so resuming works the same."""
 
 from __future__ import annotations
 
@@ -105,7 +110,11 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
         ws.update_manifest(separate_windows={"count": len(plan), "resumed": len(done)})
         prompt = _job_prompt(ws, separator)
         whole_has_evidence = _has_evidence(prompt)
-        for i, chunk in _pending_windows(audio, plan, done):
+        for group in _window_groups(separator, _pending_windows(audio, plan, done)):
+            if len(group) > 1:
+                _separate_window_group(ws, separator, [prompt], group, plan, report)
+                continue
+            i, chunk = group[0]
             _separate_window(ws, separator, prompt, i, plan, chunk, whole_has_evidence, report)
     _join_windows(ws, plan, n)
     shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
@@ -135,6 +144,91 @@ def _pending_windows(
         audio.seek(a)
         chunk = audio.read(b - a, dtype="float32")
         yield i, chunk[:, 0] if chunk.ndim == 2 else chunk
+
+
+def _window_groups(
+    separator: Separator, pending: Iterator[tuple[int, np.ndarray]]
+) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """Pending windows in groups of the separator's batch size (1 without ``separate_windows``),
+    read one group at a time."""
+    group: list[tuple[int, np.ndarray]] = []
+    for i, chunk in pending:
+        size = 1
+        if hasattr(separator, "separate_windows") and hasattr(separator, "window_batch_size"):
+            size = max(1, int(separator.window_batch_size(len(chunk))))
+        if group and len(group) >= size:
+            yield group
+            group = []
+        group.append((i, chunk))
+    if group:
+        yield group
+
+
+def _separate_window_group(
+    ws: Workspace,
+    separator: Any,
+    prompts: list[Prompt],
+    group: list[tuple[int, np.ndarray]],
+    plan: list[tuple[int, int]],
+    report: StageProgress,
+) -> None:
+    """Several windows through ``separator.separate_windows`` at once, each kept in its own
+    file as ``_separate_window`` / ``_separate_objects_window`` keep it (SAM Audio: every
+    object of every window runs, as in the one-window path)."""
+    sr = MODEL_SAMPLE_RATE
+    several = ws.spec.several
+    labels = [o.label for o in ws.spec.targets()] if several else []
+    first, last = group[0][0], group[-1][0]
+    where = f"windows {first + 1}-{last + 1}/{len(plan)}"
+
+    def prog(f: float, m: str) -> None:
+        report("separate", (first + f * len(group)) / len(plan), f"{where}: {m}")
+
+    local = [
+        [window_prompt(p, plan[i][0] / sr, plan[i][1] / sr) for p in prompts] for i, _ in group
+    ]
+    results = separator.separate_windows([c for _, c in group], local, prog)
+    for (i, chunk), seps in zip(group, results, strict=True):
+        for r in seps:
+            _check_stems(r, len(chunk))
+        details = seps[0].details
+        offset = plan[i][0] / sr
+        if not several:
+            (r,) = seps
+            conf = np.nan if r.confidence is None else r.confidence
+            _save_window(
+                ws, i, offset, target=r.target, residual=r.residual, backend=r.backend,
+                warnings=r.warnings, confidence=conf, details=details,
+            )  # fmt: skip
+        else:
+            targets = np.stack([np.asarray(r.target, np.float32) for r in seps])
+            confs = [np.nan if r.confidence is None else r.confidence for r in seps]
+            warnings = [f"{labels[j]}: {w}" for j, r in enumerate(seps) for w in r.warnings]
+            _save_window(
+                ws, i, offset, targets=targets,
+                residual=chunk - targets.sum(axis=0, dtype=np.float32),
+                backend=seps[0].backend, warnings=warnings,
+                confidences=np.array(confs, np.float64),
+                details={**details, "objects": labels} if details else {},
+            )  # fmt: skip
+    report("separate", (last + 1) / len(plan), f"{where} separated")
+
+
+def _save_window(ws: Workspace, i: int, offset_s: float, **parts: Any) -> None:
+    """Keep window ``i``'s result in ``windows/`` (atomically: a crash leaves none or all)."""
+    details = parts.pop("details")
+    arrays_ = {}
+    for k, v in parts.items():
+        if k in ("target", "residual", "targets"):
+            arrays_[k] = np.asarray(v, dtype=np.float32)
+        elif k == "warnings":
+            arrays_[k] = np.array(v, dtype=str)
+        elif k == "confidence":
+            arrays_[k] = np.array(np.nan if v is None else v)
+        else:
+            arrays_[k] = np.asarray(v)
+    with ws.atomic(_window_file(i)) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays_, details=np.array(_window_details(details, offset_s)))
 
 
 def _separate_window(
@@ -172,16 +266,10 @@ def _separate_window(
         warnings += result.warnings
         confidence = result.confidence
         details = result.details
-    with ws.atomic(_window_file(i)) as tmp, tmp.open("wb") as f:
-        np.savez(
-            f,
-            target=np.asarray(target, dtype=np.float32),
-            residual=np.asarray(residual, dtype=np.float32),
-            backend=np.array(backend),
-            warnings=np.array(warnings, dtype=str),
-            confidence=np.array(np.nan if confidence is None else confidence),
-            details=np.array(_window_details(details, a / MODEL_SAMPLE_RATE)),
-        )
+    _save_window(
+        ws, i, a / MODEL_SAMPLE_RATE, target=target, residual=residual, backend=backend,
+        warnings=warnings, confidence=confidence, details=details,
+    )  # fmt: skip
     report("separate", (i + 1) / len(plan), f"{where} separated")
 
 
@@ -283,7 +371,11 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
         ws.update_manifest(separate_windows={"count": len(plan), "resumed": len(done)})
         prompts = [_job_prompt(ws, separator, o) for o in objs]
         whole = [_has_evidence(p) for p in prompts]
-        for i, chunk in _pending_windows(audio, plan, done):
+        for group in _window_groups(separator, _pending_windows(audio, plan, done)):
+            if len(group) > 1:
+                _separate_window_group(ws, separator, prompts, group, plan, report)
+                continue
+            i, chunk = group[0]
             _separate_objects_window(ws, separator, prompts, whole, i, plan, chunk, report)
     _join_object_windows(ws, plan, n, names)
     shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
@@ -344,16 +436,10 @@ def _separate_objects_window(
         details = result.details  # (in the order of the objects that ran: ``objects``)
         details = {**details, "objects": [labels[j] for j in use]} if details else {}
     residual = chunk - targets.sum(axis=0, dtype=np.float32)
-    with ws.atomic(_window_file(i)) as tmp, tmp.open("wb") as f:
-        np.savez(
-            f,
-            targets=targets,
-            residual=residual.astype(np.float32),
-            backend=np.array(backend),
-            warnings=np.array(warnings, dtype=str),
-            confidences=np.array(confidences, dtype=np.float64),
-            details=np.array(_window_details(details, a / MODEL_SAMPLE_RATE)),
-        )
+    _save_window(
+        ws, i, a / MODEL_SAMPLE_RATE, targets=targets, residual=residual, backend=backend,
+        warnings=warnings, confidences=np.array(confidences, dtype=np.float64), details=details,
+    )  # fmt: skip
     report("separate", (i + 1) / len(plan), f"{where} separated")
 
 

@@ -255,6 +255,17 @@ async function loadOptions() {
   // SAM Audio's reranking and span prediction: offered only with a model, and not for a
   // job the classical separator runs.
   $("#sam-options").hidden = !o.model;
+  const rankerNames = {
+    activity: "sound activity against the spans",
+    judge: "SAM Audio Judge (overall score)",
+    clap: "CLAP (audio against the text)",
+  };
+  $("#ranker").replaceChildren(
+    el("option", { value: "" }, "the model's own"),
+    ...(o.rankers || ["activity"]).map((name) =>
+      el("option", { value: name }, rankerNames[name] || name),
+    ),
+  );
   const samOn = () => {
     $("#sam-options").disabled = $("#separator").value === "classical";
   };
