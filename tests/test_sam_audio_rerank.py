@@ -28,12 +28,12 @@ import model.backends.sam_audio as backend
 from model.errors import ModelInputError, ModelLoadError
 from model.sam_audio import SAMAudioInputError, SAMAudioProcessor
 from model.sam_audio.errors import ConfigError
+from model.sam_audio.rankers import create_ranker
 from model.sam_audio.ranking import (
     EnsembleRanker,
     Ranker,
     SoundActivityRanker,
     UnavailableRanker,
-    create_ranker,
     detect_nonsilent,
     merge_spans,
     span_agreement,

@@ -36,7 +36,8 @@ from model.sam_audio.errors import (
 )
 from model.sam_audio.model import DFLT_ODE_OPT, SAMAudio, SeparationResult
 from model.sam_audio.processor import Batch, SAMAudioProcessor
-from model.sam_audio.ranking import Ranker, SoundActivityRanker, create_ranker
+from model.sam_audio.rankers import create_ranker
+from model.sam_audio.ranking import Ranker, SoundActivityRanker
 from model.sam_audio.spans import PEAudioFrameSpanPredictor
 
 __all__ = [

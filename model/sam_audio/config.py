@@ -653,8 +653,8 @@ class SAMAudioConfig:
     ``SAMAudioConfig()`` is the reference default (sam-audio-base sizes); a checkpoint's config
     comes from ``from_json_file`` / ``from_dict``, which validate it. Rankers and the span
     predictor are kept as given (dict / str / None) so a saved config round-trips unchanged;
-    ``ranking.create_ranker`` builds the rankers (sound_activity; CLAP, Judge and ImageBind are
-    not ported yet and raise when asked to score); ``span_predictor`` names the PE-A-Frame
+    ``rankers.create_ranker`` builds the rankers (sound_activity, CLAP, the Judge; ImageBind is
+    not ported and raises when asked to score); ``span_predictor`` names the PE-A-Frame
     model that ``separate(..., predict_spans=True)`` loads on first use (``spans``).
     """
 

@@ -45,7 +45,8 @@ from model.sam_audio.loading import (
     resolve_text_encoder_dir,
 )
 from model.sam_audio.processor import Batch
-from model.sam_audio.ranking import Ranker, create_ranker
+from model.sam_audio.rankers import create_ranker
+from model.sam_audio.ranking import Ranker
 from model.sam_audio.spans import PEAudioFrameSpanPredictor
 from model.sam_audio.text_encoder import T5TextEncoder
 from model.sam_audio.transformer import DiT, RopeTable
