@@ -48,7 +48,6 @@ import torch
 
 from model.sam_audio.errors import ConfigError
 
-
 Span = tuple[float, float]
 
 
