@@ -156,6 +156,40 @@ def test_a_ball_crossing_in_front_of_a_box_leaves_both_exclusive_and_found(order
     assert region_similarity(ball[mid], truth["ball"][mid]) >= 0.9
 
 
+def test_objects_tracked_in_processes_are_the_masks_tracked_one_after_the_other(tmp_path):
+    """The worker tracks the objects in processes (one per core) on its row files; each
+    object's masks are exactly those of tracking them one after the other, and the
+    processes' progress reaches the caller."""
+    from vision.choose import choose_tracker
+    from vision.objects import ObjectKeyframes, track_objects
+    from worker import arrays
+
+    trio = make_trio(duration=2.0, width=320, height=180)
+    bg = trio.background()
+    n = round(trio.duration * trio.fps)
+    frames = arrays.create_npy(tmp_path / "frames.npy", (n, 180, 320, 3), np.uint8)
+    for i in range(n):
+        frames.write(i, trio.frame(i, bg)[0][None])
+    objs = [ObjectKeyframes(lb, masks={0: m}) for lb, m in trio.first_masks().items()]
+    got = {}
+    for procs in (1, 2):
+        outs = [
+            arrays.create_packed_masks(tmp_path / f"{o.label}{procs}.npy", n, (320, 180))
+            for o in objs
+        ]
+        said: list[str] = []
+        results, order = track_objects(
+            lambda j: choose_tracker("flow"), frames, (320, 180), objs, outs,
+            lambda f, m, said=said: said.append(m), processes=procs,
+        )  # fmt: skip
+        assert [r.tracker for r in results] == ["flow"] * 3
+        assert any("'mouth' (3/3)" in m for m in said)
+        got[procs] = ([o.read(0, n) for o in outs], order)
+    for a, b in zip(got[1][0], got[2][0], strict=True):
+        assert a.any() and np.array_equal(a, b)
+    assert np.array_equal(got[1][1], got[2][1])
+
+
 # --------------------------------------------------------------------------- end to end
 
 

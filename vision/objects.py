@@ -4,7 +4,9 @@ Why: a job with several on-screen sources (``JobSpec.objects``) decodes its fram
 tracks every object from those same working frames through the ``Tracker`` contract
 (``vision.tracker``). A video model (SAM 2, SAM 3, EdgeTAM: a ``JointTracker``) tracks them
 all as one multi-object session, each frame read and encoded once; any other tracker runs
-once per object, one after the other.
+once per object: in worker processes when the caller allows it (``processes``; the worker
+gives one per core: the objects are independent, so each object's masks are the same either
+way), else one after the other.
 
 Exclusivity: a pixel belongs to at most one object. Where two tracked masks overlap on a
 frame, the *nearer* object is the one whose appearance the contested pixels show: the
@@ -23,8 +25,15 @@ way (``exclusive`` on the full-size masks with that frame's order).
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import pickle
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,6 +41,8 @@ import numpy as np
 from vision.masks import Box, Size
 from vision.sink import ProgressCallback
 from vision.tracker import JointTracker, Tracker, Tracking
+
+logger = logging.getLogger(__name__)
 
 BINS = 8  # histogram bins per RGB channel
 FLIP_MARGIN = 0.25  # nats per pixel the other object must win by to reverse a pair's order
@@ -92,12 +103,20 @@ def track_objects(
     objects: Sequence[ObjectKeyframes],
     outs: Sequence[object],
     progress: ProgressCallback | None = None,
+    processes: int = 1,
 ) -> tuple[list[Tracking], np.ndarray]:
     """Track every object of ``objects`` over the same ``frames`` into ``outs`` (one each,
     ``out[t] = mask`` at the working size), then make them exclusive.
 
-    ``tracker_for(j)`` gives object j's tracker (one instance may serve them all). Returns each object's ``Tracking`` and the
-    depth order of every frame, int16 [F, N]: object indices front to back.
+    ``tracker_for(j)`` gives object j's tracker (one instance may serve them all). Returns
+    each object's ``Tracking`` and the depth order of every frame, int16 [F, N]: object
+    indices front to back.
+
+    ``processes`` > 1: trackers that are not one joint session run in up to that many worker
+    processes (``forkserver``: OpenCV's threads do not survive a plain fork), one object each.
+    Only for ``frames``, ``outs`` and trackers that pickle as the same files (the worker's row
+    files do): an in-memory ``out`` would be filled in the other process. Where the processes
+    cannot start, the objects run one after the other.
     """
     report = progress or (lambda f, m: None)
     n_obj = len(objects)
@@ -124,6 +143,12 @@ def track_objects(
         and isinstance(trackers[0], JointTracker)
     ):
         results = _follow_together(trackers[0], frames, size, objects, outs, report)
+    elif processes > 1 and n_obj > 1:
+        results = _follow_in_processes(
+            trackers, frames, size, objects, outs, min(processes, n_obj), report
+        )
+        if results is None:
+            results = [follow(j) for j in range(n_obj)]
     else:
         # One after the other: the flow tracker's insides are not safe to run in threads
         # side by side (two objects tracked at once came out different from each alone).
@@ -133,6 +158,86 @@ def track_objects(
     order = resolve_overlaps(frames, outs, looks)
     report(1.0, f"tracked {n_obj} object(s)")
     return results, order
+
+
+_PROGRESS: Any = None  # in a tracking process: where its progress goes
+
+
+def _process_start(queue: Any) -> None:
+    """A tracking process: one OpenCV thread (the processes share the cores); progress goes
+    to ``queue``."""
+    global _PROGRESS
+    cv2.setNumThreads(1)
+    _PROGRESS = queue
+
+
+def _follow_one(
+    j: int, tracker: Tracker, frames: Any, size: Size, obj: ObjectKeyframes, out: Any
+) -> tuple[str, list[str], frozenset[int]]:
+    """Object ``j`` tracked in a worker process; its masks go into ``out`` (the same file as
+    the caller's)."""
+    tracker.init(frames, size=size, out=out)
+    for i, m in obj.masks.items():
+        tracker.add_mask(i, m)
+    for i, b in obj.boxes.items():
+        tracker.add_box(i, b)
+
+    def sub(f: float, m: str) -> None:
+        _PROGRESS.put((j, f, m))
+
+    r = tracker.propagate(sub)
+    close = getattr(out, "close", None)
+    if close is not None:
+        close()
+    return r.tracker, list(r.warnings), frozenset(r.exact)
+
+
+def _follow_in_processes(
+    trackers: Sequence[Tracker],
+    frames: Any,
+    size: Size,
+    objects: Sequence[ObjectKeyframes],
+    outs: Sequence[object],
+    workers: int,
+    report: ProgressCallback,
+) -> list[Tracking] | None:
+    """Every object in ``workers`` processes (``track_objects``); None if they cannot run."""
+    n_obj = len(objects)
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+        queue = ctx.SimpleQueue()
+    except (ValueError, OSError) as err:
+        logger.info("tracking the objects one after the other: %s", err)
+        return None
+    done = [0.0] * n_obj
+
+    def relay() -> None:  # the processes' progress, reported from one thread here
+        while (item := queue.get()) is not None:
+            j, f, m = item
+            done[j] = f
+            report(0.9 * sum(done) / n_obj, f"object {objects[j].label!r} ({j + 1}/{n_obj}): {m}")
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_process_start, initargs=(queue,)
+        ) as pool:
+            jobs = [
+                pool.submit(_follow_one, j, trackers[j], frames, size, objects[j], outs[j])
+                for j in range(n_obj)
+            ]
+            parts = [job.result() for job in jobs]
+    except (OSError, AssertionError, BrokenProcessPool, pickle.PicklingError, TypeError) as err:
+        logger.info("tracking the objects one after the other: %s", err)
+        return None
+    finally:
+        queue.put(None)
+        reader.join()
+    return [
+        Tracking(outs[j], name, warnings, exact)  # type: ignore[arg-type]
+        for j, (name, warnings, exact) in enumerate(parts)
+    ]
 
 
 def _follow_together(

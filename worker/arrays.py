@@ -47,6 +47,7 @@ class RowFile:
         self.offset = int(offset)
         self.row_shape = self.shape[1:]
         self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.writable = bool(writable)
         self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
         size = os.fstat(self._fd).st_size
         if size < self.offset + self.shape[0] * self.row_bytes:
@@ -61,6 +62,11 @@ class RowFile:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as the same file, opened again: another process reads and writes the same
+        rows (``vision.objects`` tracks objects in processes this way)."""
+        return (RowFile, (self.path, self.shape, self.dtype.str, self.offset, self.writable))
 
     # ------------------------------------------------------------------ rows
 
@@ -242,6 +248,10 @@ class PackedMasks(_RowView):
             raise ValueError(f"{rows.path.name}: {wb} bytes a row cannot hold {width} pixels")
         self.rows, self.path = rows, rows.path
         self.shape = (n, h, int(width))
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as the same file (``RowFile.__reduce__``)."""
+        return (PackedMasks, (self.rows, self.shape[2]))
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo`` to ``hi`` (exclusive), unpacked."""

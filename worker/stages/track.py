@@ -7,6 +7,7 @@ to ``objects/<label>/masks_work.npy`` and ``masks.npz``."""
 from __future__ import annotations
 
 import contextlib
+import os
 import zipfile
 import zlib
 from fractions import Fraction
@@ -146,6 +147,7 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
             prompts,
             works,
             prog,
+            processes=len(os.sched_getaffinity(0)),  # frames and masks are files: they pickle
         )
         exact = [{i: fulls[j][i] for i in r.exact} for j, r in enumerate(results)]
         full_tmps = [
