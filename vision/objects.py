@@ -116,7 +116,9 @@ def track_objects(
     processes (``forkserver``: OpenCV's threads do not survive a plain fork), one object each.
     Only for ``frames``, ``outs`` and trackers that pickle as the same files (the worker's row
     files do): an in-memory ``out`` would be filled in the other process. Where the processes
-    cannot start, the objects run one after the other.
+    cannot start, the objects run one after the other: so in a Celery prefork worker, whose
+    processes are daemonic and may not have children (its concurrency is the parallelism
+    there); the CLI and ``sonomask watch --local`` use them.
     """
     report = progress or (lambda f, m: None)
     n_obj = len(objects)
