@@ -306,8 +306,9 @@ class ClassicalSeparator:
     ) -> ObjectsSeparation:
         """Several objects from one factorisation of the mixture: each object scores every
         component from its own prompt, and where several claim a component it is shared in
-        proportion to their credit (what is left goes to the residual). One object gives
-        exactly what ``separate`` gives."""
+        proportion to their credit (what is left goes to the residual). Each object's mask is
+        the one it would get alone, so an object's stem depends on the others only where they
+        claim the same sound. One object gives exactly what ``separate`` gives."""
         if not prompts:
             raise ModelInputError("separate_objects needs at least one prompt")
         with threadpool_limits(limits=1, user_api="blas"):
@@ -403,19 +404,26 @@ class ClassicalSeparator:
         weights = _compete([s[0] for s in scored], n_frames)
         gates = [s[1] for s in scored]
 
-        # 4. Wiener masks (one per object and one for the rest) and resynthesis on the
-        # global frame grid.
+        # 4. Wiener masks (each object's as it would be alone, shared where they add up to
+        # more than one) and resynthesis on the global frame grid.
         targets = [np.empty(n, dtype=np.float32) for _ in prompts]
         for i, (a, b) in enumerate(blocks):
             spec, _, off = cached if cached is not None else mag(a, b)
             span = slice(off, off + spec.shape[0])
             hb = h[:, span]
             wbs = [wt[:, span] for wt in weights]
-            rest = np.maximum(1.0 - np.sum(wbs, axis=0), 0.0)
-            pts = [(w @ (wb * hb)) ** MASK_POWER for wb in wbs]
-            total = np.sum(pts, axis=0) + (w @ (rest * hb)) ** MASK_POWER + _EPS
-            for j, pt in enumerate(pts):
-                mask = (pt / total) * gates[j][None, span]
+            # Each object's Wiener mask as it would be alone (its components against all the
+            # rest), so an object's stem does not depend on which other objects the job has;
+            # where the objects' masks add up to more than the bin, they share it in
+            # proportion.
+            alone = []
+            for wb in wbs:
+                pt = (w @ (wb * hb)) ** MASK_POWER
+                rest = (w @ (np.maximum(1.0 - wb, 0.0) * hb)) ** MASK_POWER
+                alone.append(pt / (pt + rest + _EPS))
+            over = np.maximum(np.sum(alone, axis=0), 1.0)
+            for j, m in enumerate(alone):
+                mask = (m / over) * gates[j][None, span]
                 mask = np.repeat(mask, band_widths, axis=0)  # bands back to STFT bins
                 targets[j][a:b] = block_istft((spec * mask.T)[:, None, :], a, b, N_FFT, HOP, win)[
                     :, 0
