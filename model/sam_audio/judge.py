@@ -87,7 +87,7 @@ from model.sam_audio.errors import (
     SAMAudioLoadError,
 )
 from model.sam_audio.ranking import Ranker
-from model.sam_audio.spans import FrameTransformer, FrameTransformerConfig
+from model.sam_audio.spans import FrameTransformer, FrameTransformerConfig, nth_layer_text
 
 logger = logging.getLogger(__name__)
 
@@ -315,13 +315,9 @@ class SAMAudioJudge(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Reference ``_get_text_output``: ``hidden_states[nth_text_layer]`` (or the last)."""
-        nth = self.config.nth_text_layer
-        out = self.text_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=nth is not None,
+        return nth_layer_text(
+            self.text_model, self.config.nth_text_layer, input_ids, attention_mask
         )
-        return out.last_hidden_state if nth is None else out.hidden_states[nth]
 
     @torch.inference_mode()
     def forward(

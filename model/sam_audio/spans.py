@@ -321,6 +321,22 @@ def spans_from_probs(
     ]
 
 
+def nth_layer_text(
+    text_model: nn.Module,
+    nth: int | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """The text model's ``hidden_states[nth]`` (the last hidden state when ``nth`` is None): the
+    reference's ``_get_text_output`` in PE-A-Frame and the SAM Audio Judge alike."""
+    out = text_model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        output_hidden_states=nth is not None,
+    )
+    return out.last_hidden_state if nth is None else out.hidden_states[nth]
+
+
 class PEAudioFrameSpanPredictor(nn.Module):
     """Reference ``PEAudioFrame`` on the ``input_features`` path (same parameter names, so the
     released ``model.safetensors`` loads; the DAC encoder's keys are skipped), plus its
@@ -413,13 +429,9 @@ class PEAudioFrameSpanPredictor(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Reference ``_get_text_output``: hidden_states[nth_text_layer] (or the last)."""
-        nth = self.config.nth_text_layer
-        out = self.text_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=nth is not None,
+        return nth_layer_text(
+            self.text_model, self.config.nth_text_layer, input_ids, attention_mask
         )
-        return out.last_hidden_state if nth is None else out.hidden_states[nth]
 
     def forward(
         self,
