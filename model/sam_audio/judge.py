@@ -86,6 +86,7 @@ from model.sam_audio.errors import (
     SAMAudioInputError,
     SAMAudioLoadError,
 )
+from model.sam_audio.loading import find_cached_dir
 from model.sam_audio.ranking import Ranker
 from model.sam_audio.spans import FrameTransformer, FrameTransformerConfig, nth_layer_text
 
@@ -536,32 +537,13 @@ def resolve_judge_dir(
     """A folder with the judge's config.json: a path, or a Hub id (``facebook/<name>`` for a
     bare name) at revision ``sam_audio`` (then the default revision) in the local Hugging Face
     cache. Never downloads; a miss is one SAMAudioLoadError line."""
-    path = Path(os.path.expanduser(str(name_or_path)))
-    if path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
-            raise SAMAudioLoadError(f"judge folder {path} has no {CONFIG_FILE}")
-        return path
-    name = str(name_or_path)
-    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name.replace("/", "", 1)
-    if looks_like_path or name.count("/") > 1 or not name.strip():
-        raise SAMAudioLoadError(f"judge folder {name!r} does not exist")
-    repo_id = name if "/" in name else f"facebook/{name}"
-    from huggingface_hub import snapshot_download
-
-    for revision in (HF_REVISION, None):
-        try:
-            folder = Path(
-                snapshot_download(
-                    repo_id=repo_id, revision=revision, local_files_only=True, cache_dir=cache_dir
-                )
-            )
-        except Exception:  # noqa: BLE001 - any cache miss
-            continue
-        if (folder / CONFIG_FILE).is_file():
-            return folder
-    raise SAMAudioLoadError(
-        f"judge {name!r} is neither a folder nor in the local Hugging Face cache; "
-        + _download_hint(repo_id)
+    return find_cached_dir(
+        name_or_path,
+        what="judge",
+        revision=HF_REVISION,
+        cache_dir=cache_dir,
+        not_found=lambda repo_id: "; " + _download_hint(repo_id),
+        check_paths=True,
     )
 
 

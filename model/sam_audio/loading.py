@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -126,6 +126,42 @@ def resolve_model_dir(
             f"the cached copy of {name!r} at {folder} has no {CONFIG_FILE}; " + download_hint(name)
         )
     return folder
+
+
+def find_cached_dir(
+    name_or_path: str | os.PathLike[str],
+    *,
+    what: str,
+    revision: str,
+    not_found: Callable[[str], str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    check_paths: bool = False,
+) -> Path:
+    """A folder with ``what``'s config.json (the span predictor, the judge): a path, or a Hub
+    id (``facebook/<name>`` for a bare name) at ``revision``, then the default revision, in
+    the local Hugging Face cache. Never downloads. ``not_found(repo_id)`` ends the message of a
+    miss; ``check_paths``: a name that is a path and not a folder is "does not exist"."""
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise SAMAudioLoadError(f"{what} folder {path} has no {CONFIG_FILE}")
+        return path
+    name = str(name_or_path)
+    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name.replace("/", "", 1)
+    if check_paths and (looks_like_path or name.count("/") > 1 or not name.strip()):
+        raise SAMAudioLoadError(f"{what} folder {name!r} does not exist")
+    repo_id = name if "/" in name else f"facebook/{name}"
+    for rev in (revision, None):
+        try:
+            folder = _snapshot(repo_id, revision=rev, local_files_only=True, cache_dir=cache_dir)
+        except Exception:  # noqa: BLE001 - any cache miss
+            continue
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    raise SAMAudioLoadError(
+        f"{what} {name!r} is neither a folder nor in the local Hugging Face cache"
+        + not_found(repo_id)
+    )
 
 
 _T5_FILES = [

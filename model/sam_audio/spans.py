@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.sam_audio.errors import ConfigError, SAMAudioInputError, SAMAudioLoadError
+from model.sam_audio.loading import find_cached_dir
 
 logger = logging.getLogger(__name__)
 
@@ -506,33 +507,15 @@ def resolve_span_predictor_dir(
 ) -> Path:
     """A folder with the span model's config.json: a path, or ``facebook/<name>`` (or a full
     repo id) at revision ``perception_models`` in the local HF cache. Never downloads."""
-    path = Path(os.path.expanduser(str(name_or_path)))
-    if path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
-            raise SAMAudioLoadError(f"span predictor folder {path} has no {CONFIG_FILE}")
-        return path
-    name = str(name_or_path)
-    repo_id = name if "/" in name else f"facebook/{name}"
-    from huggingface_hub import snapshot_download
-
-    for revision in (HF_REVISION, None):
-        try:
-            folder = Path(
-                snapshot_download(
-                    repo_id=repo_id,
-                    revision=revision,
-                    local_files_only=True,
-                    cache_dir=cache_dir,
-                )
-            )
-        except Exception:  # noqa: BLE001 - any cache miss
-            continue
-        if (folder / CONFIG_FILE).is_file():
-            return folder
-    raise SAMAudioLoadError(
-        f"span predictor {name!r} is neither a folder nor in the local Hugging Face cache "
-        f"({repo_id}, revision {HF_REVISION}); run `huggingface-cli download {repo_id} "
-        f"--revision {HF_REVISION}` or pass a local folder"
+    return find_cached_dir(
+        name_or_path,
+        what="span predictor",
+        revision=HF_REVISION,
+        cache_dir=cache_dir,
+        not_found=lambda repo_id: (
+            f" ({repo_id}, revision {HF_REVISION}); run `huggingface-cli download {repo_id} "
+            f"--revision {HF_REVISION}` or pass a local folder"
+        ),
     )
 
 
