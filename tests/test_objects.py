@@ -9,8 +9,11 @@ off-screen bell: one three-object job against three one-object jobs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -156,10 +159,10 @@ def test_a_ball_crossing_in_front_of_a_box_leaves_both_exclusive_and_found(order
     assert region_similarity(ball[mid], truth["ball"][mid]) >= 0.9
 
 
-def test_objects_tracked_in_processes_are_the_masks_tracked_one_after_the_other(tmp_path):
+def test_objects_tracked_in_processes_are_the_masks_tracked_one_after_the_other(tmp_path, caplog):
     """The worker tracks the objects in processes (one per core) on its row files; each
-    object's masks are exactly those of tracking them one after the other, and the
-    processes' progress reaches the caller."""
+    object's masks are exactly those of tracking them one after the other, the processes'
+    progress reaches the caller, and they end cleanly (nothing on their stderr)."""
     from vision.choose import choose_tracker
     from vision.objects import ObjectKeyframes, track_objects
     from worker import arrays
@@ -178,16 +181,151 @@ def test_objects_tracked_in_processes_are_the_masks_tracked_one_after_the_other(
             for o in objs
         ]
         said: list[str] = []
+        stats: dict = {}
         results, order = track_objects(
             lambda j: choose_tracker("flow"), frames, (320, 180), objs, outs,
-            lambda f, m, said=said: said.append(m), processes=procs,
+            lambda f, m, said=said: said.append(m), processes=procs, stats=stats,
         )  # fmt: skip
+        assert stats == {"processes": procs}  # they really ran in processes
         assert [r.tracker for r in results] == ["flow"] * 3
         assert any("'mouth' (3/3)" in m for m in said)
         got[procs] = ([o.read(0, n) for o in outs], order)
     for a, b in zip(got[1][0], got[2][0], strict=True):
         assert a.any() and np.array_equal(a, b)
     assert np.array_equal(got[1][1], got[2][1])
+    assert not [r for r in caplog.records if r.name == "vision.track_process"]
+
+
+class StubTracker:
+    """A tracker for the process plumbing: writes its process id to ``pids/``, then either
+    fails (``fail``), or sleeps ``sleep`` seconds in small steps, reporting progress."""
+
+    name = "stub"
+
+    def __init__(self, pids: Path, sleep: float = 0.0, fail: bool = False) -> None:
+        self.pids, self.sleep, self.fail = Path(pids), sleep, fail
+
+    def init(self, frames, size=None, out=None) -> None:
+        self.out, self.n = out, len(frames)
+
+    def add_mask(self, frame, mask) -> None:
+        self.key = frame
+
+    def add_box(self, frame, box) -> None:
+        self.key = frame
+
+    def propagate(self, progress=None):
+        from vision.errors import MaskError
+        from vision.tracker import Tracking
+
+        (self.pids / str(os.getpid())).touch()
+        if self.fail:
+            raise MaskError("the stub lost the object")
+        deadline = time.monotonic() + self.sleep
+        while time.monotonic() < deadline:
+            if progress is not None:
+                progress(0.5, "waiting")
+            time.sleep(0.05)
+        return Tracking(self.out, self.name, ["stub warning"], frozenset({self.key}))
+
+
+def _stub_objects(n: int) -> tuple[list, np.ndarray, list[np.ndarray]]:
+    from vision.objects import ObjectKeyframes
+
+    objs = [ObjectKeyframes(f"o{j}", masks={0: np.full((8, 8), 255, np.uint8)}) for j in range(n)]
+    return objs, np.zeros((2, 8, 8, 3), np.uint8), [np.zeros((2, 8, 8), np.uint8) for _ in objs]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_tracker_error_in_a_process_is_raised_here(tmp_path):
+    from vision.errors import MaskError
+    from vision.objects import track_objects
+
+    objs, frames, outs = _stub_objects(2)
+    stats: dict = {}
+    with pytest.raises(MaskError, match="the stub lost the object"):
+        track_objects(
+            lambda j: StubTracker(tmp_path, fail=j == 1), frames, (8, 8), objs, outs,
+            processes=2, stats=stats,
+        )  # fmt: skip
+    pids = [int(p.name) for p in tmp_path.iterdir()]
+    assert pids and os.getpid() not in pids and not any(_alive(p) for p in pids)
+
+
+def test_a_task_that_does_not_pickle_is_tracked_here(tmp_path):
+    from vision.objects import track_objects
+
+    objs, frames, outs = _stub_objects(3)
+    stats: dict = {}
+    trackers = [StubTracker(tmp_path) for _ in objs]
+    trackers[2].unpicklable = lambda: None
+    results, _ = track_objects(
+        lambda j: trackers[j], frames, (8, 8), objs, outs, processes=3, stats=stats
+    )
+    assert stats == {"processes": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [str(os.getpid())]
+    assert [r.warnings for r in results] == [["stub warning"]] * 3
+
+
+def test_processes_are_killed_when_the_caller_stops_waiting(tmp_path):
+    """The progress callback raises (a queued stage whose lease was lost does): every
+    tracking process is dead when the error reaches the caller."""
+    from vision.objects import track_objects
+
+    objs, frames, outs = _stub_objects(3)
+
+    def report(f: float, m: str) -> None:
+        if len(list(tmp_path.iterdir())) >= 2 and "waiting" in m:
+            raise RuntimeError("lease lost")
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="lease lost"):
+        track_objects(
+            lambda j: StubTracker(tmp_path, sleep=60), frames, (8, 8), objs, outs, report,
+            processes=2,
+        )  # fmt: skip
+    assert time.monotonic() - t0 < 30
+    pids = [int(p.name) for p in tmp_path.iterdir()]
+    assert len(pids) == 2 and not any(_alive(p) for p in pids)
+
+
+def test_processes_die_with_a_killed_caller(tmp_path):
+    """SIGKILL to the process tracking (Celery's revoke with terminate, its hard time
+    limit, the OOM killer): its tracking processes do not outlive it."""
+    pids_dir = tmp_path / "pids"
+    pids_dir.mkdir()
+    script = f"""
+import sys
+sys.path[:0] = [{str(ROOT / "tests")!r}]
+from test_objects import StubTracker, _stub_objects
+from vision.objects import track_objects
+objs, frames, outs = _stub_objects(2)
+track_objects(lambda j: StubTracker({str(pids_dir)!r}, sleep=120), frames, (8, 8), objs,
+              outs, processes=2)
+"""
+    caller = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids_dir.iterdir())) < 2:
+            assert caller.poll() is None, "the caller exited"
+            assert time.monotonic() < deadline, "the tracking processes did not start"
+            time.sleep(0.1)
+        pids = [int(p.name) for p in pids_dir.iterdir()]
+        assert caller.pid not in pids and all(_alive(p) for p in pids)
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "a tracking process outlived its caller"
 
 
 # --------------------------------------------------------------------------- end to end

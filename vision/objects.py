@@ -4,9 +4,10 @@ Why: a job with several on-screen sources (``JobSpec.objects``) decodes its fram
 tracks every object from those same working frames through the ``Tracker`` contract
 (``vision.tracker``). A video model (SAM 2, SAM 3, EdgeTAM: a ``JointTracker``) tracks them
 all as one multi-object session, each frame read and encoded once; any other tracker runs
-once per object: in worker processes when the caller allows it (``processes``; the worker
-gives one per core: the objects are independent, so each object's masks are the same either
-way), else one after the other.
+once per object: in child processes when the caller allows it (``processes``; the track
+stage gives one per core, in the CLI and in a Celery worker alike: the objects are
+independent, so each object's masks are the same either way; ``vision.track_process``),
+else one after the other.
 
 Exclusivity: a pixel belongs to at most one object. Where two tracked masks overlap on a
 frame, the *nearer* object is the one whose appearance the contested pixels show: the
@@ -26,18 +27,15 @@ way (``exclusive`` on the full-size masks with that frame's order).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import pickle
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
+from vision import track_process
 from vision.masks import Box, Size
 from vision.sink import ProgressCallback
 from vision.tracker import JointTracker, Tracker, Tracking
@@ -104,6 +102,7 @@ def track_objects(
     outs: Sequence[object],
     progress: ProgressCallback | None = None,
     processes: int = 1,
+    stats: dict[str, Any] | None = None,
 ) -> tuple[list[Tracking], np.ndarray]:
     """Track every object of ``objects`` over the same ``frames`` into ``outs`` (one each,
     ``out[t] = mask`` at the working size), then make them exclusive.
@@ -112,18 +111,22 @@ def track_objects(
     each object's ``Tracking`` and the depth order of every frame, int16 [F, N]: object
     indices front to back.
 
-    ``processes`` > 1: trackers that are not one joint session run in up to that many worker
-    processes (``forkserver``: OpenCV's threads do not survive a plain fork), one object each.
-    Only for ``frames``, ``outs`` and trackers that pickle as the same files (the worker's row
-    files do): an in-memory ``out`` would be filled in the other process. Where the processes
-    cannot start, the objects run one after the other: so in a Celery prefork worker, whose
-    processes are daemonic and may not have children (its concurrency is the parallelism
-    there); the CLI and ``sonomask watch --local`` use them.
+    ``processes`` > 1: trackers that are not one joint session run in up to that many child
+    processes, one object each (``vision.track_process``: each child a fresh Python started
+    with ``subprocess``, so this works in a Celery prefork worker too, whose daemonic
+    processes ``multiprocessing`` refuses to give children; the children die with the
+    caller). Only for ``frames``, ``outs`` and trackers that pickle as the same files (the
+    worker's row files do): an in-memory ``out`` would be filled in the other process. Each
+    object's masks are the same either way. Where the children cannot run (the task does
+    not pickle, a child cannot start or ends without a result), the objects run here one
+    after the other; an error a tracker raises in a child is raised here. ``stats``, when
+    given, gets ``processes``: how many processes tracked objects at once (1: all here).
     """
     report = progress or (lambda f, m: None)
     n_obj = len(objects)
     trackers = [tracker_for(j) for j in range(n_obj)]
     done = [0.0] * n_obj
+    used = 1
 
     def follow(j: int) -> Tracking:
         obj, tracker = objects[j], trackers[j]
@@ -146,52 +149,23 @@ def track_objects(
     ):
         results = _follow_together(trackers[0], frames, size, objects, outs, report)
     elif processes > 1 and n_obj > 1:
-        results = _follow_in_processes(
-            trackers, frames, size, objects, outs, min(processes, n_obj), report
-        )
-        if results is None:
-            results = [follow(j) for j in range(n_obj)]
+        used = min(processes, n_obj)
+        found = _follow_in_processes(trackers, frames, size, objects, outs, used, report)
+        if found is None:
+            used = 1
+            found = [follow(j) for j in range(n_obj)]
+        results = found
     else:
         # One after the other: the flow tracker's insides are not safe to run in threads
         # side by side (two objects tracked at once came out different from each alone).
         results = [follow(j) for j in range(n_obj)]
+    if stats is not None:
+        stats["processes"] = used
     report(0.9, "making the objects exclusive")
     looks = [_appearance(frames, r.masks, obj) for r, obj in zip(results, objects, strict=True)]
     order = resolve_overlaps(frames, outs, looks)
     report(1.0, f"tracked {n_obj} object(s)")
     return results, order
-
-
-_PROGRESS: Any = None  # in a tracking process: where its progress goes
-
-
-def _process_start(queue: Any) -> None:
-    """A tracking process: one OpenCV thread (the processes share the cores); progress goes
-    to ``queue``."""
-    global _PROGRESS
-    cv2.setNumThreads(1)
-    _PROGRESS = queue
-
-
-def _follow_one(
-    j: int, tracker: Tracker, frames: Any, size: Size, obj: ObjectKeyframes, out: Any
-) -> tuple[str, list[str], frozenset[int]]:
-    """Object ``j`` tracked in a worker process; its masks go into ``out`` (the same file as
-    the caller's)."""
-    tracker.init(frames, size=size, out=out)
-    for i, m in obj.masks.items():
-        tracker.add_mask(i, m)
-    for i, b in obj.boxes.items():
-        tracker.add_box(i, b)
-
-    def sub(f: float, m: str) -> None:
-        _PROGRESS.put((j, f, m))
-
-    r = tracker.propagate(sub)
-    close = getattr(out, "close", None)
-    if close is not None:
-        close()
-    return r.tracker, list(r.warnings), frozenset(r.exact)
 
 
 def _follow_in_processes(
@@ -203,39 +177,28 @@ def _follow_in_processes(
     workers: int,
     report: ProgressCallback,
 ) -> list[Tracking] | None:
-    """Every object in ``workers`` processes (``track_objects``); None if they cannot run."""
+    """Every object in its own child process, ``workers`` at a time
+    (``vision.track_process``); None if they cannot run (the caller then tracks here)."""
     n_obj = len(objects)
     try:
-        ctx = multiprocessing.get_context("forkserver")
-        queue = ctx.SimpleQueue()
-    except (ValueError, OSError) as err:
+        tasks = [
+            track_process.task_bytes(trackers[j], frames, size, objects[j], outs[j])
+            for j in range(n_obj)
+        ]
+    except (pickle.PicklingError, TypeError, AttributeError) as err:
         logger.info("tracking the objects one after the other: %s", err)
         return None
     done = [0.0] * n_obj
 
-    def relay() -> None:  # the processes' progress, reported from one thread here
-        while (item := queue.get()) is not None:
-            j, f, m = item
-            done[j] = f
-            report(0.9 * sum(done) / n_obj, f"object {objects[j].label!r} ({j + 1}/{n_obj}): {m}")
+    def relay(j: int, f: float, m: str) -> None:
+        done[j] = f
+        report(0.9 * sum(done) / n_obj, f"object {objects[j].label!r} ({j + 1}/{n_obj}): {m}")
 
-    reader = threading.Thread(target=relay, daemon=True)
-    reader.start()
     try:
-        with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_process_start, initargs=(queue,)
-        ) as pool:
-            jobs = [
-                pool.submit(_follow_one, j, trackers[j], frames, size, objects[j], outs[j])
-                for j in range(n_obj)
-            ]
-            parts = [job.result() for job in jobs]
-    except (OSError, AssertionError, BrokenProcessPool, pickle.PicklingError, TypeError) as err:
-        logger.info("tracking the objects one after the other: %s", err)
+        parts = track_process.follow_in_processes(tasks, workers, relay)
+    except (OSError, track_process.ChildFailed) as err:
+        logger.warning("tracking the objects one after the other: %s", err)
         return None
-    finally:
-        queue.put(None)
-        reader.join()
     return [
         Tracking(outs[j], name, warnings, exact)  # type: ignore[arg-type]
         for j, (name, warnings, exact) in enumerate(parts)
