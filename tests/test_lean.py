@@ -143,8 +143,16 @@ def test_failed_hwaccel_falls_back_to_plain_decoding(tmp_path, scene_mp4, mask_a
     p = media.probe(scene_mp4)
     wsize = tuple(ws.manifest()["frames"]["working_size"])
     plain_times = media.decode_frames(p, tmp_path / "plain.raw", wsize)
-    assert ws.file(files.FRAMES).read_bytes() == (tmp_path / "plain.raw").read_bytes()
-    assert np.array_equal(np.load(ws.file(files.FRAME_TIMES)), plain_times)
+    plain = np.fromfile(tmp_path / "plain.raw", np.uint8).reshape(-1, wsize[1], wsize[0], 3)
+    frames, times = working_frames(ws)
+    assert np.array_equal(times, plain_times)
+    # The stored frames are the plain decode's, through JPEG (quality 95, 4:4:4).
+    stored = frames[:]
+    assert stored.shape == plain.shape
+    assert np.abs(stored.astype(int) - plain).mean() < 2.0
+    frames.close()
+    media.decode_frames(p, tmp_path / "again.jpg", wsize, jpeg=True)
+    assert (tmp_path / "again.jpg").read_bytes() == ws.file(files.FRAMES).read_bytes()
     # auto: ffmpeg's own choice (no device here: its software decoder), the same frames.
     notes: list[str] = []
     media.decode_frames(p, tmp_path / "auto.raw", wsize, hwaccel="auto", threads=2, notes=notes)
@@ -198,3 +206,34 @@ def test_full_size_masks_equal_resize_masks(work, size):
     cases.append(line)
     for m in cases:
         assert np.array_equal(up(m), vmasks.resize_masks(m[None], size)[0])
+
+
+def test_jpeg_frames_read_any_frame_in_any_order(tmp_path):
+    rng = np.random.default_rng(0)
+    base = cv2.resize(rng.integers(0, 256, (18, 32, 3), dtype=np.uint8), (64, 36))
+    clip = np.stack([np.roll(base, 3 * t, axis=1) for t in range(12)])
+    writer = arrays.JpegFramesWriter(tmp_path / "f.jpg")
+    for f in clip:
+        writer.add(f)
+    writer.close()
+    frames = arrays.JpegFrames(tmp_path / "f.jpg", np.asarray(writer.offsets), (64, 36))
+    assert frames.shape == (12, 36, 64, 3) and len(frames) == 12
+    every = frames[:]
+    assert np.abs(every.astype(int) - clip).mean() < 4.0  # quality 95, 4:4:4, pure texture
+    # Forwards, backwards (decoded ahead in a thread), jumps and index arrays agree.
+    assert all(np.array_equal(frames[t], every[t]) for t in range(12))
+    assert all(np.array_equal(frames[t], every[t]) for t in reversed(range(12)))
+    assert np.array_equal(frames[[5, 5, 2, 11]], every[[5, 5, 2, 11]])
+    assert np.array_equal(frames.read(3, 7), every[3:7])
+    with pytest.raises(IndexError):
+        frames[12]
+    import pickle
+
+    again = pickle.loads(pickle.dumps(frames))  # another process opens the same file
+    assert np.array_equal(again[4], every[4])
+    again.close()
+    frames.close()
+    # A damaged file is an error, not a wrong picture.
+    (tmp_path / "f.jpg").write_bytes((tmp_path / "f.jpg").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="shorter"):
+        arrays.JpegFrames(tmp_path / "f.jpg", np.asarray(writer.offsets), (64, 36))

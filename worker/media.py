@@ -31,6 +31,7 @@ import ffmpeg
 import numpy as np
 import soundfile as sf
 
+from worker import arrays
 from worker.errors import BadInput, SonomaskError
 from worker.timecode import read_start_timecode
 
@@ -437,12 +438,17 @@ def decode_frames(
     hwaccel: str = HWACCEL_NONE,
     threads: int = 0,
     notes: list[str] | None = None,
+    jpeg: bool = False,
 ) -> np.ndarray:
     """Decode every frame (no drops or duplicates, also for VFR) scaled to ``size``.
 
     Writes raw RGB24 frames to ``out_raw`` and returns each frame's presentation time in
     seconds relative to frame 0. ffmpeg applies the display rotation. The picture is
     scaled inside ffmpeg's filter graph, so only working-size frames leave it.
+
+    ``jpeg``: ``out_raw`` becomes a file of JPEGs (``arrays.JpegFramesWriter``: about a
+    tenth of the size), encoded here as ffmpeg hands the frames over, and their offsets go
+    to ``jpeg_offsets_path(out_raw)``.
 
     ``hwaccel`` is ffmpeg's ``-hwaccel`` (``auto``: a hardware decoder when ffmpeg finds a
     device, else its own; ``none``: never). A hardware decode that fails (no such
@@ -452,13 +458,18 @@ def decode_frames(
     """
     if hwaccel and hwaccel != HWACCEL_NONE:
         try:
-            return _decode_frames(p, out_raw, size, progress, hwaccel, threads)
+            return _decode_frames(p, out_raw, size, progress, hwaccel, threads, jpeg)
         except SonomaskError as exc:
             if "no space left on device" in str(exc):
                 raise
             if notes is not None:
                 notes.append(f"hardware decoding ({hwaccel}) failed, decoded plainly: {exc}")
-    return _decode_frames(p, out_raw, size, progress, None, threads)
+    return _decode_frames(p, out_raw, size, progress, None, threads, jpeg)
+
+
+def jpeg_offsets_path(frames: Path) -> Path:
+    """Where ``decode_frames(..., jpeg=True)`` puts the frames' byte offsets (int64 .npy)."""
+    return frames.with_name(frames.name + ".offsets.npy")
 
 
 def _decode_frames(
@@ -468,6 +479,7 @@ def _decode_frames(
     progress: ProgressFn | None,
     hwaccel: str | None,
     threads: int,
+    jpeg: bool = False,
 ) -> np.ndarray:
     w, h = size
     extra: dict[str, Any] = {"copyts": None}
@@ -478,32 +490,89 @@ def _decode_frames(
     stream = _input(p.path, **extra)
     v = stream[f"{_video_index_among(p)}"]
     v = v.filter("scale", w, h, flags="area").filter("showinfo")
-    out = ffmpeg.output(v, str(out_raw), f="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+    target = "pipe:1" if jpeg else str(out_raw)
+    out = ffmpeg.output(v, target, f="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
     args = ffmpeg.compile(out, overwrite_output=True)
     args = [args[0], "-hide_banner", "-nostdin", "-loglevel", "info", *args[1:]]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE if jpeg else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    encoder = _JpegPipe(proc, out_raw, (w, h)) if jpeg else None
     times: list[float] = []
     tail: list[str] = []
     total = p.duration or 1.0
     v0 = picture_start(p)
     assert proc.stderr is not None
-    for line in proc.stderr:
-        m = _PTS_RE.search(line)
-        if m:
-            times.append(float(m.group(3)))
-            if progress is not None and len(times) % 30 == 0:
-                progress(min(1.0, (times[-1] - v0) / total), "decode frames")
-        elif "No space left on device" in line:
-            tail = [line]  # the cause, whatever ffmpeg prints after it
-        elif not any("No space left" in t for t in tail):
-            tail = (tail + [line])[-5:]
-    rc = proc.wait()
+    try:
+        for line in proc.stderr:
+            m = _PTS_RE.search(line)
+            if m:
+                times.append(float(m.group(3)))
+                if progress is not None and len(times) % 30 == 0:
+                    progress(min(1.0, (times[-1] - v0) / total), "decode frames")
+            elif "No space left on device" in line:
+                tail = [line]  # the cause, whatever ffmpeg prints after it
+            elif not any("No space left" in t for t in tail):
+                tail = (tail + [line])[-5:]
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if encoder is not None:
+            encoder.finish()
     if rc != 0:
         raise _ffmpeg_failed("decode frames", "".join(tail))
+    if encoder is not None and encoder.error is not None:
+        raise encoder.error
     if not times:
         raise BadInput(f"{p.path.name}: no video frame could be decoded; the file is damaged")
+    if encoder is not None and encoder.count != len(times):
+        raise SonomaskError("frame decoding produced an unexpected number of frames")
     t = np.asarray(times, dtype=np.float64)
     return t - t[0]
+
+
+class _JpegPipe:
+    """Reads ffmpeg's raw frames from its stdout in a thread and stores them as JPEGs."""
+
+    def __init__(self, proc: subprocess.Popen[str], out: Path, size: tuple[int, int]) -> None:
+        self.proc, self.out, self.size = proc, out, size
+        self.count = 0
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        w, h = self.size
+        frame_bytes = w * h * 3
+        writer = arrays.JpegFramesWriter(self.out)
+        pipe = self.proc.stdout.buffer if hasattr(self.proc.stdout, "buffer") else self.proc.stdout
+        try:
+            while True:
+                buf = pipe.read(frame_bytes)
+                if not buf:
+                    break
+                if len(buf) != frame_bytes:
+                    raise SonomaskError("ffmpeg stopped in the middle of a frame")
+                writer.add(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
+                self.count += 1
+        except Exception as exc:  # noqa: BLE001 - raised in the decoding thread by finish()
+            self.error = (
+                exc
+                if isinstance(exc, SonomaskError)
+                else SonomaskError(f"could not store the working frames: {exc}")
+            )
+            self.proc.kill()
+        finally:
+            writer.close()
+        np.save(jpeg_offsets_path(self.out), np.asarray(writer.offsets, dtype=np.int64))
+
+    def finish(self) -> None:
+        self.thread.join()
 
 
 def _video_index_among(p: Probe) -> str:

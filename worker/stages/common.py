@@ -10,7 +10,7 @@ import numpy as np
 
 from vision import masks as vmasks
 from worker import arrays, files, media
-from worker.arrays import PackedMasks, RowFile
+from worker.arrays import JpegFrames, PackedMasks
 from worker.errors import SonomaskError
 from worker.workspace import Workspace
 
@@ -37,7 +37,7 @@ def decode_working_frames(
     hwaccel: str = media.HWACCEL_NONE,
     threads: int = 0,
 ) -> None:
-    """Every frame at the working size (frames.raw) and its time (frame_times.npy).
+    """Every frame at the working size (JPEGs: ``arrays.JpegFrames``) and its time.
 
     ``hwaccel`` / ``threads``: ``Settings.hwaccel`` / ``decode_threads`` (``media.decode_frames``);
     a failed hardware decode is redone plainly and noted in the manifest (``frames.decode``).
@@ -45,19 +45,25 @@ def decode_working_frames(
     wsize = media.working_size(size)
     notes: list[str] = []
     with ws.atomic(files.FRAMES) as tmp:
-        times = media.decode_frames(p, tmp, wsize, prog, hwaccel, threads, notes)
-        if tmp.stat().st_size != len(times) * wsize[0] * wsize[1] * 3:
-            raise SonomaskError("frame decoding produced an unexpected number of bytes")
+        offsets_tmp = media.jpeg_offsets_path(tmp)
+        try:
+            times = media.decode_frames(p, tmp, wsize, prog, hwaccel, threads, notes, jpeg=True)
+            offsets = np.load(offsets_tmp)
+        finally:
+            offsets_tmp.unlink(missing_ok=True)
+        if len(offsets) != len(times) + 1:
+            raise SonomaskError("frame decoding produced an unexpected number of frames")
+        ws.write_npy(files.FRAME_OFFSETS, offsets)
     ws.write_npy(files.FRAME_TIMES, times)
     decode = notes[-1] if notes else f"hwaccel {hwaccel}" if hwaccel != "none" else "plain"
     ws.update_manifest(frames={"count": len(times), "working_size": list(wsize), "decode": decode})
 
 
-def working_frames(ws: Workspace) -> tuple[RowFile, np.ndarray]:
-    """The working frames, read frame by frame from disk, and their times."""
+def working_frames(ws: Workspace) -> tuple[JpegFrames, np.ndarray]:
+    """The working frames, decoded frame by frame from disk as asked for, and their times."""
     times = np.load(ws.file(files.FRAME_TIMES))
     w, h = ws.manifest()["frames"]["working_size"]
-    return RowFile(ws.file(files.FRAMES), (len(times), h, w, 3), np.uint8), times
+    return JpegFrames(ws.file(files.FRAMES), np.load(ws.file(files.FRAME_OFFSETS)), (w, h)), times
 
 
 def working_masks(ws: Workspace, name: str = files.MASKS_WORK) -> PackedMasks:

@@ -18,12 +18,24 @@ MIN_AUDIO_FRACTION = 0.9  # below this share of the declared duration the file i
 
 
 READS = (files.SPEC, files.PROBE)
-WRITES = (files.AUDIO_SOURCE, files.AUDIO_MODEL, files.FRAMES, files.FRAME_TIMES)
+WRITES = (
+    files.AUDIO_SOURCE,
+    files.AUDIO_MODEL,
+    files.FRAMES,
+    files.FRAME_OFFSETS,
+    files.FRAME_TIMES,
+)
 
 
 def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None:
     """Audio at its own rate and channels, the model's mono 48 kHz copy, downscaled frames."""
-    outputs = (files.AUDIO_SOURCE, files.AUDIO_MODEL, files.FRAMES, files.FRAME_TIMES)
+    outputs = (
+        files.AUDIO_SOURCE,
+        files.AUDIO_MODEL,
+        files.FRAMES,
+        files.FRAME_OFFSETS,
+        files.FRAME_TIMES,
+    )
     if ws.has(*outputs):
         return
     spec = ws.spec

@@ -31,6 +31,7 @@ READS = (
     files.SPEC,
     files.PREVIEW_PICTURE,
     files.FRAMES,
+    files.FRAME_OFFSETS,
     files.FRAME_TIMES,
     files.MASKS_WORK,
     files.PROBE,

@@ -44,6 +44,7 @@ READS = (
     files.AUDIO_MODEL,
     files.ACTIVITY,
     files.FRAMES,
+    files.FRAME_OFFSETS,
     files.MASKS_WORK,
     files.PROMPT_INDEX,
     files.PROMPT_TIMES,

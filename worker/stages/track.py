@@ -6,10 +6,14 @@ to ``objects/<label>/masks_work.npy`` and ``masks.npz``."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import os
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
@@ -38,7 +42,7 @@ from worker.stages.common import (
 from worker.stages.models import resolve_tracker_model
 from worker.workspace import Workspace
 
-READS = (files.SPEC, files.PROBE, files.FRAMES, files.FRAME_TIMES)
+READS = (files.SPEC, files.PROBE, files.FRAMES, files.FRAME_OFFSETS, files.FRAME_TIMES)
 WRITES = (files.MASKS_WORK, files.MASKS)
 
 
@@ -140,6 +144,7 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
             for o in objs
         ]
         works = [stack.enter_context(arrays.create_packed_masks(t, n, wsize)) for t in tmps]
+        used: dict[str, Any] = {}
         results, order = track_objects(
             lambda j: tracker,
             frames,
@@ -148,6 +153,7 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
             works,
             prog,
             processes=len(os.sched_getaffinity(0)),  # frames and masks are files: they pickle
+            stats=used,  # how many processes tracked at once (1: one after the other)
         )
         exact = [{i: fulls[j][i] for i in r.exact} for j, r in enumerate(results)]
         full_tmps = [
@@ -164,7 +170,7 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
                     "or add keyframes"
                 )
     warnings = [f"{o.label}: {w}" for o, r in zip(objs, results, strict=True) for w in r.warnings]
-    ws.update_manifest(track_warnings=warnings)
+    ws.update_manifest(track_warnings=warnings, track_processes=used["processes"])
     report("track", 1.0, f"tracked {len(objs)} object(s)")
 
 
@@ -196,19 +202,21 @@ def write_full_object_masks(
         for f in outs:
             np.lib.format.write_array_header_1_0(f, header)
         up = FullSize((works[0].shape[2], works[0].shape[1]), size)
-        for lo in range(0, n, MASK_CHUNK):
-            chunks = [np.asarray(wk[lo : lo + MASK_CHUNK]) for wk in works]
-            for t in range(len(chunks[0])):
-                i = lo + t
-                full = []
-                for j, chunk in enumerate(chunks):
-                    m = exact[j].get(i)
-                    if m is None:
-                        m = up(chunk[t])
-                    full.append(m)
-                for j, m in enumerate(exclusive(full, order[i])):
-                    found[j][i] = bool(m.any())
-                    outs[j].write(np.ascontiguousarray(m, dtype=np.uint8).tobytes())
+
+        def frames() -> Iterator[Callable[[], list[np.ndarray]]]:
+            for lo in range(0, n, MASK_CHUNK):
+                chunks = [np.asarray(wk[lo : lo + MASK_CHUNK]) for wk in works]
+                for t in range(len(chunks[0])):
+                    yield (lambda i=lo + t, smalls=[c[t] for c in chunks]: full(i, smalls))
+
+        def full(i: int, smalls: list[np.ndarray]) -> list[np.ndarray]:
+            ms = [exact[j].get(i) for j in range(len(works))]
+            ms = [up(sm) if m is None else m for m, sm in zip(ms, smalls, strict=True)]
+            return exclusive(ms, order[i])
+
+        for i, anys in enumerate(_write_masks(outs, frames())):
+            for j, any_pixel in enumerate(anys):
+                found[j][i] = any_pixel
     return found
 
 
@@ -252,21 +260,82 @@ def write_full_masks(
     found = np.zeros(n, dtype=bool)
     header = {"descr": "|u1", "fortran_order": False, "shape": (n, h, w)}
     up = FullSize((work.shape[2], work.shape[1]), size)
+
+    def frames() -> Iterator[Callable[[], list[np.ndarray]]]:
+        for lo in range(0, n, MASK_CHUNK):
+            chunk = np.asarray(work[lo : lo + MASK_CHUNK])
+            for i, small in enumerate(chunk, start=lo):
+                m = exact.get(i)
+                yield (lambda m=m, small=small: [up(small) if m is None else m])
+
     with zipfile.ZipFile(
         path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1, allowZip64=True
     ) as zf:
         with _open_masks_entry(zf) as f:
             np.lib.format.write_array_header_1_0(f, header)
-            for lo in range(0, n, MASK_CHUNK):
-                chunk = np.asarray(work[lo : lo + MASK_CHUNK])
-                for i, small in enumerate(chunk, start=lo):
-                    m = exact.get(i)
-                    if m is None:
-                        m = up(small)
-                    m = np.ascontiguousarray(m, dtype=np.uint8)
-                    found[i] = bool(m.any())
-                    f.write(m.tobytes())
+            for i, (any_pixel,) in enumerate(_write_masks([f], frames())):
+                found[i] = any_pixel
     return found
+
+
+def _write_masks(
+    entries: list[IO[bytes]], frames: Iterable[Callable[[], list[np.ndarray]]]
+) -> Iterator[list[bool]]:
+    """Write each frame's masks (one per entry, made by calling the frame's function) in
+    order, making and deflating them on two threads: at 1080p the upscaling and deflating
+    cost more than the tracking, and both release the GIL. Yields, per frame, whether each
+    mask holds any pixel."""
+
+    def make(job: Callable[[], list[np.ndarray]]) -> list[tuple[memoryview, bytes | None, bool]]:
+        out = []
+        for e, m in zip(entries, job(), strict=True):
+            data = np.ascontiguousarray(m, dtype=np.uint8).reshape(-1).data
+            out.append((data, _deflate(data) if _is_parallel(e) else None, bool(m.any())))
+        return out
+
+    with ThreadPoolExecutor(2, thread_name_prefix="masks") as pool:
+        ahead: collections.deque[Any] = collections.deque()
+        it = iter(frames)
+        for job in itertools.islice(it, _AHEAD):
+            ahead.append(pool.submit(make, job))
+        while ahead:
+            done = ahead.popleft().result()
+            for job in itertools.islice(it, 1):
+                ahead.append(pool.submit(make, job))
+            for e, (data, packed, _) in zip(entries, done, strict=True):
+                if packed is not None:
+                    e._compressor.ready.append(packed)  # type: ignore[attr-defined]
+                e.write(data)
+            yield [any_pixel for _, _, any_pixel in done]
+
+
+_AHEAD = 8  # frames made and deflated ahead of the one being written
+
+
+def _deflate(data: memoryview) -> bytes:
+    """``data`` as a piece of one raw deflate stream: compressed on its own (level 1, run
+    length), ending on a byte boundary (a sync flush), so pieces deflated apart join up."""
+    c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+    return c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+
+
+class _Deflater:
+    """Stands in for a zip entry's compressor: hands back pieces deflated beforehand
+    (``ready``, in the order the data is written) or deflates the data itself (the header);
+    its final flush is an empty last block, which closes the stream."""
+
+    def __init__(self) -> None:
+        self.ready: collections.deque[bytes] = collections.deque()
+
+    def compress(self, data: bytes) -> bytes:
+        return self.ready.popleft() if self.ready else _deflate(memoryview(data))
+
+    def flush(self) -> bytes:
+        return zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE).flush()
+
+
+def _is_parallel(entry: IO[bytes]) -> bool:
+    return isinstance(getattr(entry, "_compressor", None), _Deflater)
 
 
 def _open_masks_entry(zf: zipfile.ZipFile) -> IO[bytes]:
@@ -280,7 +349,7 @@ def _open_masks_entry(zf: zipfile.ZipFile) -> IO[bytes]:
     """
     f = zf.open("masks.npy", "w", force_zip64=True)
     if hasattr(f, "_compressor"):
-        f._compressor = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+        f._compressor = _Deflater()
     return f
 
 
