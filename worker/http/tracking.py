@@ -28,8 +28,8 @@ them (``retracked``). The result is the same as tracking the whole clip at once
 a memory through the whole clip (SAM 2 and the other model trackers) make one segment: any
 change re-tracks every frame, as the job will; their weights load in the API process.
 
-Files, all in ``<session>/track/`` and gone when the session expires: ``frames.raw`` and
-``times.npy`` (the working frames: as much disk as a job's), ``masks.npy`` (working-size
+Files, all in ``<session>/track/`` and gone when the session expires: ``frames.jpg.bin``,
+``frame_offsets.npy`` and ``times.npy`` (the working frames, stored as a job stores them), ``masks.npy`` (working-size
 masks), ``stats.npz`` (each frame's mask area and whether it touches the border, for the
 warnings), ``keys/<hash>.png`` (the keyframes as the job reads them), ``state.json``.
 """
@@ -58,7 +58,7 @@ from starlette.datastructures import UploadFile
 from vision import masks as vmasks
 from vision.sink import MaskSink, track_warnings
 from worker import arrays, media
-from worker.arrays import RowFile
+from worker.arrays import JpegFrames, RowFile
 from worker.errors import BadInput, as_sonomask_error
 from worker.http import safejson
 from worker.settings import Settings
@@ -351,9 +351,9 @@ class _Window:
         return self.masks[self.seg.lo + int(t)]
 
 
-def _rows(f: RowFile, lo: int, hi: int) -> RowFile:
-    """Rows ``lo..hi`` (inclusive) of ``f`` as a file of their own (nothing is read)."""
-    return RowFile(f.path, (hi - lo + 1, *f.row_shape), f.dtype, f.offset + lo * f.row_bytes)
+def _rows(f: JpegFrames, lo: int, hi: int) -> JpegFrames:
+    """Frames ``lo..hi`` (inclusive) of ``f`` as a clip of their own (nothing is read)."""
+    return JpegFrames(f.path, f.offsets[lo : hi + 2], (f.shape[2], f.shape[1]))
 
 
 class _Run:
@@ -400,30 +400,35 @@ class _Run:
     def _decoding(self, fraction: float, message: str) -> None:
         self.save(progress=0.3 * fraction, message="decoding the frames")
 
-    def _frames(self) -> tuple[RowFile, np.ndarray]:
-        """The working frames, decoded by the demux stage's rules the first time."""
-        raw, times_file = self.folder / "frames.raw", self.folder / "times.npy"
+    def _frames(self) -> tuple[JpegFrames, np.ndarray]:
+        """The working frames, decoded and stored by the demux stage's rules the first time
+        (the same JPEGs, so the preview tracks exactly what the job's track stage will)."""
+        raw, times_file = self.folder / "frames.jpg.bin", self.folder / "times.npy"
+        offsets_file = self.folder / "frame_offsets.npy"
         src = Path(self.meta["path"])
         if not src.is_file():
             raise BadInput(f"the video {self.meta['name']} is gone; open it again")
         p = media.probe(src, require_audio=False)
         w, h = media.working_size(p.display_size)
-        if not (raw.is_file() and times_file.is_file()):
-            part = self.folder / f".frames-{uuid.uuid4().hex[:8]}.raw"
+        if not (raw.is_file() and times_file.is_file() and offsets_file.is_file()):
+            part = self.folder / f".frames-{uuid.uuid4().hex[:8]}.jpg.bin"
+            part_offsets = media.jpeg_offsets_path(part)
             try:
-                times = media.decode_frames(p, part, (w, h), self._decoding)
-                if part.stat().st_size != len(times) * w * h * 3:
+                times = media.decode_frames(p, part, (w, h), self._decoding, jpeg=True)
+                if len(np.load(part_offsets)) != len(times) + 1:
                     raise BadInput(f"{p.path.name}: the frames did not decode completely")
                 np.save(self.folder / ".times.npy", times)
                 os.replace(self.folder / ".times.npy", times_file)
+                os.replace(part_offsets, offsets_file)
                 os.replace(part, raw)
             finally:
                 part.unlink(missing_ok=True)
+                part_offsets.unlink(missing_ok=True)
         times = np.load(times_file)
-        return RowFile(raw, (len(times), h, w, 3), np.uint8), times
+        return JpegFrames(raw, np.load(offsets_file), (w, h)), times
 
     def _track(self, t0: float) -> None:
-        decoded = (self.folder / "frames.raw").is_file()
+        decoded = (self.folder / "frames.jpg.bin").is_file()
         frames, _ = self._frames()
         n, h, w = frames.shape[:3]
         size = (int(self.meta["width"]), int(self.meta["height"]))
