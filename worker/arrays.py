@@ -414,8 +414,17 @@ class JpegFrames(_RowView):
         uniq, inverse = np.unique(idx, return_inverse=True)
         if uniq[0] < 0 or uniq[-1] >= self.shape[0]:
             raise IndexError(f"rows outside 0..{self.shape[0] - 1}")
-        decoded = list(self._executor().map(self._decode, uniq.tolist()))
-        out[:] = np.stack(decoded)[inverse.reshape(-1)]
+        first = {}  # each distinct frame decoded once, straight into its first row
+        for row, j in enumerate(uniq[inverse.reshape(-1)].tolist()):
+            first.setdefault(j, row)
+
+        def put(j: int) -> None:
+            out[first[j]] = self._decode(j)
+
+        list(self._executor().map(put, first))
+        for row, j in enumerate(idx.tolist()):
+            if first[j] != row:
+                out[row] = out[first[j]]
         return out
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ feature step."""
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import soundfile as sf
@@ -67,8 +68,13 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
         if spec.preview:
             tmp = stack.enter_context(ws.atomic(files.PREVIEW_PICTURE))
             painter = stack.enter_context(PreviewPainter(ws, tmp, labels, None))
+        # The next chunk's frames decode on other threads while this one is measured.
+        reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="prompt"))
+        ahead = reader.submit(frames.read, 0, MASK_CHUNK)
         for lo in range(0, n, MASK_CHUNK):
-            chunk = frames.read(lo, lo + MASK_CHUNK)
+            chunk = ahead.result()
+            if lo + MASK_CHUNK < n:
+                ahead = reader.submit(frames.read, lo + MASK_CHUNK, lo + 2 * MASK_CHUNK)
             ms = [m.read(lo, lo + MASK_CHUNK) for m in masks]
             for o, meter, mk in zip(objs, meters, ms, strict=True):
                 for frame, mask in zip(chunk, mk, strict=True):
