@@ -15,14 +15,25 @@ evaluations, and is also extrapolated to the reference's 16 steps / 32 evaluatio
 * +drop masks: all-valid padding masks dropped (= the default optimised path);
 * +bf16 autocast (``--bf16``), +torch.compile (``--compile``): optional extras.
 
-Plus the encoders (codec encode, T5, PE) and the codec decode, unless skipped. Peak resident
-memory is reset before each stage (``/proc/self/clear_refs``), so every row shows its own peak.
+Plus the encoders (codec encode, T5, PE) and the codec decode, unless skipped; the codec's
+encode and decode are timed both ways too (naive = ``naive=True``, the reference's computation:
+weight norm on every call, channels-first convolutions, allocating Snake, the watermark head
+twice; optimised = the default). Peak resident memory is reset before each stage
+(``/proc/self/clear_refs``), so every row shows its own peak.
+
+``--fixture DIR`` instead times the whole ``separate()`` on a reference fixture (fixture A:
+random weights with the reference's outputs, e.g. /work/shared/fixtures/sam_audio_reference_a),
+naive (``separate(naive=True)``: DiT and codec the reference's way) against optimised (the
+default), round-robin, with the codec decode and encode of the same case, each with its peak
+RSS and the max |difference| (between the two paths and against the reference's waveforms).
 
     python benchmarks/sam_audio.py                       # small DiT, 5 s, 2 steps, CPU
     python benchmarks/sam_audio.py --size base --seconds 10 --steps 16 --device cuda --bf16
     python benchmarks/sam_audio.py --skip-codec --skip-vision  # DiT only
     python benchmarks/sam_audio.py --size base --save-random /tmp/sam-audio-base-random
         # a random model folder for `sonomask separate --model` (released layout)
+    python benchmarks/sam_audio.py --fixture /work/shared/fixtures/sam_audio_reference_a \
+        --case text --repeats 2     # whole separate(), naive vs optimised, on fixture A
 """
 
 from __future__ import annotations
@@ -193,6 +204,115 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple
     return best, result
 
 
+def round_robin(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int
+) -> dict[str, tuple[float, str, object]]:
+    """Best seconds, last peak and last result of each function, run in turns so that load
+    from other processes hits every one alike."""
+    out: dict[str, tuple[float, str, object]] = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            reset_peak(device)
+            sec, res = timed(fn, device, 1)
+            best = min(sec, out[name][0]) if name in out else sec
+            out[name] = (best, peak(device), res)
+    return out
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def fixture_main(args: argparse.Namespace) -> None:
+    """``--fixture``: whole ``separate()`` and the codec, naive vs optimised, on a fixture."""
+    from model.sam_audio import SAMAudioProcessor
+
+    folder = Path(args.fixture)
+    device = torch.device("cpu")
+    t0 = time.perf_counter()
+    model = SAMAudio.from_pretrained(folder).eval()
+    processor = SAMAudioProcessor.from_pretrained(folder)
+    inputs = torch.load(folder / "inputs.pt", weights_only=False)
+    expected = torch.load(folder / "expected.pt", weights_only=False)
+    case, exp = inputs["cases"][args.case], expected["cases"][args.case]
+    batch = processor(
+        descriptions=case["descriptions"],
+        audios=case["audios"],
+        anchors=case["anchors"],
+        masked_videos=[inputs["video_masked"]] if case["uses_video"] else None,
+    )
+    msg = exp["wm_message"]
+    seconds = float(batch.sizes.sum()) * model.hop_length / model.sample_rate
+    print(
+        f"fixture {folder.name}, case {args.case}: {seconds:.2f} s of audio, "
+        f"{tuple(exp['decode_latents'].shape)} latents; loaded in {time.perf_counter() - t0:.1f} s; "
+        f"threads {torch.get_num_threads()}, repeats {args.repeats} (best of, round-robin)"
+    )
+
+    def separate(naive: bool) -> Callable[[], object]:
+        def run():
+            return model.separate(batch, noise=case["noise"], watermark_message=msg, naive=naive)
+
+        return run
+
+    codec = model.audio_codec
+    latents = exp["decode_latents"]
+    with torch.inference_mode():
+        codec.decode(latents[..., :2], msg)  # warm-up: weight cache, oneDNN primitives
+        codec.decode(latents[..., :2], msg, naive=True)
+        codec_runs = round_robin(
+            {
+                "codec decode naive": lambda: codec.decode(latents, msg, naive=True),
+                "codec decode optimised": lambda: codec.decode(latents, msg),
+                "codec encode naive": lambda: codec.encode(batch.audios, naive=True),
+                "codec encode optimised": lambda: codec.encode(batch.audios),
+            },
+            device,
+            args.repeats,
+        )
+    sep_runs = round_robin(
+        {"separate() naive": separate(True), "separate() optimised": separate(False)},
+        device,
+        args.repeats,
+    )
+    print()
+    print(f"{'stage':28s} {'seconds':>9s} {'speedup':>8s} {'max|opt-naive|':>15s}   peak")
+    pairs = [
+        ("codec decode", codec_runs),
+        ("codec encode", codec_runs),
+        ("separate()", sep_runs),
+    ]
+    for stem, runs in pairs:
+        naive_s, naive_pk, naive_out = runs[f"{stem} naive"]
+        opt_s, opt_pk, opt_out = runs[f"{stem} optimised"]
+        if stem == "separate()":
+            err = max(
+                _diff(a, b)
+                for xs, ys in ((naive_out.target, opt_out.target),
+                               (naive_out.residual, opt_out.residual))
+                for a, b in zip(xs, ys, strict=True)
+            )  # fmt: skip
+        else:
+            err = _diff(naive_out, opt_out)
+        print(f"{stem + ' naive':28s} {naive_s:9.2f} {'1.00x':>8s} {'':>15s}   {naive_pk}")
+        print(
+            f"{stem + ' optimised':28s} {opt_s:9.2f} {naive_s / opt_s:7.2f}x {err:15.2e}   {opt_pk}"
+        )
+    ref_err = {
+        name: max(
+            _diff(a, b)
+            for a, b in zip(
+                runs[2].target + runs[2].residual, exp["target"] + exp["residual"], strict=True
+            )
+        )
+        for name, runs in sep_runs.items()
+    }
+    print()
+    for name, err in ref_err.items():
+        print(f"{name}: max |difference| to the reference's target/residual {err:.2e}")
+    print(f"highest peak RSS of any stage: {_MAX_PEAK[0]:.0f} MiB")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -210,6 +330,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast of the DiT")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the DiT")
     ap.add_argument(
+        "--fixture",
+        metavar="DIR",
+        default=None,
+        help="time the whole separate() (and the codec) naive vs optimised on a reference fixture",
+    )
+    ap.add_argument("--case", default="text", help="the --fixture case (text, span, visual, batch)")
+    ap.add_argument(
         "--save-random",
         metavar="DIR",
         default=None,
@@ -221,6 +348,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.save_random:
         save_random(args.size, Path(args.save_random))
+        return
+    if args.fixture:
+        fixture_main(args)
         return
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -262,9 +392,21 @@ def main(argv: list[str] | None = None) -> None:
             feats = torch.randn(1, T, C2 // 2, generator=gen).to(device)
             audio_features = torch.cat([feats, feats], dim=2)
         else:
+            # warm-up on two frames (weight caches, oneDNN primitives), both paths
+            model._get_audio_features(wav[..., : 2 * hop])
+            model._get_audio_features(wav[..., : 2 * hop], naive=True)
             reset_peak(device)
             sec, audio_features = timed(lambda: model._get_audio_features(wav), device, 1)
             rows.append(("codec encode", sec / args.seconds, peak(device)))
+            if not args.skip_naive:
+                reset_peak(device)
+                sec, naive_features = timed(
+                    lambda: model._get_audio_features(wav, naive=True), device, 1
+                )
+                err = _diff(naive_features, audio_features)
+                rows.append(
+                    (f"codec encode naive (max|diff| {err:.1e})", sec / args.seconds, peak(device))
+                )
         reset_peak(device)
         sec, (text_features, text_mask) = timed(
             lambda: model.text_encoder(["a dog barking in the distance"]), device, 1
@@ -344,11 +486,23 @@ def main(argv: list[str] | None = None) -> None:
 
         latents = reference_out
         if not args.skip_codec:
+            bits = torch.zeros(2, 16, device=device)
+            model.decode(latents[:, :2], bits)  # warm-up, both paths
+            model.decode(latents[:, :2], bits, naive=True)
             reset_peak(device)
-            sec, _ = timed(
-                lambda: model.decode(latents, torch.zeros(2, 16, device=device)), device, 1
-            )
+            sec, wavs = timed(lambda: model.decode(latents, bits), device, 1)
             rows.append(("codec decode (2 stems)", sec / args.seconds, peak(device)))
+            if not args.skip_naive:
+                reset_peak(device)
+                sec, naive_wavs = timed(lambda: model.decode(latents, bits, naive=True), device, 1)
+                err = _diff(naive_wavs, wavs)
+                rows.append(
+                    (
+                        f"codec decode naive (2 stems, max|diff| {err:.1e})",
+                        sec / args.seconds,
+                        peak(device),
+                    )
+                )
 
     print()
     print(f"{'stage':48s} {'s / s audio':>12s}   peak")
@@ -366,14 +520,16 @@ def main(argv: list[str] | None = None) -> None:
             f"{name:48s} {per_nfe:8.3f} {sec * scale / args.seconds:19.3f} {base / sec:7.2f}x "
             f"{err:10.2e}   {pk}"
         )
-    enc = sum(sps for name, sps, _ in rows if "decode" not in name)
-    dec = sum(sps for name, sps, _ in rows if "decode" in name)
+    enc = sum(sps for name, sps, _ in rows if "decode" not in name and "naive" not in name)
+    dec = sum(sps for name, sps, _ in rows if "decode" in name and "naive" not in name)
+    enc_naive = sum(sps for name, sps, _ in rows if "decode" not in name and name != "codec encode")
+    dec_naive = sum(sps for name, sps, _ in rows if "decode naive" in name) or dec
     naive_s = ode_rows[0][1] * scale / args.seconds
     default_s = next(r for r in ode_rows if "(default)" in r[0])[1] * scale / args.seconds
     print()
     print(
         f"total s per s of audio (encoders + 16-step ODE + decode): "
-        f"{'naive ' + format(enc + naive_s + dec, '.3f') + ', ' if not args.skip_naive else ''}"
+        f"{'naive ' + format(enc_naive + naive_s + dec_naive, '.3f') + ', ' if not args.skip_naive else ''}"
         f"optimised {enc + default_s + dec:.3f}"
         + ("  [codec skipped]" if args.skip_codec else "")
         + ("  [vision skipped]" if args.skip_vision else "")

@@ -10,7 +10,8 @@ Two ways of evaluating the vector field are kept:
 
 * ``naive=True``: exactly the reference's per-step computation (``forward``): every one of the
   32 evaluations re-projects the clean-audio features, re-aligns the video, re-embeds the
-  anchors and re-projects the text memory.
+  anchors and re-projects the text memory; ``separate(naive=True)`` also runs the codec the
+  reference's way (``DACVAECodec.encode`` / ``decode`` with ``naive=True``).
 * default (optimised): everything that depends neither on the noisy latent nor on time is
   computed once per call (``prepare_conditioning``): the audio part of the input projection,
   the video and anchor terms, the text memory projection, the RoPE table, and all-valid masks
@@ -20,6 +21,7 @@ Two ways of evaluating the vector field are kept:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -186,6 +188,13 @@ def odeint_final(
 # ---------------------------------------------------------------------------------------------
 # Component factories (module-level so tests can substitute small stand-ins)
 # ---------------------------------------------------------------------------------------------
+
+
+def _naive_kwargs(method: Callable[..., Any], naive: bool) -> dict[str, bool]:
+    """``{"naive": True}`` when asked for and ``method`` takes it (a stand-in codec may not)."""
+    if naive and "naive" in inspect.signature(method).parameters:
+        return {"naive": True}
+    return {}
 
 
 def _build_codec(cfg: SAMAudioConfig) -> nn.Module:
@@ -489,9 +498,11 @@ class SAMAudio(nn.Module):
 
     # -- encoders ------------------------------------------------------------------------------
 
-    def _get_audio_features(self, audios: torch.Tensor) -> torch.Tensor:
-        """[B, 1, N] -> codec mean latents duplicated along channels [B, T, 2C] (reference)."""
-        f = self.audio_codec.encode(audios).transpose(1, 2)
+    def _get_audio_features(self, audios: torch.Tensor, naive: bool = False) -> torch.Tensor:
+        """[B, 1, N] -> codec mean latents duplicated along channels [B, T, 2C] (reference).
+        ``naive``: the codec computes it the reference's way (``DACVAECodec.encode``)."""
+        f = self.audio_codec.encode(audios, **_naive_kwargs(self.audio_codec.encode, naive))
+        f = f.transpose(1, 2)
         return torch.cat([f, f], dim=2)
 
     def _get_video_features(
@@ -522,19 +533,22 @@ class SAMAudio(nn.Module):
             return pad_sequence(per_video, batch_first=True)
         return self.vision_encoder(video)
 
-    def get_forward_args(self, batch: Batch, shared_audio: bool = False) -> dict[str, torch.Tensor]:
+    def get_forward_args(
+        self, batch: Batch, shared_audio: bool = False, naive: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Encode a batch: the keyword arguments of ``forward`` except the noisy latent and
         time (reference ``_get_forward_args`` with one candidate).
 
         ``shared_audio``: every item holds the same mixture (several prompts on one
-        clip), so the codec encodes it once and the batch shares its features."""
+        clip), so the codec encodes it once and the batch shares its features.
+        ``naive``: the codec encodes the reference's way."""
         if shared_audio:
             if not all(torch.equal(batch.audios[0], a) for a in batch.audios[1:]):
                 raise SAMAudioInputError("shared_audio needs the same audio in every batch item")
-            one = self._get_audio_features(batch.audios[:1])
+            one = self._get_audio_features(batch.audios[:1], naive)
             audio_features = one.expand(batch.audios.shape[0], -1, -1)
         else:
-            audio_features = self._get_audio_features(batch.audios)
+            audio_features = self._get_audio_features(batch.audios, naive)
         with self._encoder_on_device(self.text_encoder):
             text_features, text_mask = self.text_encoder(batch.descriptions)
         masked_video_features = self._get_video_features(batch.masked_video, audio_features)
@@ -703,16 +717,21 @@ class SAMAudio(nn.Module):
             return odeint_final(field_lp, noise, ode_opt, on_step=on_step)
 
     def decode(
-        self, latents: torch.Tensor, watermark_message: torch.Tensor | None = None
+        self,
+        latents: torch.Tensor,
+        watermark_message: torch.Tensor | None = None,
+        naive: bool = False,
     ) -> torch.Tensor:
         """ODE state [B, T, 2C] -> waveforms [B, 2, T*hop] (target, residual).
 
         Rows are decoded as (b0 target, b0 residual, b1 target, ...) like the reference, so the
         watermark bits (drawn from torch's global RNG unless given, shape [2B, 16]) line up.
+        ``naive``: the codec decodes the reference's way (``DACVAECodec.decode``).
         """
         B, T, C2 = latents.shape
         stacked = latents.transpose(1, 2).reshape(2 * B, C2 // 2, T)
-        wavs = self.audio_codec.decode(stacked, watermark_message=watermark_message)
+        decode = self.audio_codec.decode
+        wavs = decode(stacked, watermark_message=watermark_message, **_naive_kwargs(decode, naive))
         return wavs.view(B, 2, -1)
 
     @staticmethod
@@ -761,8 +780,8 @@ class SAMAudio(nn.Module):
         when None. ode_opt: torchdiffeq-style solver options (default midpoint, step 2/32).
         watermark_message: codec watermark bits [2 * B * k, 16]; when None the codec draws
         them from the global RNG after the noise, exactly as the reference, so
-        ``torch.manual_seed`` reproduces reference runs. naive: evaluate the vector field the
-        reference way. autocast_dtype: e.g. torch.bfloat16 for the DiT on CUDA.
+        ``torch.manual_seed`` reproduces reference runs. naive: evaluate the vector field and
+        run the codec (encode and decode) the reference way. autocast_dtype: e.g. torch.bfloat16 for the DiT on CUDA.
         shared_audio: every item is the same mixture with its own prompt; it is encoded
         once (``get_forward_args``).
 
@@ -796,7 +815,7 @@ class SAMAudio(nn.Module):
                 progress(min(max(frac, 0.0), 1.0), what)
 
         report(0.0, "encoding")
-        base_args = self.get_forward_args(batch, shared_audio=shared_audio)
+        base_args = self.get_forward_args(batch, shared_audio=shared_audio, naive=naive)
         spans = None
         if predict_spans and batch.anchors is None:
             if self.span_predictor is None and self.config.span_predictor is None:
@@ -841,7 +860,7 @@ class SAMAudio(nn.Module):
         report(0.7, "decoding")
         if watermark_message is not None:
             watermark_message = watermark_message.to(device)
-        wavs = self.decode(latents, watermark_message)  # [B * k, 2, N]
+        wavs = self.decode(latents, watermark_message, naive=naive)  # [B * k, 2, N]
         sizes = (batch.sizes * self.hop_length).int()
         B = wavs.shape[0] // k
         targets = self.unbatch(wavs[:, 0].reshape(B, k, -1), sizes)  # per item [k, n_b]
