@@ -16,6 +16,7 @@ audio before the first frame is trimmed (with a warning).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -32,7 +33,7 @@ import numpy as np
 import soundfile as sf
 
 from worker import arrays
-from worker.errors import BadInput, SonomaskError
+from worker.errors import BadInput, SonomaskError, as_sonomask_error
 from worker.timecode import read_start_timecode
 
 FORMAT_WHITELIST = ",".join(
@@ -524,10 +525,10 @@ def _decode_frames(
             proc.wait()
         if encoder is not None:
             encoder.finish()
+    if encoder is not None and encoder.error is not None:
+        raise encoder.error  # the cause (a full disk): ffmpeg only saw its pipe close
     if rc != 0:
         raise _ffmpeg_failed("decode frames", "".join(tail))
-    if encoder is not None and encoder.error is not None:
-        raise encoder.error
     if not times:
         raise BadInput(f"{p.path.name}: no video frame could be decoded; the file is damaged")
     if encoder is not None and encoder.count != len(times):
@@ -547,26 +548,28 @@ class _JpegPipe:
         self.thread.start()
 
     def _run(self) -> None:
+        try:
+            self._store()
+        except Exception as exc:  # noqa: BLE001 - raised in the decoding thread after finish()
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                self.error = as_sonomask_error(exc)  # "no space left on device ..."
+            elif isinstance(exc, SonomaskError):
+                self.error = exc
+            else:
+                self.error = SonomaskError(f"could not store the working frames: {exc}")
+            self.proc.kill()
+
+    def _store(self) -> None:
         w, h = self.size
         frame_bytes = w * h * 3
-        writer = arrays.JpegFramesWriter(self.out)
         pipe = self.proc.stdout.buffer if hasattr(self.proc.stdout, "buffer") else self.proc.stdout
+        writer = arrays.JpegFramesWriter(self.out)
         try:
-            while True:
-                buf = pipe.read(frame_bytes)
-                if not buf:
-                    break
+            while buf := pipe.read(frame_bytes):
                 if len(buf) != frame_bytes:
                     raise SonomaskError("ffmpeg stopped in the middle of a frame")
                 writer.add(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
                 self.count += 1
-        except Exception as exc:  # noqa: BLE001 - raised in the decoding thread by finish()
-            self.error = (
-                exc
-                if isinstance(exc, SonomaskError)
-                else SonomaskError(f"could not store the working frames: {exc}")
-            )
-            self.proc.kill()
         finally:
             writer.close()
         np.save(jpeg_offsets_path(self.out), np.asarray(writer.offsets, dtype=np.int64))
