@@ -151,8 +151,9 @@ def test_failed_hwaccel_falls_back_to_plain_decoding(tmp_path, scene_mp4, mask_a
     assert stored.shape == plain.shape
     assert np.abs(stored.astype(int) - plain).mean() < 2.0
     frames.close()
-    media.decode_frames(p, tmp_path / "again.jpg", wsize, jpeg=True)
+    _, offsets = media.decode_jpeg_frames(p, tmp_path / "again.jpg", wsize)
     assert (tmp_path / "again.jpg").read_bytes() == ws.file(files.FRAMES).read_bytes()
+    assert np.array_equal(offsets, frames.offsets)
     # auto: ffmpeg's own choice (no device here: its software decoder), the same frames.
     notes: list[str] = []
     media.decode_frames(p, tmp_path / "auto.raw", wsize, hwaccel="auto", threads=2, notes=notes)

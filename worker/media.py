@@ -439,7 +439,6 @@ def decode_frames(
     hwaccel: str = HWACCEL_NONE,
     threads: int = 0,
     notes: list[str] | None = None,
-    jpeg: bool = False,
 ) -> np.ndarray:
     """Decode every frame (no drops or duplicates, also for VFR) scaled to ``size``.
 
@@ -447,30 +446,52 @@ def decode_frames(
     seconds relative to frame 0. ffmpeg applies the display rotation. The picture is
     scaled inside ffmpeg's filter graph, so only working-size frames leave it.
 
-    ``jpeg``: ``out_raw`` becomes a file of JPEGs (``arrays.JpegFramesWriter``: about a
-    tenth of the size), encoded here as ffmpeg hands the frames over, and their offsets go
-    to ``jpeg_offsets_path(out_raw)``.
-
     ``hwaccel`` is ffmpeg's ``-hwaccel`` (``auto``: a hardware decoder when ffmpeg finds a
     device, else its own; ``none``: never). A hardware decode that fails (no such
     hwaccel, no device, a stream the hardware refuses) is done again plainly, and a line
     saying so is appended to ``notes``. ``threads``: the decoder's threads (0: ffmpeg's
     choice, one per core).
     """
+    return _decode_with_fallback(p, out_raw, size, progress, hwaccel, threads, notes, False)[0]
+
+
+def decode_jpeg_frames(
+    p: Probe,
+    out: Path,
+    size: tuple[int, int],
+    progress: ProgressFn | None = None,
+    hwaccel: str = HWACCEL_NONE,
+    threads: int = 0,
+    notes: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``decode_frames``, but the frames go to ``out`` as JPEGs (``arrays.JpegFramesWriter``:
+    a quarter to a half of the raw size), encoded here as ffmpeg hands them over. Returns
+    the frames' times and the JPEGs' byte offsets (n + 1, for ``arrays.JpegFrames``)."""
+    times, offsets = _decode_with_fallback(p, out, size, progress, hwaccel, threads, notes, True)
+    assert offsets is not None
+    return times, offsets
+
+
+def _decode_with_fallback(
+    p: Probe,
+    out: Path,
+    size: tuple[int, int],
+    progress: ProgressFn | None,
+    hwaccel: str,
+    threads: int,
+    notes: list[str] | None,
+    jpeg: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``_decode_frames`` with ``hwaccel``, redone plainly when the hardware decode fails."""
     if hwaccel and hwaccel != HWACCEL_NONE:
         try:
-            return _decode_frames(p, out_raw, size, progress, hwaccel, threads, jpeg)
+            return _decode_frames(p, out, size, progress, hwaccel, threads, jpeg)
         except SonomaskError as exc:
             if "no space left on device" in str(exc):
                 raise
             if notes is not None:
                 notes.append(f"hardware decoding ({hwaccel}) failed, decoded plainly: {exc}")
-    return _decode_frames(p, out_raw, size, progress, None, threads, jpeg)
-
-
-def jpeg_offsets_path(frames: Path) -> Path:
-    """Where ``decode_frames(..., jpeg=True)`` puts the frames' byte offsets (int64 .npy)."""
-    return frames.with_name(frames.name + ".offsets.npy")
+    return _decode_frames(p, out, size, progress, None, threads, jpeg)
 
 
 def _decode_frames(
@@ -480,8 +501,8 @@ def _decode_frames(
     progress: ProgressFn | None,
     hwaccel: str | None,
     threads: int,
-    jpeg: bool = False,
-) -> np.ndarray:
+    jpeg: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     w, h = size
     extra: dict[str, Any] = {"copyts": None}
     if hwaccel:
@@ -531,10 +552,13 @@ def _decode_frames(
         raise _ffmpeg_failed("decode frames", "".join(tail))
     if not times:
         raise BadInput(f"{p.path.name}: no video frame could be decoded; the file is damaged")
-    if encoder is not None and encoder.count != len(times):
-        raise SonomaskError("frame decoding produced an unexpected number of frames")
+    offsets = None
+    if encoder is not None:
+        offsets = np.asarray(encoder.offsets, dtype=np.int64)
+        if len(offsets) != len(times) + 1:
+            raise SonomaskError("frame decoding produced an unexpected number of frames")
     t = np.asarray(times, dtype=np.float64)
-    return t - t[0]
+    return t - t[0], offsets
 
 
 class _JpegPipe:
@@ -542,7 +566,7 @@ class _JpegPipe:
 
     def __init__(self, proc: subprocess.Popen[str], out: Path, size: tuple[int, int]) -> None:
         self.proc, self.out, self.size = proc, out, size
-        self.count = 0
+        self.offsets: list[int] = [0]  # where each stored frame starts, and the end
         self.error: Exception | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -569,10 +593,9 @@ class _JpegPipe:
                 if len(buf) != frame_bytes:
                     raise SonomaskError("ffmpeg stopped in the middle of a frame")
                 writer.add(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
-                self.count += 1
         finally:
             writer.close()
-        np.save(jpeg_offsets_path(self.out), np.asarray(writer.offsets, dtype=np.int64))
+        self.offsets = writer.offsets
 
     def finish(self) -> None:
         self.thread.join()

@@ -29,8 +29,8 @@ a memory through the whole clip (SAM 2 and the other model trackers) make one se
 change re-tracks every frame, as the job will; their weights load in the API process.
 
 Files, all in ``<session>/track/`` and gone when the session expires: ``frames.jpg.bin``,
-``frame_offsets.npy`` and ``times.npy`` (the working frames, stored as a job stores them), ``masks.npy`` (working-size
-masks), ``stats.npz`` (each frame's mask area and whether it touches the border, for the
+``frame_offsets.npy`` and ``times.npy`` (the working frames, stored as a job stores them),
+``masks.npy`` (working-size masks), ``stats.npz`` (each frame's mask area and whether it touches the border, for the
 warnings), ``keys/<hash>.png`` (the keyframes as the job reads them), ``state.json``.
 """
 
@@ -412,18 +412,15 @@ class _Run:
         w, h = media.working_size(p.display_size)
         if not (raw.is_file() and times_file.is_file() and offsets_file.is_file()):
             part = self.folder / f".frames-{uuid.uuid4().hex[:8]}.jpg.bin"
-            part_offsets = media.jpeg_offsets_path(part)
             try:
-                times = media.decode_frames(p, part, (w, h), self._decoding, jpeg=True)
-                if len(np.load(part_offsets)) != len(times) + 1:
-                    raise BadInput(f"{p.path.name}: the frames did not decode completely")
+                times, offsets = media.decode_jpeg_frames(p, part, (w, h), self._decoding)
                 np.save(self.folder / ".times.npy", times)
+                np.save(self.folder / ".offsets.npy", offsets)
                 os.replace(self.folder / ".times.npy", times_file)
-                os.replace(part_offsets, offsets_file)
+                os.replace(self.folder / ".offsets.npy", offsets_file)
                 os.replace(part, raw)
             finally:
                 part.unlink(missing_ok=True)
-                part_offsets.unlink(missing_ok=True)
         times = np.load(times_file)
         return JpegFrames(raw, np.load(offsets_file), (w, h)), times
 

@@ -11,7 +11,6 @@ import numpy as np
 from vision import masks as vmasks
 from worker import arrays, files, media
 from worker.arrays import JpegFrames, PackedMasks
-from worker.errors import SonomaskError
 from worker.workspace import Workspace
 
 StageProgress = Callable[[str, float, str], None]
@@ -45,14 +44,7 @@ def decode_working_frames(
     wsize = media.working_size(size)
     notes: list[str] = []
     with ws.atomic(files.FRAMES) as tmp:
-        offsets_tmp = media.jpeg_offsets_path(tmp)
-        try:
-            times = media.decode_frames(p, tmp, wsize, prog, hwaccel, threads, notes, jpeg=True)
-            offsets = np.load(offsets_tmp)
-        finally:
-            offsets_tmp.unlink(missing_ok=True)
-        if len(offsets) != len(times) + 1:
-            raise SonomaskError("frame decoding produced an unexpected number of frames")
+        times, offsets = media.decode_jpeg_frames(p, tmp, wsize, prog, hwaccel, threads, notes)
         ws.write_npy(files.FRAME_OFFSETS, offsets)
     ws.write_npy(files.FRAME_TIMES, times)
     decode = notes[-1] if notes else f"hwaccel {hwaccel}" if hwaccel != "none" else "plain"
