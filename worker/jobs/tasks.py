@@ -361,13 +361,15 @@ def cancel(
     The mark makes the state ``cancelled`` at once and stops the running stage at its next
     progress report (it then cleans up after itself). A task that has not stopped after
     ``grace`` seconds is killed and its leftovers removed. ``wait=False`` does that last part
-    in a background thread so an HTTP request returns at once.
+    in a background thread so an HTTP request returns at once. A job still queued has no
+    stage to wait for (one that starts meanwhile meets the mark at its first report).
     """
     settings = settings or SETTINGS
     ws = store.job_workspace(settings.workspace, job_id)
     doc = store.document(ws)
     if doc["state"] in store.FINISHED:
         return doc
+    running = doc["state"] == "running"
     ws.file(store.CANCEL_MARK).touch()
     ws.update_manifest(state="cancelled", finished=store.now(), error=None)
     task_id = ws.manifest().get("task_id")
@@ -375,10 +377,10 @@ def cancel(
         app.control.revoke(task_id)  # queued copies of it are dropped
 
     def stop_and_clean() -> None:
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + (grace if running else 0.0)
         while time.monotonic() < deadline and not ws.file(store.STOPPED_MARK).exists():
             time.sleep(0.2)
-        if task_id and not ws.file(store.STOPPED_MARK).exists():
+        if running and task_id and not ws.file(store.STOPPED_MARK).exists():
             app.control.revoke(task_id, terminate=True, signal="SIGKILL")
             time.sleep(1.0)
         store.remove_partial_outputs(ws)
