@@ -1,7 +1,7 @@
 """Wall time and peak memory of the main job on long clips: memory must not grow with length.
 
-    python benchmarks/longform.py [--minutes 10 60] [--size 320x180] [--fps 25]
-                                  [--work DIR] [--keep] [--json FILE]
+    python benchmarks/longform.py [--minutes 10 60] [--size 320x180 | --height 1080]
+                                  [--fps 25] [--work DIR] [--keep] [--json FILE]
 
 For each length it generates a clip with ffmpeg's lavfi sources only (H.264 ultrafast yuv420p
 picture of a scrolling grey test pattern with one red 40x40 square moving periodically; stereo
@@ -14,7 +14,8 @@ frame-0 mask as a PNG, and runs the job exactly as a user would:
 folder). While it runs, psutil samples every 0.2 s the RSS of the sonomask Python process and
 the summed RSS of its whole process tree (Python + ffmpeg children); the kernel's own peak
 (``ru_maxrss`` from ``wait4``: the largest single process, between samples included) is
-reported too. Prints wall time, realtime factor and peaks per clip, the per-stage timings from
+reported too. The job's work folder is sampled as well (``disk.PeakSampler``: its largest size on
+disk and the files that held it). Prints wall time, realtime factor and peaks per clip, the per-stage timings from
 ``job.json``, and the ratio of the longest clip's peaks to the shortest's against the 1.2x goal
 (PASS/FAIL is printed; the exit status is non-zero only when a job fails). Generation time is
 printed separately and is not part of the job's wall time.
@@ -41,6 +42,7 @@ import cv2
 import numpy as np
 import psutil
 import soundfile as sf
+from disk import PeakSampler
 
 MIB = 1024 * 1024
 GOAL = 1.2  # the longest clip's peak RSS may be at most this many times the shortest's
@@ -64,6 +66,8 @@ class Run:
     maxrss_kernel_mib: float = 0.0
     samples: int = 0
     returncode: int = 0
+    work_peak_gb: float = 0.0
+    work_at_peak: dict[str, int] = field(default_factory=dict)
     source_audio_s: float = 0.0
     target_s: float = 0.0
     outputs_ok: bool = False
@@ -158,7 +162,8 @@ def run_job(run: Run, clip: Path, mask: Path, folder: Path) -> None:
     log = folder / "sonomask.log"
     cmd = [str(sonomask), "separate", str(clip), "--mask", str(mask), "--out", str(out)]
     peak_own = peak_tree = 0
-    with log.open("wb") as logf:
+    (folder / "ws").mkdir(exist_ok=True)
+    with log.open("wb") as logf, PeakSampler(folder / "ws", every=1.0) as disk:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd + ["--quiet"], env=env, stdout=logf, stderr=subprocess.STDOUT)
         while True:
@@ -171,6 +176,8 @@ def run_job(run: Run, clip: Path, mask: Path, folder: Path) -> None:
             run.samples += 1
             time.sleep(SAMPLE_S)
         run.wall_s = time.perf_counter() - t0
+    run.work_peak_gb, run.work_at_peak = disk.peak / 1e9, disk.at_peak
+    disk.report(run.seconds)
     proc.returncode = run.returncode = os.waitstatus_to_exitcode(status)
     run.realtime = run.seconds / run.wall_s
     run.peak_rss_python_mib = peak_own / MIB
@@ -206,13 +213,14 @@ def report(runs: list[Run]) -> dict[str, float | bool]:
     print()
     print(
         f"{'minutes':>8} {'gen s':>7} {'wall s':>8} {'x realtime':>10} "
-        f"{'py RSS MiB':>11} {'tree RSS MiB':>13} {'kernel max MiB':>15} {'samples':>8}"
+        f"{'py RSS MiB':>11} {'tree RSS MiB':>13} {'kernel max MiB':>15} {'samples':>8} "
+        f"{'work GB':>8}"
     )
     for r in runs:
         print(
             f"{r.minutes:8g} {r.gen_s:7.1f} {r.wall_s:8.1f} {r.realtime:10.2f} "
             f"{r.peak_rss_python_mib:11.0f} {r.peak_rss_tree_mib:13.0f} "
-            f"{r.maxrss_kernel_mib:15.0f} {r.samples:8d}"
+            f"{r.maxrss_kernel_mib:15.0f} {r.samples:8d} {r.work_peak_gb:8.2f}"
         )
     stages = list(dict.fromkeys(k for r in runs for k in r.timings))
     if stages:
@@ -241,12 +249,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[10.0, 60.0])
     ap.add_argument("--size", default="320x180")
+    ap.add_argument("--height", type=int, help="a 16:9 clip this high (overrides --size)")
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sonomask-longform")
     ap.add_argument("--keep", action="store_true", help="keep clips, workspaces and outputs")
     ap.add_argument("--json", type=Path, help="write all numbers to this file")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
+    if args.height:
+        w, h = int(round(args.height * 16 / 9 / 2)) * 2, args.height
+        args.size = f"{w}x{h}"
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"work folder {args.work}; RSS sampled every {SAMPLE_S} s with psutil")
     runs: list[Run] = []

@@ -14,11 +14,9 @@ separator is the classical one; ``--no-preview`` runs the job without the previe
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 
+from disk import PeakSampler  # noqa: E402
 from scene import first_mask, make_scene, write_clip  # noqa: E402
 
 from worker.jobs.runner import run_job  # noqa: E402
@@ -76,40 +75,6 @@ def bare_ffmpeg(src: Path, tmp: Path) -> float:
         check=True,
     )
     return time.perf_counter() - t0
-
-
-def folder_bytes(root: Path) -> int:
-    """Bytes allocated on disk under ``root`` (files vanishing mid-walk are skipped)."""
-    total = 0
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total
-
-
-class PeakSampler:
-    """The largest size ``root`` reached while the ``with`` block ran."""
-
-    def __init__(self, root: Path, every: float = 0.2) -> None:
-        self.root, self.every, self.peak = root, every, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, folder_bytes(self.root))
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def main() -> None:
@@ -173,10 +138,7 @@ def main() -> None:
         f"non-model stages: {non_sep:.2f} s for {args.seconds:g} s of {w}x{h} "
         f"= {args.seconds / non_sep:.1f}x realtime"
     )
-    print(
-        f"work folder peak: {peak.peak / 1e6:.1f} MB "
-        f"= {peak.peak / 1e9 * 3600 / args.seconds:.2f} GB per hour of footage"
-    )
+    peak.report(args.seconds)
     print(f"bare ffmpeg demux + remux: {bare:.2f} s")
     print(f"non-separation time: {non_sep:.2f} s = {non_sep / bare:.1f}x bare ffmpeg")
     print(

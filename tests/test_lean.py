@@ -50,6 +50,40 @@ def test_packed_masks_read_back_what_was_written(tmp_path):
         assert np.array_equal(pm.read(2, 6), masks[2:6])
     with pytest.raises(ValueError):
         arrays.open_packed_masks(tmp_path / "m.npy", 17)  # 3 bytes a row: not 17 pixels
+    # Deflated for the later stages: the same masks, any rows, any order.
+    with arrays.open_packed_masks(tmp_path / "m.npy", 13) as pm:
+        arrays.deflate_masks(pm, tmp_path / "m.z")
+    with arrays.DeflatedMasks(tmp_path / "m.z") as dm:
+        assert dm.shape == (9, 5, 13) and len(dm) == 9
+        assert np.array_equal(dm[:], masks) and np.array_equal(dm[-1], masks[8])
+        assert np.array_equal(dm[[8, 3, 3, 0]], masks[[8, 3, 3, 0]])
+        assert np.array_equal(dm[::4], masks[::4]) and np.array_equal(dm.read(2, 6), masks[2:6])
+        assert dm.read(4, 4).shape == (0, 5, 13)
+    data = (tmp_path / "m.z").read_bytes()
+    (tmp_path / "m.z").write_bytes(data[:-3])
+    with pytest.raises(ValueError, match="shorter"):
+        arrays.DeflatedMasks(tmp_path / "m.z")
+    (tmp_path / "m.z").write_bytes(data[:-3] + b"xyz")  # the last frame's stream garbled
+    with arrays.DeflatedMasks(tmp_path / "m.z") as dm:
+        assert np.array_equal(dm[0], masks[0])
+        with pytest.raises(OSError, match="damaged"):
+            dm[8]
+    (tmp_path / "m.z").write_bytes(b"not masks")
+    with pytest.raises(ValueError, match="not a deflated mask file"):
+        arrays.DeflatedMasks(tmp_path / "m.z")
+
+
+def test_a_long_clip_s_tracked_masks_take_little_room(tmp_path):
+    """An hour at 480x270 packed is 1.5 GB; deflated, a moving blob costs bytes a frame."""
+    n, w, h = 500, 480, 270
+    with arrays.create_packed_masks(tmp_path / "m.npy", n, (w, h)) as pm:
+        for i in range(n):
+            m = np.zeros((h, w), np.uint8)
+            cv2.circle(m, (40 + (i % 400), 135), 30 + i % 20, 1, -1)
+            pm[i] = m
+        arrays.deflate_masks(pm, tmp_path / "m.z")
+    size = (tmp_path / "m.z").stat().st_size
+    assert size < n * w * h / 8 / 20, size  # 20 times smaller than packed, at least
 
 
 @pytest.fixture(scope="module")
@@ -146,13 +180,13 @@ def test_failed_hwaccel_falls_back_to_plain_decoding(tmp_path, scene_mp4, mask_a
     plain = np.fromfile(tmp_path / "plain.raw", np.uint8).reshape(-1, wsize[1], wsize[0], 3)
     frames, times = working_frames(ws)
     assert np.array_equal(times, plain_times)
-    # The stored frames are the plain decode's, through JPEG (quality 95, 4:4:4).
+    # The stored frames are the plain decode's, exactly (lossless H.264).
     stored = frames[:]
     assert stored.shape == plain.shape
-    assert np.abs(stored.astype(int) - plain).mean() < 2.0
+    assert np.array_equal(stored, plain)
     frames.close()
-    _, offsets = media.decode_jpeg_frames(p, tmp_path / "again.jpg", wsize)
-    assert (tmp_path / "again.jpg").read_bytes() == ws.file(files.FRAMES).read_bytes()
+    _, offsets = media.decode_stored_frames(p, tmp_path / "again.h264", wsize)
+    assert (tmp_path / "again.h264").read_bytes() == ws.file(files.FRAMES).read_bytes()
     assert np.array_equal(offsets, frames.offsets)
     # auto: ffmpeg's own choice (no device here: its software decoder), the same frames.
     notes: list[str] = []
@@ -209,32 +243,48 @@ def test_full_size_masks_equal_resize_masks(work, size):
         assert np.array_equal(up(m), vmasks.resize_masks(m[None], size)[0])
 
 
-def test_jpeg_frames_read_any_frame_in_any_order(tmp_path):
+def test_stored_frames_read_any_frame_in_any_order(tmp_path):
+    """Lossless: every frame reads back exactly, in any order, across keyframe groups."""
     rng = np.random.default_rng(0)
     base = cv2.resize(rng.integers(0, 256, (18, 32, 3), dtype=np.uint8), (64, 36))
-    clip = np.stack([np.roll(base, 3 * t, axis=1) for t in range(12)])
-    writer = arrays.JpegFramesWriter(tmp_path / "f.jpg")
+    n = 2 * arrays.FRAME_GOP + 7  # three groups, the last one short
+    clip = np.stack([np.roll(base, 3 * t, axis=1) for t in range(n)])
+    clip[n // 2] = rng.integers(0, 256, clip.shape[1:], dtype=np.uint8)  # a cut to noise
+    writer = arrays.VideoFramesWriter(tmp_path / "f.h264", (64, 36))
     for f in clip:
         writer.add(f)
+    writer.finish()
     writer.close()
-    frames = arrays.JpegFrames(tmp_path / "f.jpg", np.asarray(writer.offsets), (64, 36))
-    assert frames.shape == (12, 36, 64, 3) and len(frames) == 12
-    every = frames[:]
-    assert np.abs(every.astype(int) - clip).mean() < 4.0  # quality 95, 4:4:4, pure texture
+    assert len(writer.offsets) == n + 1
+    frames = arrays.VideoFrames(tmp_path / "f.h264", np.asarray(writer.offsets), (64, 36))
+    assert frames.shape == (n, 36, 64, 3) and len(frames) == n
+    assert np.array_equal(frames[:], clip)
     # Forwards, backwards (decoded ahead in a thread), jumps and index arrays agree.
-    assert all(np.array_equal(frames[t], every[t]) for t in range(12))
-    assert all(np.array_equal(frames[t], every[t]) for t in reversed(range(12)))
-    assert np.array_equal(frames[[5, 5, 2, 11]], every[[5, 5, 2, 11]])
-    assert np.array_equal(frames.read(3, 7), every[3:7])
+    assert all(np.array_equal(frames[t], clip[t]) for t in range(n))
+    assert all(np.array_equal(frames[t], clip[t]) for t in reversed(range(n)))
+    assert np.array_equal(frames[[40, 5, 5, 2, n - 1, 26]], clip[[40, 5, 5, 2, n - 1, 26]])
+    assert np.array_equal(frames.read(20, 30), clip[20:30])
     with pytest.raises(IndexError):
-        frames[12]
+        frames[n]
+    part = frames.view(23, 52)  # a range as a clip of its own, across two group seams
+    assert len(part) == 29 and np.array_equal(part[:], clip[23:52])
+    assert np.array_equal(part[-1], clip[51])
     import pickle
 
-    again = pickle.loads(pickle.dumps(frames))  # another process opens the same file
-    assert np.array_equal(again[4], every[4])
+    again = pickle.loads(pickle.dumps(part))  # another process opens the same file
+    assert np.array_equal(again[4], clip[27])
     again.close()
+    part.close()
     frames.close()
     # A damaged file is an error, not a wrong picture.
-    (tmp_path / "f.jpg").write_bytes((tmp_path / "f.jpg").read_bytes()[:-10])
+    data = bytearray((tmp_path / "f.h264").read_bytes())
+    (tmp_path / "f.h264").write_bytes(bytes(data[:-10]))
     with pytest.raises(ValueError, match="shorter"):
-        arrays.JpegFrames(tmp_path / "f.jpg", np.asarray(writer.offsets), (64, 36))
+        arrays.VideoFrames(tmp_path / "f.h264", np.asarray(writer.offsets), (64, 36))
+    data[writer.offsets[30] : writer.offsets[31]] = bytes(writer.offsets[31] - writer.offsets[30])
+    (tmp_path / "f.h264").write_bytes(bytes(data))
+    frames = arrays.VideoFrames(tmp_path / "f.h264", np.asarray(writer.offsets), (64, 36))
+    assert np.array_equal(frames[3], clip[3])  # another group is unharmed
+    with pytest.raises(OSError, match="damaged"):
+        frames[30]
+    frames.close()

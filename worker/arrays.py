@@ -17,11 +17,14 @@ per frame, so trackers write frames in any order and readers read any rows.
 from __future__ import annotations
 
 import os
+import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import cv2
+import av
 import numpy as np
 
 _CHUNK_BYTES = 64 << 20  # a single pread/pwrite moves at most this much
@@ -225,6 +228,16 @@ class _RowView:
     def _rows(self, key: Any) -> np.ndarray:
         raise NotImplementedError
 
+    def _indices(self, key: Any) -> np.ndarray:
+        """``key`` (row numbers or a boolean mask) as int64 row numbers, range-checked."""
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.nonzero(idx)[0]
+        idx = idx.astype(np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.shape[0]):
+            raise IndexError(f"rows outside 0..{self.shape[0] - 1}")
+        return idx
+
     def __enter__(self) -> _RowView:
         return self
 
@@ -233,6 +246,12 @@ class _RowView:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def __del__(self) -> None:  # a view dropped without close() still frees its file
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown, half-built objects
+            pass
 
 
 class PackedMasks(_RowView):
@@ -301,147 +320,289 @@ def open_packed_masks(path: Path | str, width: int, writable: bool = False) -> P
     return PackedMasks(open_npy(path, writable=writable), width)
 
 
-# ---------------------------------------------------------------------------- working frames
-
-JPEG_QUALITY = 100  # the working frames' JPEG quality, chroma kept at full resolution (4:4:4)
-_JPEG_PARAMS = [
-    cv2.IMWRITE_JPEG_QUALITY,
-    JPEG_QUALITY,
-    cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-    cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
-]
-_AHEAD = 2  # frames decoded ahead of a reader walking the clip forwards or backwards
+_DEFLATED_MAGIC = b"SMDMASK1"
+_DEFLATE_CHUNK = 256  # frames read, compressed and written at a time
 
 
-class JpegFramesWriter:
-    """Appends RGB frames to a file of back-to-back JPEGs; ``offsets`` says where each is.
+def deflate_masks(masks: PackedMasks, path: Path | str) -> None:
+    """Store ``masks`` at ``path`` with each frame's packed rows deflated on their own
+    (``DeflatedMasks`` reads them): a tracked object is a few runs a row, so a frame's
+    16 KB of packed bits at 480x270 shrink to a few hundred bytes.
 
-    Why JPEG: raw working frames cost 35 GB an hour of footage at 480x270. At quality 100,
-    4:4:4, they cost 2.4-5 times less (8.5 GB an hour of the benchmark's generated 1080p,
-    about 19 GB of grainy real footage such as opencv-doc's vtest.avi), stay within 4 grey
-    levels of the decoded pixels (mean 0.45), and decode in about 2 ms, so a stage can still
-    read any frame in any order. Quality 95 would be 6-13 times smaller, but changed what
-    the classical separator keeps in ``tests/test_longform_sync.py``; lossless zstd
-    compressed these frames only 1.2-2.4 times.
-    """
+    Layout: ``SMDMASK1``, then n, h, w and the n + 1 byte offsets of the frames (int64
+    little-endian, offsets from the end of that table), then the deflated frames back to
+    back."""
+    n, h, w = masks.shape
+    head = _DEFLATED_MAGIC + np.asarray([n, h, w], "<i8").tobytes()
+    offsets = np.zeros(n + 1, "<i8")
+    with open(path, "wb") as f:
+        f.write(head)
+        f.seek(len(head) + offsets.nbytes)
+        for a in range(0, n, _DEFLATE_CHUNK):
+            rows = masks.rows.read(a, min(n, a + _DEFLATE_CHUNK))
+            for i, frame in enumerate(rows, start=a):
+                data = zlib.compress(frame.tobytes(), 1)
+                f.write(data)
+                offsets[i + 1] = offsets[i] + len(data)
+        f.seek(len(head))
+        f.write(offsets.tobytes())
+
+
+class DeflatedMasks(_RowView):
+    """Masks uint8 [n, h, w] (1 = object) read from a ``deflate_masks`` file: any frames,
+    any order, each inflated on its own."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._f = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+        with open(self.path, "rb") as f:
+            head = f.read(len(_DEFLATED_MAGIC) + 24)
+            if len(head) != len(_DEFLATED_MAGIC) + 24 or not head.startswith(_DEFLATED_MAGIC):
+                raise ValueError(f"{self.path.name} is not a deflated mask file")
+            n, h, w = (int(v) for v in np.frombuffer(head[len(_DEFLATED_MAGIC) :], "<i8"))
+            table = f.read(8 * (n + 1))
+        if len(table) != 8 * (n + 1):
+            raise ValueError(f"{self.path.name} is shorter than its frame index says")
+        self.shape = (n, h, w)
+        self._offsets = np.frombuffer(table, "<i8").astype(np.int64)
+        self._base = len(head) + len(table)
+        self._fd = os.open(self.path, os.O_RDONLY)
+        if os.fstat(self._fd).st_size < self._base + int(self._offsets[-1]):
+            os.close(self._fd)
+            raise ValueError(f"{self.path.name} is shorter than its frame index says")
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as the same file."""
+        return (DeflatedMasks, (self.path,))
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo`` to ``hi`` (exclusive), unpacked."""
+        lo, hi = max(0, lo), min(self.shape[0], hi)
+        return self._rows(np.arange(lo, max(lo, hi)))
+
+    def _rows(self, key: Any) -> np.ndarray:
+        idx = self._indices(key)
+        n, h, w = self.shape
+        packed = np.empty((len(idx), h, mask_row_bytes(w)), dtype=np.uint8)
+        lo = int(idx.min()) if len(idx) else 0
+        hi = int(idx.max()) + 1 if len(idx) else 0
+        span = None  # one read for rows close together (a range), else a read a row
+        if len(idx) and hi - lo <= 4 * len(idx):
+            span = self._pread(int(self._offsets[lo]), int(self._offsets[hi]))
+        for row, i in enumerate(idx.tolist()):
+            a, b = int(self._offsets[i]), int(self._offsets[i + 1])
+            data = span[a - int(self._offsets[lo]) : b - int(self._offsets[lo])] if span else None
+            try:
+                frame = zlib.decompress(data if data is not None else self._pread(a, b))
+            except zlib.error as exc:
+                raise OSError(f"{self.path.name}: frame {i} is damaged") from exc
+            if len(frame) != packed[row].nbytes:
+                raise OSError(f"{self.path.name}: frame {i} is damaged")
+            packed[row] = np.frombuffer(frame, np.uint8).reshape(packed.shape[1:])
+        return np.unpackbits(packed, axis=-1, count=w)
+
+    def _pread(self, a: int, b: int) -> bytes:
+        data = os.pread(self._fd, b - a, self._base + a)
+        if len(data) != b - a:
+            raise OSError(f"{self.path.name}: unexpected end of file")
+        return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+# ---------------------------------------------------------------------------- working frames
+
+FRAME_GOP = 25
+"""A keyframe every this many working frames: reading any one frame decodes at most this many."""
+_X264 = {  # lossless (qp 0) RGB H.264 with a keyframe exactly every FRAME_GOP frames
+    "qp": "0",
+    "preset": "ultrafast",
+    "g": str(FRAME_GOP),
+    "keyint_min": str(FRAME_GOP),
+    "sc_threshold": "0",
+    "bframes": "0",
+}
+_CACHED_GOPS = 3  # decoded groups kept: a reader going back and forth over a seam decodes once
+
+
+class VideoFramesWriter:
+    """Appends RGB frames to a lossless H.264 stream, one packet per frame back to back;
+    ``offsets`` says where each frame's packet starts (and the end).
+
+    Why lossless H.264 (x264's RGB encoder at qp 0): the working frames are revisited by
+    the trackers, the prompt stage and SAM Audio's masked video, so they must be kept, and
+    raw RGB costs 35 GB an hour of footage at 480x270. Coding each frame against the
+    previous ones keeps them bit-exact (what ffmpeg decoded, as raw storage did) at a
+    fraction of that: 0.8 GB an hour of the benchmark's generated 1080p, about 9 GB of grainy
+    real footage at 480x360 (opencv-doc's vtest.avi; JPEG at quality 100, which is not
+    exact, took 19). Encoding costs 0.5-1.6 ms a frame, decoding 0.8-2.6 ms.
+    ``FRAME_GOP`` bounds the cost of reading a frame out of order. The stream is a plain
+    H.264 elementary stream: ``ffplay frames.h264`` plays it.
+    """
+
+    def __init__(self, path: Path | str, size: tuple[int, int]) -> None:
+        self.path = Path(path)
+        self.size = (int(size[0]), int(size[1]))
         self.offsets = [0]
+        self._n = 0
+        cc = av.CodecContext.create("libx264rgb", "w")
+        cc.width, cc.height = self.size
+        cc.pix_fmt = "rgb24"
+        cc.time_base = Fraction(1, FRAME_GOP)  # a frame counter, not a clock (frame_times.npy is)
+        cc.options = dict(_X264)
+        cc.thread_count = 1  # the demux stage runs it beside ffmpeg's decoder
+        self._cc = cc
+        self._f = open(self.path, "wb")  # noqa: SIM115 - closed by close()
 
     def add(self, rgb: np.ndarray) -> None:
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), _JPEG_PARAMS)
-        if not ok:
-            raise ValueError("a frame could not be encoded as JPEG")
-        self._f.write(buf.tobytes())
-        self.offsets.append(self.offsets[-1] + len(buf))
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), "rgb24")
+        frame.pts = self._n
+        self._n += 1
+        self._store(self._cc.encode(frame))
+
+    def _store(self, packets: list[Any]) -> None:
+        for packet in packets:
+            i = len(self.offsets) - 1
+            if packet.pts != i or bool(packet.is_keyframe) != (i % FRAME_GOP == 0):
+                raise ValueError(f"the frame encoder returned frame {packet.pts} out of order")
+            data = bytes(packet)
+            self._f.write(data)
+            self.offsets.append(self.offsets[-1] + len(data))
+
+    def finish(self) -> None:
+        """Write the frames the encoder still holds; ``offsets`` is then complete."""
+        self._store(self._cc.encode(None))
+        if len(self.offsets) - 1 != self._n:
+            raise ValueError(f"{self._n} frames went in, {len(self.offsets) - 1} came out")
 
     def close(self) -> None:
         self._f.close()
 
 
-class JpegFrames(_RowView):
-    """The working frames uint8 [n, h, w, 3] (RGB), read from a ``JpegFramesWriter`` file.
+class VideoFrames(_RowView):
+    """The working frames uint8 [n, h, w, 3] (RGB), read from a ``VideoFramesWriter`` file.
 
-    Indexing decodes only the frames asked for, like ``RowFile`` reads only its rows. A
-    reader that walks the clip one frame at a time (the trackers, forwards or backwards)
-    finds the next frames already decoded by a helper thread (OpenCV releases the GIL), so
-    the decoding runs beside the tracking on another core.
+    Indexing decodes only the keyframe groups (``FRAME_GOP`` frames) that hold the frames
+    asked for, each with a fresh decoder, and keeps the last few groups decoded. A reader
+    walking the clip (the trackers forwards or backwards, the prompt stage chunk by chunk)
+    finds the next group decoding ahead on a thread. ``view`` gives a range of frames as a
+    clip of its own.
     """
 
-    def __init__(self, path: Path | str, offsets: np.ndarray, size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        offsets: np.ndarray,
+        size: tuple[int, int],
+        start: int = 0,
+        count: int | None = None,
+    ) -> None:
         self.path = Path(path)
         self.offsets = np.asarray(offsets, dtype=np.int64)
+        total = len(self.offsets) - 1
+        self.start = int(start)
+        count = total - self.start if count is None else int(count)
+        if not (0 <= self.start and 0 <= count and self.start + count <= total):
+            raise ValueError(f"frames {start}..{self.start + count} are not all in {total}")
         w, h = size
-        self.shape = (len(self.offsets) - 1, int(h), int(w), 3)
+        self.shape = (count, int(h), int(w), 3)
         self._fd = os.open(self.path, os.O_RDONLY)
         if os.fstat(self._fd).st_size < int(self.offsets[-1]):
             os.close(self._fd)
             raise ValueError(f"{self.path.name} is shorter than its frame index says")
-        self._pool: Any = None
-        self._ahead: dict[int, Any] = {}
-        self._last = -2
+        self._pool: ThreadPoolExecutor | None = None
+        self._gops: OrderedDict[int, Any] = OrderedDict()  # group -> frames, or their Future
+        self._last_gop = -2
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as the same file (``vision.objects`` tracks objects in processes)."""
-        return (JpegFrames, (self.path, self.offsets, (self.shape[2], self.shape[1])))
+        size = (self.shape[2], self.shape[1])
+        return (VideoFrames, (self.path, self.offsets, size, self.start, self.shape[0]))
 
-    def _decode(self, i: int) -> np.ndarray:
-        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-        buf = os.pread(self._fd, hi - lo, lo)
-        if len(buf) != hi - lo:
+    def view(self, lo: int, hi: int) -> VideoFrames:
+        """Frames ``lo`` to ``hi`` (exclusive) as a clip of their own (nothing is read)."""
+        lo, hi = max(0, lo), min(self.shape[0], hi)
+        size = (self.shape[2], self.shape[1])
+        return VideoFrames(self.path, self.offsets, size, self.start + lo, max(0, hi - lo))
+
+    def _decode(self, g: int) -> np.ndarray:
+        """Keyframe group ``g`` of the whole file, decoded: [k, h, w, 3]."""
+        a = g * FRAME_GOP
+        b = min(len(self.offsets) - 1, a + FRAME_GOP)
+        base = int(self.offsets[a])
+        data = os.pread(self._fd, int(self.offsets[b]) - base, base)
+        if len(data) != int(self.offsets[b]) - base:
             raise OSError(f"{self.path.name}: unexpected end of file")
-        img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR_RGB)
-        if img is None or img.shape != self.shape[1:]:
-            raise OSError(f"{self.path.name}: frame {i} is damaged")
-        return img
+        out = np.empty((b - a, *self.shape[1:]), dtype=np.uint8)
+        decoder = av.CodecContext.create("h264", "r")
+        k = 0
+        try:
+            for i in range(a, b + 1):
+                packet = (
+                    av.Packet(data[int(self.offsets[i]) - base : int(self.offsets[i + 1]) - base])
+                    if i < b
+                    else None
+                )
+                for frame in decoder.decode(packet):
+                    img = frame.to_ndarray(format="rgb24")
+                    if k >= len(out) or img.shape != out.shape[1:]:
+                        raise ValueError("a frame of the wrong size or one too many")
+                    out[k] = img
+                    k += 1
+        except (ValueError, av.FFmpegError) as exc:
+            raise OSError(f"{self.path.name}: frames {a}..{b - 1} are damaged ({exc})") from exc
+        if k != len(out):
+            raise OSError(f"{self.path.name}: frames {a + k}..{b - 1} are damaged")
+        return out
 
-    def _executor(self) -> Any:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(2, thread_name_prefix="frames")
-        return self._pool
-
-    def _frame(self, i: int) -> np.ndarray:
-        """Frame ``i``; when it follows the last one read, the next ones start decoding."""
-        step = i - self._last
-        self._last = i
-        fut = self._ahead.pop(i, None)
-        frame = fut.result() if fut is not None else self._decode(i)
-        if step in (1, -1):
-            want = [i + step * k for k in range(1, _AHEAD + 1)]
-            want = [j for j in want if 0 <= j < self.shape[0]]
-            for j in list(self._ahead):
-                if j not in want:
-                    self._ahead.pop(j).cancel()
-            for j in want:
-                if j not in self._ahead:
-                    self._ahead[j] = self._executor().submit(self._decode, j)
-        return frame
+    def _gop(self, g: int) -> np.ndarray:
+        """Group ``g`` decoded (kept among the last few); a walk to the next group in the
+        same direction starts decoding the one after on a thread."""
+        step, self._last_gop = g - self._last_gop, g
+        got = self._gops.pop(g, None)
+        frames = self._decode(g) if got is None else got if isinstance(got, np.ndarray) else None
+        if frames is None:
+            frames = got.result()
+        self._gops[g] = frames
+        if step in (1, -1) and 0 <= g + step <= (len(self.offsets) - 2) // FRAME_GOP:
+            if g + step not in self._gops:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="frames")
+                self._gops[g + step] = self._pool.submit(self._decode, g + step)
+        while len(self._gops) > _CACHED_GOPS:
+            old = self._gops.pop(next(iter(self._gops)))
+            if not isinstance(old, np.ndarray):
+                old.cancel()
+        return frames
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Frames ``lo`` to ``hi`` (exclusive) as a new array."""
         lo, hi = max(0, lo), min(self.shape[0], hi)
-        if hi - lo == 1:
-            return self._frame(lo)[None]
-        return self._rows(np.arange(lo, hi))
+        return self._rows(np.arange(lo, max(lo, hi)))
 
     def _rows(self, key: Any) -> np.ndarray:
-        idx = np.asarray(key)
-        if idx.dtype == bool:
-            idx = np.nonzero(idx)[0]
-        idx = idx.astype(np.int64).reshape(-1)
+        idx = self._indices(key)
         out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8)
         if len(idx) == 0:
             return out
-        if idx.min() < 0 or idx.max() >= self.shape[0]:
-            raise IndexError(f"rows outside 0..{self.shape[0] - 1}")
-        first: dict[int, int] = {}  # each distinct frame decoded once, into its first row
-        for row, j in enumerate(idx.tolist()):
-            first.setdefault(j, row)
-
-        def put(j: int) -> None:
-            out[first[j]] = self._decode(j)
-
-        list(self._executor().map(put, first))
-        for row, j in enumerate(idx.tolist()):
-            if first[j] != row:
-                out[row] = out[first[j]]
+        stored = idx + self.start
+        gops = stored // FRAME_GOP
+        # Groups in the order first asked for (a backward walk asks for the later one first).
+        for g in dict.fromkeys(gops.tolist()):
+            rows = np.nonzero(gops == g)[0]
+            out[rows] = self._gop(int(g))[stored[rows] - g * FRAME_GOP]
         return out
 
     def close(self) -> None:
-        for fut in self._ahead.values():
-            fut.cancel()
-        self._ahead.clear()
+        for got in self._gops.values():
+            if not isinstance(got, np.ndarray):
+                got.cancel()
+        self._gops.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass

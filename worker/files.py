@@ -12,12 +12,12 @@ MANIFEST = "job.json"  # the job's record: state, progress, inputs, timings, out
 PROBE = "probe.json"  # streams, sizes, clocks, the remux plan
 AUDIO_SOURCE = "audio_source.wav"  # the chosen audio stream at its own rate and channels
 AUDIO_MODEL = "audio_model.wav"  # its mono 48 kHz copy for the model
-FRAMES = "frames.jpg.bin"  # every frame at the working size, back-to-back JPEGs (arrays.JpegFrames)
-FRAME_OFFSETS = "frame_offsets.npy"  # where each frame's JPEG starts in FRAMES (n + 1 int64)
+FRAMES = "frames.h264"  # every frame at the working size, lossless H.264 (arrays.VideoFrames)
+FRAME_OFFSETS = "frame_offsets.npy"  # where each frame's packet starts in FRAMES (n + 1 int64)
 FRAME_TIMES = "frame_times.npy"  # each frame's time on the picture's clock
 MASKS = "masks.npz"  # output: uint8 [frames, h, w] at the source size, 1 = object
-MASKS_WORK = "masks_work.bits.npy"  # the tracked masks at the working size, 8 pixels a byte
-# (np.packbits of each row: worker/arrays.py PackedMasks; open with stages.common.working_masks)
+MASKS_WORK = "masks_work.bits.z"  # the tracked masks at the working size, each frame's packed
+# rows deflated (worker/arrays.py deflate_masks / DeflatedMasks; open with stages.common.working_masks)
 PROMPT_INDEX = "prompt_index.npy"  # which frame the model sees at each feature step
 PROMPT_TIMES = "prompt_times.npy"
 ACTIVITY = "activity.npz"  # the object's and the background's motion over time
@@ -52,4 +52,4 @@ def object_file(label: str, name: str) -> str:
     return f"{OBJECTS_DIR}/{label}/{name}"
 
 
-WORK_FORMAT = 5  # bump when a stage's files change meaning: old work folders are not resumed
+WORK_FORMAT = 6  # bump when a stage's files change meaning: old work folders are not resumed

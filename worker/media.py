@@ -455,7 +455,7 @@ def decode_frames(
     return _decode_with_fallback(p, out_raw, size, progress, hwaccel, threads, notes, False)[0]
 
 
-def decode_jpeg_frames(
+def decode_stored_frames(
     p: Probe,
     out: Path,
     size: tuple[int, int],
@@ -464,9 +464,9 @@ def decode_jpeg_frames(
     threads: int = 0,
     notes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``decode_frames``, but the frames go to ``out`` as JPEGs (``arrays.JpegFramesWriter``:
-    a quarter to a half of the raw size), encoded here as ffmpeg hands them over. Returns
-    the frames' times and the JPEGs' byte offsets (n + 1, for ``arrays.JpegFrames``)."""
+    """``decode_frames``, but the frames go to ``out`` as lossless H.264
+    (``arrays.VideoFramesWriter``), encoded here as ffmpeg hands them over. Returns the
+    frames' times and their packets' byte offsets (n + 1, for ``arrays.VideoFrames``)."""
     times, offsets = _decode_with_fallback(p, out, size, progress, hwaccel, threads, notes, True)
     assert offsets is not None
     return times, offsets
@@ -480,18 +480,18 @@ def _decode_with_fallback(
     hwaccel: str,
     threads: int,
     notes: list[str] | None,
-    jpeg: bool,
+    stored: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``_decode_frames`` with ``hwaccel``, redone plainly when the hardware decode fails."""
     if hwaccel and hwaccel != HWACCEL_NONE:
         try:
-            return _decode_frames(p, out, size, progress, hwaccel, threads, jpeg)
+            return _decode_frames(p, out, size, progress, hwaccel, threads, stored)
         except SonomaskError as exc:
             if "no space left on device" in str(exc):
                 raise
             if notes is not None:
                 notes.append(f"hardware decoding ({hwaccel}) failed, decoded plainly: {exc}")
-    return _decode_frames(p, out, size, progress, None, threads, jpeg)
+    return _decode_frames(p, out, size, progress, None, threads, stored)
 
 
 def _decode_frames(
@@ -501,7 +501,7 @@ def _decode_frames(
     progress: ProgressFn | None,
     hwaccel: str | None,
     threads: int,
-    jpeg: bool,
+    stored: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     w, h = size
     extra: dict[str, Any] = {"copyts": None}
@@ -512,17 +512,17 @@ def _decode_frames(
     stream = _input(p.path, **extra)
     v = stream[f"{_video_index_among(p)}"]
     v = v.filter("scale", w, h, flags="area").filter("showinfo")
-    target = "pipe:1" if jpeg else str(out_raw)
+    target = "pipe:1" if stored else str(out_raw)
     out = ffmpeg.output(v, target, f="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
     args = ffmpeg.compile(out, overwrite_output=True)
     args = [args[0], "-hide_banner", "-nostdin", "-loglevel", "info", *args[1:]]
     proc = subprocess.Popen(
         args,
-        stdout=subprocess.PIPE if jpeg else subprocess.DEVNULL,
+        stdout=subprocess.PIPE if stored else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    encoder = _JpegPipe(proc, out_raw, (w, h)) if jpeg else None
+    encoder = _FramePipe(proc, out_raw, (w, h)) if stored else None
     times: list[float] = []
     tail: list[str] = []
     total = p.duration or 1.0
@@ -561,8 +561,9 @@ def _decode_frames(
     return t - t[0], offsets
 
 
-class _JpegPipe:
-    """Reads ffmpeg's raw frames from its stdout in a thread and stores them as JPEGs."""
+class _FramePipe:
+    """Reads ffmpeg's raw frames from its stdout in a thread and stores them
+    (``arrays.VideoFramesWriter``)."""
 
     def __init__(self, proc: subprocess.Popen[str], out: Path, size: tuple[int, int]) -> None:
         self.proc, self.out, self.size = proc, out, size
@@ -587,12 +588,13 @@ class _JpegPipe:
         w, h = self.size
         frame_bytes = w * h * 3
         pipe = self.proc.stdout.buffer if hasattr(self.proc.stdout, "buffer") else self.proc.stdout
-        writer = arrays.JpegFramesWriter(self.out)
+        writer = arrays.VideoFramesWriter(self.out, self.size)
         try:
             while buf := pipe.read(frame_bytes):
                 if len(buf) != frame_bytes:
                     raise SonomaskError("ffmpeg stopped in the middle of a frame")
                 writer.add(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
+            writer.finish()
         finally:
             writer.close()
         self.offsets = writer.offsets

@@ -60,7 +60,24 @@ class Workspace:
         return self.path / name
 
     def has(self, *names: str) -> bool:
-        return all(self.file(n).exists() for n in names)
+        """Whether every file exists, or was made and then released (``release``): a stage
+        whose outputs were all made is done, even once later stages no longer need them."""
+        missing = [n for n in names if not self.file(n).exists()]
+        if not missing:
+            return True
+        released = set(self.manifest().get("released", []))
+        return all(n in released for n in missing)
+
+    def release(self, *names: str) -> None:
+        """Delete work files that no later stage reads (a long job's disk peak), recording
+        in the manifest that they were made."""
+        present = [n for n in names if self.file(n).exists()]
+        if not present:
+            return
+        released = set(self.manifest().get("released", [])) | set(present)
+        self.update_manifest(released=sorted(released))
+        for n in present:
+            self.file(n).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ atomic writes
 

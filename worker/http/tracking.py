@@ -28,7 +28,7 @@ them (``retracked``). The result is the same as tracking the whole clip at once
 a memory through the whole clip (SAM 2 and the other model trackers) make one segment: any
 change re-tracks every frame, as the job will; their weights load in the API process.
 
-Files, all in ``<session>/track/`` and gone when the session expires: ``frames.jpg.bin``,
+Files, all in ``<session>/track/`` and gone when the session expires: ``frames.h264``,
 ``frame_offsets.npy`` and ``times.npy`` (the working frames, stored as a job stores them),
 ``masks.npy`` (working-size masks), ``stats.npz`` (each frame's mask area and whether it touches the border, for the
 warnings), ``keys/<hash>.png`` (the keyframes as the job reads them), ``state.json``.
@@ -58,7 +58,7 @@ from starlette.datastructures import UploadFile
 from vision import masks as vmasks
 from vision.sink import MaskSink, track_warnings
 from worker import arrays, media
-from worker.arrays import JpegFrames, RowFile
+from worker.arrays import RowFile, VideoFrames
 from worker.errors import BadInput, as_sonomask_error
 from worker.http import safejson
 from worker.settings import Settings
@@ -351,11 +351,6 @@ class _Window:
         return self.masks[self.seg.lo + int(t)]
 
 
-def _rows(f: JpegFrames, lo: int, hi: int) -> JpegFrames:
-    """Frames ``lo..hi`` (inclusive) of ``f`` as a clip of their own (nothing is read)."""
-    return JpegFrames(f.path, f.offsets[lo : hi + 2], (f.shape[2], f.shape[1]))
-
-
 class _Run:
     """One preview run: decode the frames once, track the segments that changed."""
 
@@ -400,10 +395,10 @@ class _Run:
     def _decoding(self, fraction: float, message: str) -> None:
         self.save(progress=0.3 * fraction, message="decoding the frames")
 
-    def _frames(self) -> tuple[JpegFrames, np.ndarray]:
+    def _frames(self) -> tuple[VideoFrames, np.ndarray]:
         """The working frames, decoded and stored by the demux stage's rules the first time
-        (the same JPEGs, so the preview tracks exactly what the job's track stage will)."""
-        raw, times_file = self.folder / "frames.jpg.bin", self.folder / "times.npy"
+        (the same frames, so the preview tracks exactly what the job's track stage will)."""
+        raw, times_file = self.folder / "frames.h264", self.folder / "times.npy"
         offsets_file = self.folder / "frame_offsets.npy"
         src = Path(self.meta["path"])
         if not src.is_file():
@@ -411,9 +406,9 @@ class _Run:
         p = media.probe(src, require_audio=False)
         w, h = media.working_size(p.display_size)
         if not (raw.is_file() and times_file.is_file() and offsets_file.is_file()):
-            part = self.folder / f".frames-{uuid.uuid4().hex[:8]}.jpg.bin"
+            part = self.folder / f".frames-{uuid.uuid4().hex[:8]}.h264"
             try:
-                times, offsets = media.decode_jpeg_frames(p, part, (w, h), self._decoding)
+                times, offsets = media.decode_stored_frames(p, part, (w, h), self._decoding)
                 np.save(self.folder / ".times.npy", times)
                 np.save(self.folder / ".offsets.npy", offsets)
                 os.replace(self.folder / ".times.npy", times_file)
@@ -422,10 +417,10 @@ class _Run:
             finally:
                 part.unlink(missing_ok=True)
         times = np.load(times_file)
-        return JpegFrames(raw, np.load(offsets_file), (w, h)), times
+        return VideoFrames(raw, np.load(offsets_file), (w, h)), times
 
     def _track(self, t0: float) -> None:
-        decoded = (self.folder / "frames.jpg.bin").is_file()
+        decoded = (self.folder / "frames.h264").is_file()
         frames, _ = self._frames()
         n, h, w = frames.shape[:3]
         size = (int(self.meta["width"]), int(self.meta["height"]))
@@ -471,7 +466,7 @@ class _Run:
                     self.save(state="running", progress=base + (1 - base) * part, message=msg)
 
                 assert tracker is not None
-                sliced = _rows(frames, seg.lo, seg.hi)
+                sliced = frames.view(seg.lo, seg.hi + 1)
                 try:
                     tracker.init(sliced, size=size, out=_Window(sink, masks, seg))
                     for k in seg.keys:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from vision import masks as vmasks
-from worker import arrays, files, media
-from worker.arrays import JpegFrames, PackedMasks
+from worker import files, media
+from worker.arrays import DeflatedMasks, VideoFrames
 from worker.workspace import Workspace
 
 StageProgress = Callable[[str, float, str], None]
@@ -36,7 +36,7 @@ def decode_working_frames(
     hwaccel: str = media.HWACCEL_NONE,
     threads: int = 0,
 ) -> None:
-    """Every frame at the working size (JPEGs: ``arrays.JpegFrames``) and its time.
+    """Every frame at the working size (lossless H.264: ``arrays.VideoFrames``) and its time.
 
     ``hwaccel`` / ``threads``: ``Settings.hwaccel`` / ``decode_threads`` (``media.decode_frames``);
     a failed hardware decode is redone plainly and noted in the manifest (``frames.decode``).
@@ -44,25 +44,24 @@ def decode_working_frames(
     wsize = media.working_size(size)
     notes: list[str] = []
     with ws.atomic(files.FRAMES) as tmp:
-        times, offsets = media.decode_jpeg_frames(p, tmp, wsize, prog, hwaccel, threads, notes)
+        times, offsets = media.decode_stored_frames(p, tmp, wsize, prog, hwaccel, threads, notes)
         ws.write_npy(files.FRAME_OFFSETS, offsets)
     ws.write_npy(files.FRAME_TIMES, times)
     decode = notes[-1] if notes else f"hwaccel {hwaccel}" if hwaccel != "none" else "plain"
     ws.update_manifest(frames={"count": len(times), "working_size": list(wsize), "decode": decode})
 
 
-def working_frames(ws: Workspace) -> tuple[JpegFrames, np.ndarray]:
+def working_frames(ws: Workspace) -> tuple[VideoFrames, np.ndarray]:
     """The working frames, decoded frame by frame from disk as asked for, and their times."""
     times = np.load(ws.file(files.FRAME_TIMES))
     w, h = ws.manifest()["frames"]["working_size"]
-    return JpegFrames(ws.file(files.FRAMES), np.load(ws.file(files.FRAME_OFFSETS)), (w, h)), times
+    return VideoFrames(ws.file(files.FRAMES), np.load(ws.file(files.FRAME_OFFSETS)), (w, h)), times
 
 
-def working_masks(ws: Workspace, name: str = files.MASKS_WORK) -> PackedMasks:
+def working_masks(ws: Workspace, name: str = files.MASKS_WORK) -> DeflatedMasks:
     """The tracked masks at the working size (``name``: ``files.MASKS_WORK``, or an object's
     own), read by rows and unpacked: uint8 0/1 ``[frames, h, w]``."""
-    w, _ = ws.manifest()["frames"]["working_size"]
-    return arrays.open_packed_masks(ws.file(name), w)
+    return DeflatedMasks(ws.file(name))
 
 
 def load_keyframe_mask(k: Any, size: tuple[int, int]) -> np.ndarray:

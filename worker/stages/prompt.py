@@ -12,7 +12,7 @@ import soundfile as sf
 from vision import prompt as vprompt
 from vision.evidence import FEATURES, EvidenceMeter
 from worker import files
-from worker.arrays import JpegFrames, PackedMasks
+from worker.arrays import DeflatedMasks, VideoFrames
 from worker.settings import Settings
 from worker.stages.common import MASK_CHUNK, StageProgress, noop, working_frames, working_masks
 from worker.stages.models import choose_windowing
@@ -104,7 +104,7 @@ class MaskedFrames:
     long clip each build their own few hundred frames and nothing more.
     """
 
-    def __init__(self, frames: JpegFrames, masks: PackedMasks, index: np.ndarray) -> None:
+    def __init__(self, frames: VideoFrames, masks: DeflatedMasks, index: np.ndarray) -> None:
         self.frames, self.masks, self.index = frames, masks, np.asarray(index)
         self.shape = (len(self.index), *frames.shape[1:])
         self.dtype = np.dtype(np.uint8)

@@ -44,51 +44,107 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     resampling filters) and only its centre is kept, so the result matches one pass over
     the whole clip while memory stays bounded by the block. Block edges fall on samples
     where the source and model clocks coincide exactly and on the STFT's frame grid.
+
+    Two passes, so the disk never holds the model's stems and every stem at once: the
+    targets first; then the model's stems are released and the residual is the source less
+    the targets as written (so target + residual is the source to the residual's own
+    quantisation). The generative method's residual is the model's own (``model.remix``),
+    written in the first pass.
     """
+    targets = _target_names(ws)
+    if ws.has(*(object_outputs(ws) if ws.spec.several else [files.TARGET, files.RESIDUAL])):
+        return
+    if not ws.has(*targets):
+        _restore_targets(ws, targets, report)
+    ws.release(*done_with(ws))
+    if not ws.has(files.RESIDUAL):
+        _write_residual(ws, targets, report)
+    if ws.spec.several and len(targets) == 1:  # the one object's target at the top as well,
+        with ws.atomic(files.TARGET) as tmp:  # as plugins expect it
+            shutil.copyfile(ws.file(targets[0]), tmp)
+    report("restore", 1.0, "stems written")
+
+
+def _target_names(ws: Workspace) -> list[str]:
+    """Each object's target stem (the single-object form: ``target.wav``)."""
+    if not ws.spec.several:
+        return [files.TARGET]
+    return [files.object_file(o.label, files.TARGET) for o in ws.spec.targets()]
+
+
+def _subtype_and_format(ws: Workspace, n: int, channels: int) -> tuple[str, str]:
+    subtype = "FLOAT" if ws.spec.stem_format == "float32" else "PCM_24"
+    return subtype, "RF64" if n * channels * 4 > 3_500_000_000 else "WAV"
+
+
+def _restore_targets(ws: Workspace, names: list[str], report: StageProgress) -> None:
+    """Each target at the source's rate and channels (``model.remix.restore``): one object
+    against the model's residual, each of several against the mixture less itself."""
+    from model.remix import restore
+
     spec = ws.spec
     if spec.several:
-        _run_objects(ws, report)
-        return
-    if ws.has(files.TARGET, files.RESIDUAL):
-        return
-    from model.remix import restore, stft_size
-
-    target48 = arrays.open_npy(ws.file(files.STEMS_MODEL[0]))
+        labels = [o.label for o in spec.targets()]
+        model_names = [files.object_file(lb, files.STEMS_TARGET) for lb in labels]
+    else:
+        labels, model_names = [DEFAULT_LABEL], [files.STEMS_MODEL[0]]
+    stems48 = [arrays.open_npy(ws.file(name)) for name in model_names]
     residual48 = arrays.open_npy(ws.file(files.STEMS_MODEL[1]))
-    subtype = "FLOAT" if spec.stem_format == "float32" else "PCM_24"
-    with sf.SoundFile(str(ws.file(files.AUDIO_SOURCE))) as src:
+    # The generative residual is the model's, not the source less the target.
+    own_residual = not spec.several and spec.reconstruct == "generative"
+    with sf.SoundFile(str(ws.file(files.AUDIO_SOURCE))) as src, contextlib.ExitStack() as stack:
         sr, n, channels = src.samplerate, src.frames, src.channels
-        g = math.gcd(sr, MODEL_SAMPLE_RATE)
-        # Block edges on samples where both clocks and the STFT frame grid coincide.
-        unit = math.lcm(sr // g, stft_size(sr) // 4)
-        unit48 = unit * MODEL_SAMPLE_RATE // sr
-        block = max(1, round(RESTORE_BLOCK_SECONDS * sr / unit)) * unit
-        margin = math.ceil(RESTORE_MARGIN_SECONDS * sr / unit) * unit
-        fmt = "RF64" if n * channels * 4 > 3_500_000_000 else "WAV"
-        with ws.atomic(files.TARGET) as t_tmp, ws.atomic(files.RESIDUAL) as r_tmp:
-            with (
-                sf.SoundFile(str(t_tmp), "w", sr, channels, subtype, format=fmt) as t_out,
-                sf.SoundFile(str(r_tmp), "w", sr, channels, subtype, format=fmt) as r_out,
-            ):
-                for a in range(0, n, block):
-                    lo, hi = max(0, a - margin), min(n, a + block + margin)
-                    src.seek(lo)
-                    chunk = src.read(hi - lo, dtype="float32", always_2d=True)
-                    m_lo, m_hi = lo // unit * unit48, -(-hi // unit) * unit48
-                    tgt, res = restore(
-                        chunk,
-                        target48.read(m_lo, m_hi),
-                        residual48.read(m_lo, m_hi),
-                        sr,
-                        method=spec.reconstruct,
-                    )
-                    keep = slice(a - lo, a - lo + min(block, n - a))
-                    t_out.write(tgt[keep])
-                    r_out.write(res[keep])
-                    report("restore", min(1.0, (a + block) / n), "restoring the stems")
-            broadcast(ws, t_tmp, DEFAULT_LABEL, "target")
-            broadcast(ws, r_tmp, "residual", "residual")
-    report("restore", 1.0, "stems written")
+        block, margin, unit, unit48 = _blocks(sr, n)
+        subtype, fmt = _subtype_and_format(ws, n, channels)
+        names = [*names, files.RESIDUAL] if own_residual else names
+        labels = [*labels, "residual"] if own_residual else labels
+        tmps = [stack.enter_context(ws.atomic(name)) for name in names]
+        outs = [
+            stack.enter_context(sf.SoundFile(str(t), "w", sr, channels, subtype, format=fmt))
+            for t in tmps
+        ]
+        for a in range(0, n, block):
+            lo, hi = max(0, a - margin), min(n, a + block + margin)
+            src.seek(lo)
+            chunk = src.read(hi - lo, dtype="float32", always_2d=True)
+            m_lo, m_hi = lo // unit * unit48, -(-hi // unit) * unit48
+            model = [s.read(m_lo, m_hi) for s in stems48]
+            others = residual48.read(m_lo, m_hi)
+            mix = others + np.sum(model, axis=0) if spec.several else None
+            keep = slice(a - lo, a - lo + min(block, n - a))
+            for j, target in enumerate(model):
+                other = mix - target if mix is not None else others
+                tgt, res = restore(chunk, target, other, sr, method=spec.reconstruct)
+                outs[j].write(tgt[keep])
+                if own_residual:
+                    outs[-1].write(res[keep])
+            report("restore", 0.9 * min(1.0, (a + block) / n), "restoring the stems")
+        for out in outs:
+            out.close()
+        kinds = ["target"] * len(model) + ["residual"] * own_residual
+        for tmp, label, kind in zip(tmps, labels, kinds, strict=True):
+            broadcast(ws, tmp, label, kind)
+    for s in [*stems48, residual48]:
+        s.close()
+
+
+def _write_residual(ws: Workspace, targets: list[str], report: StageProgress) -> None:
+    """``residual.wav``: the source less the targets as written."""
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(sf.SoundFile(str(ws.file(files.AUDIO_SOURCE))))
+        sr, n, channels = src.samplerate, src.frames, src.channels
+        subtype, fmt = _subtype_and_format(ws, n, channels)
+        ins = [stack.enter_context(sf.SoundFile(str(ws.file(t)))) for t in targets]
+        tmp = stack.enter_context(ws.atomic(files.RESIDUAL))
+        with sf.SoundFile(str(tmp), "w", sr, channels, subtype, format=fmt) as out:
+            block = max(1, int(RESTORE_BLOCK_SECONDS * sr))
+            for a in range(0, n, block):
+                rest = src.read(block, dtype="float64", always_2d=True)
+                for t in ins:
+                    rest -= t.read(len(rest), dtype="float64", always_2d=True)
+                out.write(rest.astype(np.float32))
+                report("restore", 0.9 + 0.1 * min(1.0, (a + block) / n), "the residual")
+        broadcast(ws, tmp, "residual", "residual")
 
 
 def broadcast(ws: Workspace, path: Path, label: str, stem: str) -> None:
@@ -99,6 +155,14 @@ def broadcast(ws: Workspace, path: Path, label: str, stem: str) -> None:
     tc = StartTimecode.from_json(probe.get("timecode"))  # none recorded: 00:00:00:00
     info = bwf.StemInfo(spec.project_name, Path(spec.video).name, label, stem, ws.job_id, tc)
     bwf.tag_wav(path, info)
+
+
+def done_with(ws: Workspace) -> list[str]:
+    """What no stage after this one reads: the model-rate stems."""
+    if ws.spec.several:
+        targets = [files.object_file(o.label, files.STEMS_TARGET) for o in ws.spec.targets()]
+        return [*targets, files.STEMS_MODEL[1]]
+    return list(files.STEMS_MODEL)
 
 
 def object_outputs(ws: Workspace) -> list[str]:
@@ -119,56 +183,3 @@ def _blocks(sr: int, n: int) -> tuple[int, int, int, int]:
     block = max(1, round(RESTORE_BLOCK_SECONDS * sr / unit)) * unit
     margin = math.ceil(RESTORE_MARGIN_SECONDS * sr / unit) * unit
     return block, margin, unit, unit48
-
-
-def _run_objects(ws: Workspace, report: StageProgress) -> None:
-    """Each object's stem and the residual at the source's rate and channels, by blocks."""
-    names = object_outputs(ws)
-    if ws.has(*names):
-        return
-    from model.remix import restore
-
-    spec = ws.spec
-    objs = spec.targets()
-    stems48 = [
-        arrays.open_npy(ws.file(files.object_file(o.label, files.STEMS_TARGET))) for o in objs
-    ]
-    residual48 = arrays.open_npy(ws.file(files.STEMS_MODEL[1]))
-    subtype = "FLOAT" if spec.stem_format == "float32" else "PCM_24"
-    with sf.SoundFile(str(ws.file(files.AUDIO_SOURCE))) as src, contextlib.ExitStack() as stack:
-        sr, n, channels = src.samplerate, src.frames, src.channels
-        block, margin, unit, unit48 = _blocks(sr, n)
-        fmt = "RF64" if n * channels * 4 > 3_500_000_000 else "WAV"
-        written = names[: len(objs) + 1]  # the objects' targets, then the residual
-        tmps = [stack.enter_context(ws.atomic(name)) for name in written]
-        outs = [
-            stack.enter_context(sf.SoundFile(str(t), "w", sr, channels, subtype, format=fmt))
-            for t in tmps
-        ]
-        for a in range(0, n, block):
-            lo, hi = max(0, a - margin), min(n, a + block + margin)
-            src.seek(lo)
-            chunk = src.read(hi - lo, dtype="float32", always_2d=True)
-            m_lo, m_hi = lo // unit * unit48, -(-hi // unit) * unit48
-            model = [s.read(m_lo, m_hi) for s in stems48]
-            mix = residual48.read(m_lo, m_hi) + np.sum(model, axis=0)
-            keep = slice(a - lo, a - lo + min(block, n - a))
-            rest = chunk[keep].astype(np.float64)
-            for j, target in enumerate(model):
-                tgt, _ = restore(chunk, target, mix - target, sr, method=spec.reconstruct)
-                tgt = tgt[keep]
-                outs[j].write(tgt)
-                rest -= tgt
-            outs[-1].write(rest.astype(np.float32))
-            report("restore", min(1.0, (a + block) / n), f"restoring {len(objs)} object(s)")
-        for out in outs:
-            out.close()
-        for j, tmp in enumerate(tmps):  # the objects' targets, then the residual
-            if j < len(objs):
-                broadcast(ws, tmp, objs[j].label, "target")
-            else:
-                broadcast(ws, tmp, "residual", "residual")
-    if len(objs) == 1:  # the one object's target at the top as well, as plugins expect it
-        with ws.atomic(files.TARGET) as tmp:
-            shutil.copyfile(ws.file(names[0]), tmp)
-    report("restore", 1.0, "stems written")

@@ -122,6 +122,17 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     report("separate", 1.0, f"separated with {ws.manifest().get('backend')}")
 
 
+def done_with(ws: Workspace) -> list[str]:
+    """What no stage after this one reads: the model's mono copy, and the working frames
+    and masks unless the preview stage still has to draw its picture from them."""
+    names = [files.AUDIO_MODEL]
+    if not ws.spec.preview or ws.has(files.PREVIEW_PICTURE):
+        prefixes = [files.object_file(o.label, "") for o in ws.spec.targets()]
+        names += [files.FRAMES, files.FRAME_OFFSETS]
+        names += [p + files.MASKS_WORK for p in (prefixes if ws.spec.several else [""])]
+    return names
+
+
 def _window_file(i: int) -> str:
     return f"{files.WINDOWS_DIR}/{i:05d}.npz"
 

@@ -63,29 +63,40 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     prog = stage_progress(report, "track")
     tracker = choose_job_tracker(spec, settings)  # a model loads before any work file is written
     # Masks go straight to disk as they are made: memory stays flat however long the clip.
-    with ws.atomic(files.MASKS_WORK) as work_tmp:
-        work = arrays.create_packed_masks(work_tmp, n, wsize)
-        with work:
-            tracker.init(frames, size=size, out=work)
-            for idx, k in drawn.items():
-                if k.box is not None:
-                    tracker.add_box(idx, k.box)
-                else:
-                    tracker.add_mask(idx, full_keyframes[idx])
-            result = tracker.propagate(prog)
-            exact = {i: full_keyframes[i] for i in result.exact}  # the user's own, full size
-            with ws.atomic(files.MASKS) as full_tmp:
-                found = write_full_masks(full_tmp, work, size, exact)
-                others = np.ones(n, dtype=bool)
-                others[list(full_keyframes)] = False
-                if others.any() and not found[others].any():
-                    raise MaskError(
-                        "the object was lost on every frame but the keyframe(s): the tracker "
-                        "could not follow it. Check that the mask covers the object on its "
-                        "frame, or add keyframes"
-                    )
+    with ws.atomic(files.MASKS_WORK) as work_tmp, _packed(work_tmp, n, wsize) as work:
+        tracker.init(frames, size=size, out=work)
+        for idx, k in drawn.items():
+            if k.box is not None:
+                tracker.add_box(idx, k.box)
+            else:
+                tracker.add_mask(idx, full_keyframes[idx])
+        result = tracker.propagate(prog)
+        exact = {i: full_keyframes[i] for i in result.exact}  # the user's own, full size
+        with ws.atomic(files.MASKS) as full_tmp:
+            found = write_full_masks(full_tmp, work, size, exact)
+            others = np.ones(n, dtype=bool)
+            others[list(full_keyframes)] = False
+            if others.any() and not found[others].any():
+                raise MaskError(
+                    "the object was lost on every frame but the keyframe(s): the tracker "
+                    "could not follow it. Check that the mask covers the object on its "
+                    "frame, or add keyframes"
+                )
+        arrays.deflate_masks(work, work_tmp)
     ws.update_manifest(track_warnings=result.warnings)
     report("track", 1.0, "tracked")
+
+
+@contextlib.contextmanager
+def _packed(final_tmp: Path, n: int, wsize: tuple[int, int]) -> Iterator[PackedMasks]:
+    """Packed masks the trackers write in any order, in a scratch file beside ``final_tmp``
+    (deleted after): deflated into ``final_tmp`` once tracking is done (``deflate_masks``)."""
+    scratch = final_tmp.with_name(final_tmp.name + ".packed")
+    try:
+        with arrays.create_packed_masks(scratch, n, wsize) as work:
+            yield work
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 def _keyframes(
@@ -143,7 +154,7 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
             stack.enter_context(ws.atomic(files.object_file(o.label, files.MASKS_WORK)))
             for o in objs
         ]
-        works = [stack.enter_context(arrays.create_packed_masks(t, n, wsize)) for t in tmps]
+        works = [stack.enter_context(_packed(t, n, wsize)) for t in tmps]
         used: dict[str, Any] = {}
         results, order = track_objects(
             lambda j: tracker,
@@ -169,6 +180,8 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
                     "tracker could not follow it. Check that its mask covers it on its frame, "
                     "or add keyframes"
                 )
+        for work, tmp in zip(works, tmps, strict=True):
+            arrays.deflate_masks(work, tmp)
     warnings = [f"{o.label}: {w}" for o, r in zip(objs, results, strict=True) for w in r.warnings]
     ws.update_manifest(track_warnings=warnings, track_processes=used["processes"])
     report("track", 1.0, f"tracked {len(objs)} object(s)")
