@@ -1,4 +1,9 @@
-"""A folder's size on disk while a job runs: the largest it got, and which files held it."""
+"""A folder's size on disk while a job runs: the largest it got, and which files held it.
+
+Two peaks: every file, and the work files alone (without the job's outputs: the stems,
+masks.npz, the remuxed videos, the preview, the matte and timelines, which the CLI links
+into ``--out`` and a queued job publishes; an output video is as large as the source).
+"""
 
 from __future__ import annotations
 
@@ -21,12 +26,27 @@ def folder_bytes(root: Path) -> dict[str, int]:
     return sizes
 
 
+_OUTPUT_NAMES = {"target.wav", "residual.wav", "masks.npz", "preview.mp4", "matte.mov"}
+_OUTPUT_STEMS = {"isolated", "removed", "stems", "timeline"}
+
+
+def is_output(relpath: str) -> bool:
+    """Whether a file of the job's folder is one of its outputs (or one being written:
+    ``.<stem>.<random>.part<suffix>``)."""
+    name = os.path.basename(relpath)
+    if name.startswith(".") and ".part" in name:
+        stem = name[1:].split(".")[0]
+        return stem in _OUTPUT_STEMS or any(n.split(".")[0] == stem for n in _OUTPUT_NAMES)
+    return name in _OUTPUT_NAMES or name.split(".")[0] in _OUTPUT_STEMS
+
+
 class PeakSampler:
     """The largest size ``root`` reached while the ``with`` block ran, and what held it."""
 
     def __init__(self, root: Path, every: float = 0.2) -> None:
-        self.root, self.every, self.peak = root, every, 0
+        self.root, self.every, self.peak, self.work_peak = root, every, 0, 0
         self.at_peak: dict[str, int] = {}
+        self.at_work_peak: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -35,6 +55,9 @@ class PeakSampler:
             sizes = folder_bytes(self.root)
             if sum(sizes.values()) > self.peak:
                 self.peak, self.at_peak = sum(sizes.values()), sizes
+            work = {k: v for k, v in sizes.items() if not is_output(k)}
+            if sum(work.values()) > self.work_peak:
+                self.work_peak, self.at_work_peak = sum(work.values()), work
             self._stop.wait(self.every)
 
     def __enter__(self) -> PeakSampler:
@@ -46,14 +69,14 @@ class PeakSampler:
         self._thread.join()
 
     def report(self, seconds: float, top: int = 8) -> None:
-        """Print the peak, per hour of footage, and its largest files."""
+        """Print both peaks, per hour of footage, and their largest files."""
         hour = 3600 / seconds
-        print(
-            f"work folder peak: {self.peak / 1e6:.1f} MB "
-            f"= {self.peak / 1e9 * hour:.2f} GB per hour of footage"
-        )
-        for name, size in sorted(self.at_peak.items(), key=lambda kv: -kv[1])[:top]:
-            if size:
-                print(
-                    f"  at the peak: {name:<44} {size / 1e6:9.1f} MB = {size / 1e9 * hour:6.2f} GB/h"
-                )
+        for what, peak, files in (
+            ("work folder peak", self.peak, self.at_peak),
+            ("  without outputs", self.work_peak, self.at_work_peak),
+        ):
+            print(f"{what}: {peak / 1e6:.1f} MB = {peak / 1e9 * hour:.2f} GB per hour of footage")
+            for name, size in sorted(files.items(), key=lambda kv: -kv[1])[:top]:
+                if size:
+                    gbh = size / 1e9 * hour
+                    print(f"    {name:<48} {size / 1e6:9.1f} MB = {gbh:6.2f} GB/h")
