@@ -104,6 +104,15 @@ class RowFile:
         while done < len(data):
             done += os.pwrite(self._fd, data[done : done + _CHUNK_BYTES], pos + done)
 
+    def write_within(self, i: int, start: int, data: np.ndarray) -> None:
+        """Store the bytes of ``data`` inside row ``i``, ``start`` bytes into it."""
+        raw = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        if not (0 <= i < self.shape[0] and 0 <= start and start + len(raw) <= self.row_bytes):
+            raise ValueError(f"cannot write {len(raw)} bytes at {start} into row {i}")
+        pos, done = self.offset + i * self.row_bytes + start, 0
+        while done < len(raw):
+            done += os.pwrite(self._fd, raw[done : done + _CHUNK_BYTES], pos + done)
+
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
             i = int(key) + (self.shape[0] if key < 0 else 0)
@@ -266,19 +275,28 @@ class PackedMasks(_RowView):
 
     Reads give uint8 0/1 (any non-zero written counts as 1), as ``RowFile`` gave them.
     ``rows`` is the ``RowFile`` of packed rows, shape ``[n, h, ceil(w / 8)]``.
+
+    A new file (``create_packed_masks``) is all holes; the first write of a frame stores
+    only its rows from the first to the last that hold the object, so the rest of the
+    frame stays a hole on disk (a 60 px object at 480x270 takes a block or two of a
+    frame's four). ``fresh`` says which frames were never written; a frame written again
+    is written whole.
     """
 
-    def __init__(self, rows: RowFile, width: int) -> None:
+    def __init__(self, rows: RowFile, width: int, fresh: np.ndarray | None = None) -> None:
         n, h, wb = rows.shape
         if wb != (int(width) + 7) // 8:
             rows.close()
             raise ValueError(f"{rows.path.name}: {wb} bytes a row cannot hold {width} pixels")
         self.rows, self.path = rows, rows.path
         self.shape = (n, h, int(width))
+        self._fresh = fresh
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        """Pickled as the same file (``RowFile.__reduce__``)."""
-        return (PackedMasks, (self.rows, self.shape[2]))
+        """Pickled as the same file (``RowFile.__reduce__``). The copy, the only writer from
+        then on, takes over which frames are fresh: this object writes whole frames."""
+        fresh, self._fresh = self._fresh, None
+        return (PackedMasks, (self.rows, self.shape[2], fresh))
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo`` to ``hi`` (exclusive), unpacked."""
@@ -289,7 +307,24 @@ class PackedMasks(_RowView):
         m = np.asarray(masks)
         if m.shape[1:] != self.shape[1:]:
             raise ValueError(f"cannot write masks {m.shape} into {self.shape}")
-        self.rows.write(lo, np.packbits(m != 0, axis=-1))
+        packed = np.packbits(m != 0, axis=-1)
+        fresh = self._fresh
+        if (
+            fresh is None
+            or not 0 <= lo <= len(fresh) - len(packed)
+            or not fresh[lo : lo + len(packed)].any()
+        ):
+            self.rows.write(lo, packed)
+            return
+        for i, frame in enumerate(packed, start=lo):
+            if not fresh[i]:
+                self.rows.write(i, frame[None])
+                continue
+            fresh[i] = False
+            used = np.nonzero(frame.any(axis=1))[0]  # the rows that hold the object
+            if len(used):
+                start = int(used[0]) * self.rows.row_shape[-1]
+                self.rows.write_within(i, start, frame[used[0] : used[-1] + 1])
 
     def _rows(self, key: Any) -> np.ndarray:
         return np.unpackbits(self.rows[key], axis=-1, count=self.shape[2])
@@ -318,7 +353,7 @@ def create_packed_masks(path: Path | str, n: int, size: tuple[int, int]) -> Pack
     """A new packed mask file (a ``.npy`` of packed rows, all zero) for ``n`` frames of
     ``size`` (w, h), open for writing."""
     w, h = size
-    return PackedMasks(create_npy(path, (n, h, mask_row_bytes(w)), np.uint8), w)
+    return PackedMasks(create_npy(path, (n, h, mask_row_bytes(w)), np.uint8), w, np.ones(n, bool))
 
 
 def open_packed_masks(path: Path | str, width: int, writable: bool = False) -> PackedMasks:
@@ -433,6 +468,27 @@ _X264 = {  # lossless (qp 0) RGB H.264 with a keyframe exactly every FRAME_GOP f
 _CACHED_GOPS = 3  # decoded groups kept: a reader going back and forth over a seam decodes once
 
 
+def _decorrelate(rgb: np.ndarray) -> np.ndarray:
+    """(R - G, G, B - G) modulo 256: exactly reversible (``_recorrelate``), and the two
+    differences are near zero wherever the picture is near grey, which x264's RGB coder
+    (it codes the three planes apart) then stores in less: 44% less on the longform
+    benchmark's test pattern, 5-13% on opencv-doc's real clips."""
+    out = np.empty_like(rgb)
+    g = rgb[..., 1]
+    np.subtract(rgb[..., 0], g, out=out[..., 0])  # uint8 arithmetic wraps: modulo 256
+    out[..., 1] = g
+    np.subtract(rgb[..., 2], g, out=out[..., 2])
+    return out
+
+
+def _recorrelate(coded: np.ndarray) -> np.ndarray:
+    """The RGB frame ``_decorrelate`` was given."""
+    g = coded[..., 1]
+    np.add(coded[..., 0], g, out=coded[..., 0])
+    np.add(coded[..., 2], g, out=coded[..., 2])
+    return coded
+
+
 class VideoFramesWriter:
     """Appends RGB frames to a lossless H.264 stream, one packet per frame back to back;
     ``offsets`` says where each frame's packet starts (and the end).
@@ -441,9 +497,11 @@ class VideoFramesWriter:
     the trackers, the prompt stage and SAM Audio's masked video, so they must be kept, and
     raw RGB costs 35 GB an hour of footage at 480x270. Coding each frame against the
     previous ones keeps them bit-exact (what ffmpeg decoded, as raw storage did) at a
-    fraction of that: 0.8 GB an hour of the benchmark's generated 1080p, about 9 GB of grainy
-    real footage at 480x360 (opencv-doc's vtest.avi; JPEG at quality 100, which is not
-    exact, took 19). Encoding costs 0.5-1.6 ms a frame, decoding 0.8-2.6 ms.
+    fraction of that: 0.6 GB an hour of ``benchmarks/pipeline.py``'s generated 1080p, 1.6 GB of
+    ``benchmarks/longform.py``'s test pattern, about 8 GB of grainy real footage at 480x360
+    (opencv-doc's vtest.avi; JPEG at quality 100, which is not exact, took 19). The colours
+    are decorrelated first (``_decorrelate``). Encoding costs 0.5-1.6 ms a frame, decoding
+    0.8-2.6 ms.
     ``FRAME_GOP`` bounds the cost of reading a frame out of order. The stream is a plain
     H.264 elementary stream: ``ffplay frames.h264`` plays it.
     """
@@ -463,7 +521,7 @@ class VideoFramesWriter:
         self._f = open(self.path, "wb")  # noqa: SIM115 - closed by close()
 
     def add(self, rgb: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), "rgb24")
+        frame = av.VideoFrame.from_ndarray(_decorrelate(np.asarray(rgb, dtype=np.uint8)), "rgb24")
         frame.pts = self._n
         self._n += 1
         self._store(self._cc.encode(frame))
@@ -553,7 +611,7 @@ class VideoFrames(_RowView):
                     else None
                 )
                 for frame in decoder.decode(packet):
-                    img = frame.to_ndarray(format="rgb24")
+                    img = _recorrelate(frame.to_ndarray(format="rgb24"))
                     if k >= len(out) or img.shape != out.shape[1:]:
                         raise ValueError("a frame of the wrong size or one too many")
                     out[k] = img

@@ -97,6 +97,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     if ws.has(*files.STEMS_MODEL):
         return
     separator = choose_separator(spec, settings)
+    _release_pictures(ws, separator)
     with sf.SoundFile(str(ws.file(files.AUDIO_MODEL))) as audio:
         n = audio.frames
         plan = separator.windowing.plan(n, settings.window_seconds)
@@ -117,7 +118,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
                 continue
             i, chunk = group[0]
             _separate_window(ws, separator, prompt, i, plan, chunk, whole_has_evidence, report)
-    _join_windows(ws, plan, n)
+    _join_windows(ws, plan, n, drop=separator.name == "classical")
     shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
     report("separate", 1.0, f"separated with {ws.manifest().get('backend')}")
 
@@ -125,12 +126,24 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
 def done_with(ws: Workspace) -> list[str]:
     """What no stage after this one reads: the model's mono copy, and the working frames
     and masks unless the preview stage still has to draw its picture from them."""
-    names = [files.AUDIO_MODEL]
-    if not ws.spec.preview or ws.has(files.PREVIEW_PICTURE):
-        prefixes = [files.object_file(o.label, "") for o in ws.spec.targets()]
-        names += [files.FRAMES, files.FRAME_OFFSETS]
-        names += [p + files.MASKS_WORK for p in (prefixes if ws.spec.several else [""])]
-    return names
+    return [files.AUDIO_MODEL, *_pictures_done_with(ws)]
+
+
+def _pictures_done_with(ws: Workspace) -> list[str]:
+    """The working frames and masks, once only SAM Audio could still read them (none if
+    the preview stage must still draw its picture from them)."""
+    if ws.spec.preview and not ws.has(files.PREVIEW_PICTURE):
+        return []
+    prefixes = [files.object_file(o.label, "") for o in ws.spec.targets()]
+    masks = [p + files.MASKS_WORK for p in (prefixes if ws.spec.several else [""])]
+    return [files.FRAMES, files.FRAME_OFFSETS, *masks]
+
+
+def _release_pictures(ws: Workspace, separator: Separator) -> None:
+    """The classical backend reads the object's evidence (activity.npz), not the pictures:
+    they go before separation, which is then the disk's peak."""
+    if separator.name == "classical":
+        ws.release(*_pictures_done_with(ws))
 
 
 def _window_file(i: int) -> str:
@@ -318,8 +331,12 @@ def _check_stems(result: Separation, n: int) -> None:
             raise SonomaskError(f"the {result.backend} backend returned a bad {name} {x.shape}")
 
 
-def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
-    """Crossfade the windows' results into the two stems, one window in memory at a time."""
+def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int, drop: bool) -> None:
+    """Crossfade the windows' results into the two stems, one window in memory at a time.
+
+    ``drop``: delete each window's file once joined, so the disk never holds the windows
+    and the stems whole at once (for a backend whose windows are cheap to redo should the
+    join be cut short: the classical one; SAM Audio's stay until the stems are written)."""
     backends: set[str] = set()
     warnings: dict[str, int] = {}
     confidences: list[float] = []
@@ -342,6 +359,8 @@ def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int) -> None:
                     _add_details(details, part)
                     for w in part["warnings"].tolist():
                         warnings[w] = warnings.get(w, 0) + 1
+                if drop:
+                    ws.file(_window_file(i)).unlink()
     notes = [
         w if c == len(plan) or len(plan) == 1 else f"{w} ({c} of {len(plan)} windows)"
         for w, c in warnings.items()
@@ -371,6 +390,7 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
     spec = ws.spec
     objs = spec.targets()
     separator = choose_separator(spec, settings)
+    _release_pictures(ws, separator)
     with sf.SoundFile(str(ws.file(files.AUDIO_MODEL))) as audio:
         n = audio.frames
         plan = separator.windowing.plan(n, settings.window_seconds)
@@ -389,7 +409,7 @@ def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> No
                 continue
             i, chunk = group[0]
             _separate_objects_window(ws, separator, prompts, whole, i, plan, chunk, report)
-    _join_object_windows(ws, plan, n, names)
+    _join_object_windows(ws, plan, n, names, drop=separator.name == "classical")
     shutil.rmtree(ws.file(files.WINDOWS_DIR), ignore_errors=True)
     report("separate", 1.0, f"separated {len(objs)} object(s) with {ws.manifest().get('backend')}")
 
@@ -456,9 +476,10 @@ def _separate_objects_window(
 
 
 def _join_object_windows(
-    ws: Workspace, plan: list[tuple[int, int]], n: int, names: list[str]
+    ws: Workspace, plan: list[tuple[int, int]], n: int, names: list[str], drop: bool
 ) -> None:
-    """Crossfade the windows into each object's stem and the residual, one window in memory."""
+    """Crossfade the windows into each object's stem and the residual, one window in memory
+    (``drop``: as ``_join_windows``)."""
     backends: set[str] = set()
     warnings: dict[str, int] = {}
     confidences: list[np.ndarray] = []
@@ -479,6 +500,8 @@ def _join_object_windows(
                 _add_details(details, part)
                 for w in part["warnings"].tolist():
                     warnings[w] = warnings.get(w, 0) + 1
+            if drop:
+                ws.file(_window_file(i)).unlink()
     notes = [
         w if c == len(plan) or len(plan) == 1 else f"{w} ({c} of {len(plan)} windows)"
         for w, c in warnings.items()
