@@ -461,7 +461,7 @@ def test_tracking_preview_is_the_track_stage_and_retracks_only_what_changed(
     r = _track(c, up, keys, tracker="flow")
     assert r.status_code == 202 and r.json()["state"] in ("queued", "running", "done")
     st = _tracked(c, up)
-    assert st["state"] == "done" and st["error"] is None, st
+    assert st["state"] == "done" and st["error"] is None, (st["error"], st)
     assert st["frames"] == 75 and st["working_size"] == [160, 96]
     assert st["tracked"] == [[0, 74]] and st["retracked"] == [[0, 74]]
 
