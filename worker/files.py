@@ -39,7 +39,7 @@ TIMELINES = {
 OUTPUTS_DIR = "outputs"  # a queued job's published outputs
 
 # Several objects (JobSpec.objects): each object's own files live in objects/<label>/ under
-# the same names as the single object's (masks.npz, masks_work.bits.npy, activity.npz,
+# the same names as the single object's (masks.npz, masks_work.bits.z, activity.npz,
 # target.wav, isolated<ext>, removed<ext>); what they share stays at the top (frames,
 # prompt_index, residual.wav, preview.mp4) and stems<ext> holds every stem as a track.
 OBJECTS_DIR = "objects"
