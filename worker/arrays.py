@@ -627,8 +627,11 @@ class VideoFrames(_RowView):
         same direction starts decoding the one after on a thread."""
         step, self._last_gop = g - self._last_gop, g
         got = self._gops.pop(g, None)
-        frames = self._decode(g) if got is None else got if isinstance(got, np.ndarray) else None
-        if frames is None:
+        if got is None:
+            frames = self._decode(g)
+        elif isinstance(got, np.ndarray):
+            frames = got
+        else:  # decoding ahead on the thread
             frames = got.result()
         self._gops[g] = frames
         if step in (1, -1) and 0 <= g + step <= (len(self.offsets) - 2) // FRAME_GOP:
