@@ -58,6 +58,15 @@ def working_frames(ws: Workspace) -> tuple[VideoFrames, np.ndarray]:
     return VideoFrames(ws.file(files.FRAMES), np.load(ws.file(files.FRAME_OFFSETS)), (w, h)), times
 
 
+def model_stems(ws: Workspace) -> list[str]:
+    """The separator's mono 48 kHz stems, as the separate stage writes them and restore
+    reads them: each object's target, then the residual (one object: ``files.STEMS_MODEL``)."""
+    if not ws.spec.several:
+        return list(files.STEMS_MODEL)
+    targets = [files.object_file(o.label, files.STEMS_TARGET) for o in ws.spec.targets()]
+    return [*targets, files.STEMS_MODEL[1]]
+
+
 def working_masks(ws: Workspace, name: str = files.MASKS_WORK) -> DeflatedMasks:
     """The tracked masks at the working size (``name``: ``files.MASKS_WORK``, or an object's
     own), read by rows and unpacked: uint8 0/1 ``[frames, h, w]``."""

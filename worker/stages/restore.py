@@ -23,7 +23,7 @@ from model.separator import MODEL_SAMPLE_RATE
 from worker import arrays, bwf, files
 from worker.settings import Settings
 from worker.spec import DEFAULT_LABEL
-from worker.stages.common import StageProgress, noop
+from worker.stages.common import StageProgress, model_stems, noop
 from worker.timecode import StartTimecode
 from worker.workspace import Workspace
 
@@ -56,7 +56,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
         return
     if not ws.has(*targets):
         _restore_targets(ws, targets, report)
-    ws.release(*done_with(ws))
+    ws.release(*model_stems(ws))  # no later stage reads them
     if not ws.has(files.RESIDUAL):
         _write_residual(ws, targets, report)
     if ws.spec.several and len(targets) == 1:  # the one object's target at the top as well,
@@ -83,13 +83,10 @@ def _restore_targets(ws: Workspace, names: list[str], report: StageProgress) -> 
     from model.remix import restore
 
     spec = ws.spec
-    if spec.several:
-        labels = [o.label for o in spec.targets()]
-        model_names = [files.object_file(lb, files.STEMS_TARGET) for lb in labels]
-    else:
-        labels, model_names = [DEFAULT_LABEL], [files.STEMS_MODEL[0]]
+    labels = [o.label for o in spec.targets()] if spec.several else [DEFAULT_LABEL]
+    *model_names, residual_name = model_stems(ws)
     stems48 = [arrays.open_npy(ws.file(name)) for name in model_names]
-    residual48 = arrays.open_npy(ws.file(files.STEMS_MODEL[1]))
+    residual48 = arrays.open_npy(ws.file(residual_name))
     # The generative residual is the model's, not the source less the target.
     own_residual = not spec.several and spec.reconstruct == "generative"
     with sf.SoundFile(str(ws.file(files.AUDIO_SOURCE))) as src, contextlib.ExitStack() as stack:
@@ -155,14 +152,6 @@ def broadcast(ws: Workspace, path: Path, label: str, stem: str) -> None:
     tc = StartTimecode.from_json(probe.get("timecode"))  # none recorded: 00:00:00:00
     info = bwf.StemInfo(spec.project_name, Path(spec.video).name, label, stem, ws.job_id, tc)
     bwf.tag_wav(path, info)
-
-
-def done_with(ws: Workspace) -> list[str]:
-    """What no stage after this one reads: the model-rate stems."""
-    if ws.spec.several:
-        targets = [files.object_file(o.label, files.STEMS_TARGET) for o in ws.spec.targets()]
-        return [*targets, files.STEMS_MODEL[1]]
-    return list(files.STEMS_MODEL)
 
 
 def object_outputs(ws: Workspace) -> list[str]:

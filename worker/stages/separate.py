@@ -35,7 +35,13 @@ from model.windows import crossfade_gains, window_prompt
 from worker import arrays, files
 from worker.errors import SonomaskError
 from worker.settings import Settings
-from worker.stages.common import StageProgress, noop, working_frames, working_masks
+from worker.stages.common import (
+    StageProgress,
+    model_stems,
+    noop,
+    working_frames,
+    working_masks,
+)
 from worker.stages.models import choose_separator
 from worker.stages.prompt import MaskedFrames
 from worker.workspace import Workspace
@@ -376,15 +382,9 @@ def _join_windows(ws: Workspace, plan: list[tuple[int, int]], n: int, drop: bool
 # --------------------------------------------------------------------------- several objects
 
 
-def _stem_names(ws: Workspace) -> list[str]:
-    """Each object's model-rate target, then the shared residual."""
-    labels = [o.label for o in ws.spec.targets()]
-    return [files.object_file(lb, files.STEMS_TARGET) for lb in labels] + [files.STEMS_MODEL[1]]
-
-
 def _run_objects(ws: Workspace, settings: Settings, report: StageProgress) -> None:
     """Every object separated from the same windows at once (module doc), resumable."""
-    names = _stem_names(ws)
+    names = model_stems(ws)
     if ws.has(*names):
         return
     spec = ws.spec
