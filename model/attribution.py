@@ -168,12 +168,14 @@ def _best_curve(
 ) -> tuple[float, int, int]:
     """(held-out score, index, lag) of the curve some mix of components follows best."""
     best = (-np.inf, 0, 0)
+    lags = range(-max_lag, max_lag + 1)
+    z = _zscore(hz)
     for ci, c in enumerate(curves):
-        # The lag at which the components, one by one, best follow the curve.
-        lag = max(
-            range(-max_lag, max_lag + 1),
-            key=lambda g: float((np.maximum(_corr(hz, _shift(c, g)), 0) ** 2).sum()),
-        )
+        # The lag at which the components, one by one, best follow the curve: every lag's
+        # correlations [K, lags] in one product.
+        shifted = np.stack([_shift(c, g) for g in lags], axis=1)
+        fit = (np.maximum(z @ shifted / z.shape[1], 0) ** 2).sum(axis=0)
+        lag = lags[int(np.argmax(fit))]
         cs = _shift(c, lag)
         held = []
         for fit in (block, ~block):
