@@ -194,11 +194,13 @@ def video_match(
     prompt: Prompt,
     warnings: list[str],
     similarity: np.ndarray | None = None,
+    cv_phase: float = 0.0,
 ) -> VideoMatch | None:
     """Credit the object with the components that move with it (see the module docstring).
 
     ``similarity`` [K, K] (``model.timbre.timbre_similarity``): when given, members are
-    decided per timbre cluster (``_cluster_vote``)."""
+    decided per timbre cluster (``_cluster_vote``). ``cv_phase`` (a fraction of a block)
+    shifts where the alternating cross-validation blocks start."""
     times = np.asarray(prompt.video_times, dtype=np.float64)
     feats, names = _features(prompt)
     valid = (times >= frame_times[0]) & (times <= frame_times[-1])
@@ -227,7 +229,7 @@ def video_match(
         b = np.asarray(prompt.background_activity, dtype=np.float64)[valid]
         bg = _zscore(b) if np.std(b) > 1e-9 else None
     # Held-out blocks: alternate CV_BLOCK_S-long blocks.
-    block = np.floor((times - times[0]) / CV_BLOCK_S).astype(int) % 2 == 0
+    block = np.floor((times - times[0]) / CV_BLOCK_S + cv_phase).astype(int) % 2 == 0
     max_lag = int(round(MAX_LAG_S * fps))
     hz = _zscore(hv)
     score, ci, lag = _best_curve(hz, curves, block, max_lag)
