@@ -231,6 +231,26 @@ def test_deterministic_and_progress(case: dict) -> None:
     assert all(0.0 <= f <= 1.0 for f in fractions)
 
 
+def test_the_ensemble_beats_its_typical_member(case: dict) -> None:
+    """Three factorisations from different starts, averaged: one start alone can land far off
+    (here 8.6 to 21.3 dB on the two tones), the average does at least as well as the median
+    single start."""
+    alone = [
+        improvement(
+            ClassicalSeparator(seed=classical.SEED + m, members=1)
+            .separate(case["mix"], video_prompt(case))
+            .target,
+            case["a"],
+            case["mix"],
+        )
+        for m in range(classical.MEMBERS)
+    ]
+    together = improvement(case["to_a"].target, case["a"], case["mix"])
+    assert together >= float(np.median(alone)), (together, alone)
+    with pytest.raises(ValueError):
+        ClassicalSeparator(members=0)
+
+
 def test_silence_and_tiny_inputs() -> None:
     prompt = Prompt(spans=[Span("+", 0.0, 0.5)])
     for n in (SR * 2, 1000, 1, 0):
