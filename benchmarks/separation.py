@@ -2,6 +2,7 @@
 
     python benchmarks/separation.py [--half dev|heldout|all] [--scenes a,b]
                                     [--size 192x112] [--json out.json] [--no-cache]
+                                    [--reseed K]
 
 Each clip of ``benchmarks/separation_scenes.py`` (real recorded and synthesised sounds:
 espeak-ng voices, fluidsynth instruments and drums, the desktop sound themes; frames in
@@ -27,7 +28,10 @@ Halves: ``dev`` and ``heldout`` use different seeds and disjoint sounds (voices,
 languages, texts, GM programs, drum notes, theme files, photos; see the ``*_BY_HALF``
 tables in separation_scenes.py). Tune the separator or the prompt on ``dev`` only, and
 read ``heldout`` to see whether the tuning carried over; a change tuned while looking at
-held-out numbers makes them meaningless.
+held-out numbers makes them meaningless. ``--reseed K`` adds K to every clip's generator
+seed: the same categories and the same half's sounds, but other melodies, sentences,
+motions, placements and mixes, so a held-out half that has been looked at too often can be
+replaced by clips nobody has seen.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +287,9 @@ def main() -> None:
     ap.add_argument("--size", default="192x112", help="frame size WxH (default 192x112)")
     ap.add_argument("--json", default="", help="write every number here")
     ap.add_argument("--no-cache", action="store_true", help="render every clip anew")
+    ap.add_argument(
+        "--reseed", type=int, default=0, help="add this to every clip's seed (unseen clips)"
+    )
     args = ap.parse_args()
     missing = tools_missing()
     if missing:
@@ -296,6 +303,10 @@ def main() -> None:
         specs = [SCENES_BY_NAME[s] for s in names]
     else:
         specs = [s for s in SCENES if args.half in ("all", s.half)]
+    if args.reseed:
+        specs = [
+            replace(s, name=f"{s.name}+{args.reseed}", seed=s.seed + args.reseed) for s in specs
+        ]
     separator = ClassicalSeparator()
     rows: list[Row] = []
     t0 = time.perf_counter()

@@ -455,13 +455,19 @@ class ClassicalSeparator:
         # A member whose factorisation the picture explains poorly is turned down on its own
         # (so the members are in effect weighted by their confidence).
         gains = [[_low_confidence_gain(o) for o in member] for member in scored]
-        confidences = []
+        confidences, levels = [], []
         for j in range(len(prompts)):
             for member in scored:
                 warnings[j] += [note for note in member[j].notes if note not in warnings[j]]
             confs = [member[j].confidence for member in scored]
             confidences.append(None if confs[0] is None else float(np.mean(confs)))
-            gain = float(np.mean([g[j] for g in gains]))
+            # The members' masks are mixed in proportion to their gains, and the whole is
+            # turned down by their mean gain in dB: where one member of three finds a
+            # chance fit for a silent object, the target drops ~17 dB rather than the ~9 an
+            # arithmetic mean would give (unseen clips: a silent toy at -17.5 dB became -22.8).
+            g = np.array([gm[j] for gm in gains], dtype=np.float64)
+            gain = float(np.exp(np.log(g).mean()))
+            levels.append(np.float32(gain / g.sum()))
             if gain < 0.5:
                 # Not silenced outright: a faint best guess keeps a real but weakly moving
                 # source recoverable, while a silent object's target stays far below the mix.
@@ -480,7 +486,7 @@ class ClassicalSeparator:
             spec, _, off = cached if cached is not None else mag(a, b)
             span = slice(off, off + spec.shape[0])
             masks = [np.zeros((len(band_widths), spec.shape[0]), np.float32) for _ in prompts]
-            for w, h, member, gain in zip(ws, hs, weights, gains, strict=True):
+            for w, h, member, weight in zip(ws, hs, weights, gains, strict=True):
                 hb = h[:, span]
                 # Each object's Wiener mask as it would be alone (its components against all
                 # the rest), so an object's stem does not depend on which other objects the
@@ -494,9 +500,9 @@ class ClassicalSeparator:
                     alone.append(pt / (pt + rest + _EPS))
                 over = np.maximum(np.sum(alone, axis=0), 1.0)
                 for j, m in enumerate(alone):
-                    masks[j] += m * (gain[j] / over)
+                    masks[j] += m * (weight[j] / over)
             for j, m in enumerate(masks):
-                gate = gates[j][span] / np.float32(len(ws))
+                gate = gates[j][span] * levels[j]
                 mask = np.repeat(m * gate[None, :], band_widths, axis=0)  # bands to STFT bins
                 targets[j][a:b] = block_istft((spec * mask.T)[:, None, :], a, b, N_FFT, HOP, win)[
                     :, 0
