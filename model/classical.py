@@ -520,7 +520,8 @@ class ClassicalSeparator:
 
 def _pool_size(members: int) -> int:
     """Threads for the members: no more than the cores this process may use."""
-    return max(1, min(members, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(members, cores or 1))
 
 
 def _compete(weights: list[np.ndarray], n_frames: int) -> list[np.ndarray]:
