@@ -31,8 +31,8 @@ models ``W (w * H)`` and ``W ((1 - w) * H)`` become a power Wiener mask on the c
 STFT. ``residual = audio - target``, so the two always add back to the mixture.
 
 The whole factorisation and scoring is done ``MEMBERS`` times from different random starts
-(seeds), and the members' Wiener masks are averaged (each member's turned down on its own
-when the picture explains little of its components): NMF's local optimum, and with it which
+(seeds), and the members' Wiener masks are averaged, each weighted by its own low-confidence
+gain, the whole turned down by the members' mean gain in dB: NMF's local optimum, and with it which
 components the picture credits, depends on the start, and an average of a few is far less
 erratic than any one (see ``MEMBERS``). The members' factorisations run side by side on a
 small thread pool; their scoring runs one after the other (it holds the GIL).
@@ -562,7 +562,8 @@ def _prompt_weights(
 ) -> _Scored:
     """How much each component is the target, a per-frame gate that silences the target
     where a ``-`` span says it is absent, and the picture's confidence (None: no picture);
-    the low-confidence gain is the caller's, from the members' mean confidence.
+    the low-confidence gain is the caller's (``_low_confidence_gain``, combined over the
+    members).
 
     ``similarity`` [K, K] (``model.timbre``): the picture's credit is shared among
     components that sound alike."""
