@@ -291,6 +291,8 @@ def main() -> None:
         "--reseed", type=int, default=0, help="add this to every clip's seed (unseen clips)"
     )
     args = ap.parse_args()
+    if args.reseed < 0:
+        ap.error("--reseed must be 0 or more (a seed offset)")
     missing = tools_missing()
     if missing:
         raise SystemExit(f"separation benchmark needs: {', '.join(missing)}")
