@@ -409,14 +409,13 @@ class ClassicalSeparator:
                 picked.append(v[:, keep])
             v_dict = np.concatenate(picked, axis=1)
         k = self.n_components
-        seeds = [self.seed + m for m in range(self.members)]
 
         def tick(f: float) -> None:
             if round(f * N_ITER_DICT) % 10 == 0:
                 report(0.05 + 0.55 * f, "NMF dictionary")
 
         def learn(m: int) -> tuple[np.ndarray, np.ndarray]:
-            rng = np.random.default_rng(seeds[m])
+            rng = np.random.default_rng(self.seed + m)
             return _nmf_kl(v_dict, k, N_ITER_DICT, rng, tick if m == 0 else lambda f: None)
 
         # The members are independent factorisations; numpy releases the GIL in their
