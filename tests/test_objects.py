@@ -160,7 +160,7 @@ def test_a_ball_crossing_in_front_of_a_box_leaves_both_exclusive_and_found(order
 
 
 def test_objects_tracked_in_processes_are_the_masks_tracked_one_after_the_other(tmp_path, caplog):
-    """The worker tracks the objects in processes (one per core) on its row files; each
+    """The worker tracks the objects in processes (two per core) on its row files; each
     object's masks are exactly those of tracking them one after the other, the processes'
     progress reaches the caller, and they end cleanly (nothing on their stderr)."""
     from vision.choose import choose_tracker

@@ -71,33 +71,48 @@ def _dilation_kernel(h: int, w: int) -> np.ndarray:
 
 class EvidenceMeter:
     """Measure one frame at a time (bounded memory on long clips): ``add`` each frame with
-    its mask (bool [h, w], at the frame's size) in order, then ``result``."""
+    its mask (bool [h, w], at the frame's size) in order, then ``result``.
 
-    def __init__(self, h: int, w: int) -> None:
+    ``objects`` > 1 measures several objects from the same pass (``add(frame, *masks)``,
+    one mask each, then ``result(j)``): the frame's grey level, the camera's shift and the
+    frame difference are computed once for all of them, and the camera is measured from
+    corners outside every object (each one's own motion is not the camera's). With one
+    object this is exactly the single-object measurement.
+    """
+
+    def __init__(self, h: int, w: int, objects: int = 1) -> None:
         self.size = (h, w)
         self._kernel = _dilation_kernel(h, w)
-        self._rows = array("d")  # flat, len(FEATURES) per frame: 48 B a frame on long clips
-        self._bg = array("d")
-        self._prev: tuple[np.ndarray, np.ndarray, np.ndarray, list[float]] | None = None
+        self._objects = [_ObjectRows() for _ in range(objects)]
+        self._prev: tuple[np.ndarray, np.ndarray] | None = None  # grey float, grey uint8
 
-    def add(self, frame: np.ndarray, mask: np.ndarray) -> None:
-        if frame.shape[:2] != self.size or mask.shape != self.size:
+    def add(self, frame: np.ndarray, *masks: np.ndarray) -> None:
+        if len(masks) != len(self._objects):
             raise MaskError(
-                f"visual evidence: frame {frame.shape[:2]} and mask {mask.shape} must both be "
-                f"{self.size}"
+                f"visual evidence: {len(masks)} mask(s) for {len(self._objects)} object(s)"
             )
-        mask = mask != 0
+        for mask in masks:
+            if frame.shape[:2] != self.size or mask.shape != self.size:
+                raise MaskError(
+                    f"visual evidence: frame {frame.shape[:2]} and mask {mask.shape} must both "
+                    f"be {self.size}"
+                )
         cur8 = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
         cur = cur8.astype(np.float32) / np.float32(255.0)
-        shape = _shape(mask, cur)
+        bools = [m != 0 for m in masks]
+        shapes = [_shape(m, cur) for m in bools]
         if self._prev is None:
-            self._rows.extend([0.0, 0.0, *shape_features(shape)])
-            self._bg.append(0.0)
-            self._prev = (cur, cur8, mask, shape)
+            for obj, mask, shape in zip(self._objects, bools, shapes, strict=True):
+                obj.first(mask, shape)
+            self._prev = (cur, cur8)
             return
-        prev, prev8, prev_mask, prev_shape = self._prev
-        region8 = cv2.dilate((mask | prev_mask).view(np.uint8), self._kernel)
-        dx, dy = self._camera_shift(prev8, cur8, region8)
+        prev, prev8 = self._prev
+        regions = [
+            cv2.dilate((m | o.prev_mask).view(np.uint8), self._kernel)
+            for m, o in zip(bools, self._objects, strict=True)
+        ]
+        every = regions[0] if len(regions) == 1 else np.bitwise_or.reduce(regions)
+        dx, dy = self._camera_shift(prev8, cur8, every)
         moved = cv2.warpAffine(
             prev,
             np.float32([[1, 0, dx], [0, 1, dy]]),
@@ -105,29 +120,18 @@ class EvidenceMeter:
             borderMode=cv2.BORDER_REPLICATE,
         )
         diff = cv2.absdiff(cur, moved)
-        inside = cv2.countNonZero(region8)
-        outside = region8.size - inside
         total = float(cv2.sumElems(diff)[0])
-        in_sum = float(cv2.mean(diff, mask=region8)[0]) * inside if inside else 0.0
-        self._bg.append((total - in_sum) / outside if outside else 0.0)
-        if shape[0] <= 0:  # object absent: it keeps its last shape and does not move
-            self._rows.extend([0.0, 0.0, *shape_features(prev_shape)])
-            self._prev = (cur, cur8, mask, prev_shape)
-            return
-        motion = in_sum / inside if inside else 0.0
-        shift = 0.0
-        if prev_mask.any():  # not when it reappears: that jump is not motion
-            size = np.sqrt(max(shape[0], prev_shape[0]))
-            shift = float(np.hypot(shape[1] - prev_shape[1] - dx, shape[2] - prev_shape[2] - dy))
-            shift /= size
-        self._rows.extend([motion, shift, *shape_features(shape)])
-        self._prev = (cur, cur8, mask, shape)
+        for obj, mask, shape, region8 in zip(self._objects, bools, shapes, regions, strict=True):
+            inside = cv2.countNonZero(region8)
+            in_sum = float(cv2.mean(diff, mask=region8)[0]) * inside if inside else 0.0
+            obj.step(mask, shape, inside, in_sum, total, region8.size, dx, dy)
+        self._prev = (cur, cur8)
 
     def _camera_shift(
         self, prev: np.ndarray, cur: np.ndarray, region: np.ndarray
     ) -> tuple[float, float]:
         """The picture's global shift from prev to cur (uint8 grey): the median motion of
-        corner points tracked (pyramidal Lucas-Kanade) outside the object's ``region``;
+        corner points tracked (pyramidal Lucas-Kanade) outside the objects' ``region``;
         0 without enough of them."""
         outside = (region == 0).view(np.uint8)
         pts = cv2.goodFeaturesToTrack(prev, CAMERA_POINTS, 0.01, 4, mask=outside)
@@ -150,10 +154,11 @@ class EvidenceMeter:
             return 0.0, 0.0
         return float(dx), float(dy)
 
-    def result(self) -> Evidence:
-        """The measurements so far; size-like columns divided by their clip median."""
-        obj = np.array(self._rows, dtype=np.float64).reshape(-1, len(FEATURES))  # a copy
-        bg = np.array(self._bg, dtype=np.float64)
+    def result(self, j: int = 0) -> Evidence:
+        """Object j's measurements so far; size-like columns divided by their clip median."""
+        o = self._objects[j]
+        obj = np.array(o.rows, dtype=np.float64).reshape(-1, len(FEATURES))  # a copy
+        bg = np.array(o.bg, dtype=np.float64)
         if len(obj) >= 2:
             obj[0, :2], bg[0] = obj[1, :2], bg[1]
         for name in ("area", "height", "width"):
@@ -161,6 +166,51 @@ class EvidenceMeter:
             med = np.median(col[col > 0]) if (col > 0).any() else 1.0
             col /= med
         return Evidence(object=obj.astype(np.float32), background=bg.astype(np.float32))
+
+
+class _ObjectRows:
+    """One object's rows so far (flat, len(FEATURES) per frame: 48 B a frame on long
+    clips), and its mask and shape on the previous frame."""
+
+    def __init__(self) -> None:
+        self.rows = array("d")
+        self.bg = array("d")
+        self.prev_mask = np.zeros(0, bool)
+        self.prev_shape: list[float] = []
+
+    def first(self, mask: np.ndarray, shape: list[float]) -> None:
+        self.rows.extend([0.0, 0.0, *shape_features(shape)])
+        self.bg.append(0.0)
+        self.prev_mask, self.prev_shape = mask, shape
+
+    def step(
+        self,
+        mask: np.ndarray,
+        shape: list[float],
+        inside: int,
+        in_sum: float,
+        total: float,
+        pixels: int,
+        dx: float,
+        dy: float,
+    ) -> None:
+        """The frame's row from its difference image's sums: ``in_sum`` over the object's
+        ``inside`` region pixels, ``total`` over all ``pixels``; (dx, dy) the camera."""
+        outside = pixels - inside
+        self.bg.append((total - in_sum) / outside if outside else 0.0)
+        prev_mask, prev_shape = self.prev_mask, self.prev_shape
+        self.prev_mask = mask
+        if shape[0] <= 0:  # object absent: it keeps its last shape and does not move
+            self.rows.extend([0.0, 0.0, *shape_features(prev_shape)])
+            return
+        self.prev_shape = shape
+        motion = in_sum / inside if inside else 0.0
+        shift = 0.0
+        if prev_mask.any():  # not when it reappears: that jump is not motion
+            size = np.sqrt(max(shape[0], prev_shape[0]))
+            shift = float(np.hypot(shape[1] - prev_shape[1] - dx, shape[2] - prev_shape[2] - dy))
+            shift /= size
+        self.rows.extend([motion, shift, *shape_features(shape)])
 
 
 def _shape(mask: np.ndarray, gray: np.ndarray) -> list[float]:

@@ -5,7 +5,7 @@ tracks every object from those same working frames through the ``Tracker`` contr
 (``vision.tracker``). A video model (SAM 2, SAM 3, EdgeTAM: a ``JointTracker``) tracks them
 all as one multi-object session, each frame read and encoded once; any other tracker runs
 once per object: in child processes when the caller allows it (``processes``; the track
-stage gives one per core, in the CLI and in a Celery worker alike: the objects are
+stage gives two per core, in the CLI and in a Celery worker alike: the objects are
 independent, so each object's masks are the same either way; ``vision.track_process``),
 else one after the other.
 

@@ -58,7 +58,7 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
     ws.write_npy(files.PROMPT_INDEX, idx.astype(np.int64))
     ws.write_npy(files.PROMPT_TIMES, t)
     # One pass over the frames for every object and the preview: each frame is read once.
-    meters = [EvidenceMeter(*frames.shape[1:3]) for _ in objs]
+    meter = EvidenceMeter(*frames.shape[1:3], objects=len(objs))  # one pass for them all
     masks = [working_masks(ws, p + files.MASKS_WORK) for p in prefix]
     labels = [o.label for o in objs] if spec.several else None
     with contextlib.ExitStack() as stack:
@@ -76,15 +76,14 @@ def run(ws: Workspace, settings: Settings, report: StageProgress = noop) -> None
             if lo + MASK_CHUNK < n:
                 ahead = reader.submit(frames.read, lo + MASK_CHUNK, lo + 2 * MASK_CHUNK)
             ms = [m.read(lo, lo + MASK_CHUNK) for m in masks]
-            for o, meter, mk in zip(objs, meters, ms, strict=True):
-                for frame, mask in zip(chunk, mk, strict=True):
-                    meter.add(frame, mask)
-                what = f"object {o.label!r}: its motion" if spec.several else "the object's motion"
-                report("prompt", min(1.0, (lo + MASK_CHUNK) / n), f"measuring {what}")
+            for t, frame in enumerate(chunk):
+                meter.add(frame, *(mk[t] for mk in ms))
+            what = "the objects' motion" if spec.several else "the object's motion"
+            report("prompt", min(1.0, (lo + MASK_CHUNK) / n), f"measuring {what}")
             if painter is not None:
                 painter.add(chunk, ms)
-    for meter, name in zip(meters, activities, strict=True):
-        ev = meter.result()
+    for j, name in enumerate(activities):
+        ev = meter.result(j)
         ws.write_npz(
             name,
             object=ev.motion,
